@@ -1,0 +1,10 @@
+"""Environment that must exist before pytest-django imports config.settings.
+
+pyproject.toml loads this file early with `-p conftest`; settings refuse to start without a
+SECRET_KEY when DEBUG is off, as tests run. Keep fixtures and hooks out of this file:
+tests/conftest.py is their place.
+"""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")

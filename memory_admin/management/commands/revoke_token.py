@@ -1,0 +1,19 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from memory_admin.errors import DomainError
+from memory_admin.services.tokens import find_token, revoke_token
+
+
+class Command(BaseCommand):
+    help = "Revoke an agent token, given the token or its prefix (the first 10 characters)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("token", help="the token, or its prefix as the console shows it")
+
+    def handle(self, *args, token: str, **options):
+        try:
+            found = find_token(prefix=token[:10])
+            revoke_token(token=found)
+        except DomainError as exc:
+            raise CommandError(exc.message) from exc
+        self.stdout.write(f"revoked {found.prefix}… of {found.agent.name}")

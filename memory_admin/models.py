@@ -1,0 +1,333 @@
+"""The durable state: namespaces, agents and their tokens, facts, versioned records,
+conflicts, lock fences and the event log.
+
+Status and locks live in Redis (memory_admin/redis.py); their last known state is
+kept here so operators still see who an agent was and which token a lock last had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from django.utils.timezone import now
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, as the API shows times."""
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+class Namespace(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("operate", "Can act in the console: release locks, resolve conflicts, edit, manage tokens")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Agent(models.Model):
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="agents")
+    name = models.CharField(max_length=200)  # the agent_id agents see
+    created = models.DateTimeField(default=now)
+    # Last known status; the live copy (with its TTL) is in Redis.
+    status = models.CharField(max_length=64, blank=True)
+    detail = models.TextField(blank=True)
+    seen = models.DateTimeField(null=True, blank=True)  # last heartbeat
+    expires = models.DateTimeField(null=True, blank=True)  # seen + ttl
+    stale = models.BooleanField(default=False)  # set once the relay has recorded agent.stale
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["ns", "name"], name="agent_ns_name_uniq")]
+        indexes = [
+            # The relay's sweep: agents whose heartbeat lapsed and are not yet marked stale.
+            models.Index(
+                fields=["expires"],
+                name="agent_expiry_idx",
+                condition=models.Q(stale=False, expires__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def state(self) -> str:
+        """live / stale / never_seen, derived from the last heartbeat's expiry."""
+        if self.seen is None:
+            return "never_seen"
+        return "live" if self.expires and self.expires > now() else "stale"
+
+    @property
+    def dom_id(self) -> str:
+        return f"agent-{self.pk}"
+
+
+class Token(models.Model):
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+    digest = models.CharField(
+        max_length=64, unique=True
+    )  # sha256 of the token; the token itself is never stored
+    prefix = models.CharField(max_length=16)  # shown to operators to tell tokens apart
+    read_only = models.BooleanField(default=False)
+    created = models.DateTimeField(default=now)
+    created_by = models.CharField(max_length=200, blank=True)
+    revoked = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    @property
+    def scopes(self) -> list[str]:
+        return ["read"] if self.read_only else ["read", "write"]
+
+    @property
+    def dom_id(self) -> str:
+        return f"token-{self.pk}"
+
+
+class Fact(models.Model):
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="facts")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="facts")
+    fact = models.TextField()
+    category = models.CharField(max_length=100)
+    metadata = models.JSONField(default=dict)
+    created = models.DateTimeField(default=now)
+    search = models.GeneratedField(
+        expression=SearchVector("fact", config="english"), output_field=SearchVectorField(), db_persist=True
+    )
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # Facts by category, newest first, paged by id.
+            models.Index(fields=["ns", "category", "-id"], name="fact_ns_category_idx"),
+            models.Index(fields=["ns", "agent", "-id"], name="fact_ns_agent_idx"),
+            models.Index(fields=["ns", "-id"], name="fact_ns_id_idx"),
+            GinIndex(fields=["search"], name="fact_search_idx"),
+        ]
+
+    @property
+    def dom_id(self) -> str:
+        return f"fact-{self.pk}"
+
+
+class Record(models.Model):
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="records")
+    # Bytewise collation: prefix listing (LIKE 'p%') and key cursors use the unique index.
+    key = models.CharField(max_length=200, db_collation="C")
+    value = models.JSONField(null=True)
+    version = models.PositiveBigIntegerField()
+    # A delete keeps the row as a tombstone, so versions never repeat for a key.
+    deleted = models.BooleanField(default=False)
+    updated_by = models.CharField(max_length=220)  # an agent_id, or "operator:<username>"
+    updated = models.DateTimeField(default=now)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [models.UniqueConstraint(fields=["ns", "key"], name="record_ns_key_uniq")]
+        indexes = [
+            models.Index(fields=["ns", "updated_by"], name="record_ns_writer_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def dom_id(self) -> str:
+        return f"record-{self.pk}"
+
+
+class RecordVersion(models.Model):
+    record = models.ForeignKey(Record, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveBigIntegerField()
+    value = models.JSONField(null=True)
+    deleted = models.BooleanField(default=False)
+    updated_by = models.CharField(max_length=220)
+    updated = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [models.UniqueConstraint(fields=["record", "version"], name="recordversion_uniq")]
+
+
+class Conflict(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"
+        RESOLVED = "resolved"
+
+    class Resolution(models.TextChoices):
+        SUPERSEDED = "superseded"  # the agent later wrote the key successfully
+        ACCEPTED = "accepted"  # an operator wrote the proposed value
+        KEPT = "kept"  # an operator kept the current value
+        MERGED = "merged"  # an operator wrote an edited merge
+
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="conflicts")
+    key = models.CharField(max_length=200)
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, null=True, related_name="conflicts")
+    actor = models.CharField(max_length=220)  # who attempted the write (agent_id or operator:<name>)
+    expected_version = models.PositiveBigIntegerField()
+    current_version = models.PositiveBigIntegerField(null=True)  # null: the key did not exist
+    proposed_value = models.JSONField(null=True)
+    delete = models.BooleanField(default=False)  # the rejected write was a delete
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    resolution = models.CharField(max_length=12, choices=Resolution.choices, blank=True)
+    resolved_by = models.CharField(max_length=220, blank=True)
+    resolved = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The inbox (open conflicts of a namespace) and the auto-close on a later write.
+            models.Index(
+                fields=["ns", "key", "actor"], name="conflict_open_idx", condition=models.Q(status="open")
+            ),
+            models.Index(fields=["ns", "status", "-id"], name="conflict_ns_status_idx"),
+        ]
+
+    @property
+    def dom_id(self) -> str:
+        return f"conflict-{self.pk}"
+
+
+class LockFence(models.Model):
+    """The durable side of a lock: the newest fencing token and the last known holder.
+
+    Tokens are ids of `lock.acquired` events, so they keep growing even if Redis
+    loses every key.
+    """
+
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="fences")
+    resource = models.CharField(max_length=200)
+    token = models.BigIntegerField()  # the newest token issued
+    holder = models.CharField(max_length=200)
+    held = models.BooleanField(default=True)  # false once released, expired or force-released
+    acquired = models.DateTimeField(default=now)
+    expires = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["ns", "resource"], name="lockfence_ns_resource_uniq")]
+        indexes = [
+            # The relay's sweep: held locks whose last known expiry passed.
+            models.Index(fields=["expires"], name="lockfence_expiry_idx", condition=models.Q(held=True)),
+        ]
+
+    @property
+    def dom_id(self) -> str:
+        return f"lock-{self.pk}"
+
+
+class Event(models.Model):
+    """The append-only log. Ids are gapless and assigned in commit order (services/events.py)."""
+
+    id = models.BigIntegerField(primary_key=True)
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=64)
+    actor = models.CharField(max_length=220)  # agent_id, "operator:<username>" or "system"
+    agent_id = models.CharField(max_length=200, blank=True)  # the agent it concerns, if any
+    subject = models.CharField(max_length=200, blank=True)  # key, resource, fact id ...
+    payload = models.JSONField(default=dict)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["ns", "id"], name="event_ns_id_idx"),
+            models.Index(fields=["ns", "type", "id"], name="event_ns_type_idx"),
+            models.Index(fields=["ns", "agent_id", "id"], name="event_ns_agent_idx"),
+        ]
+
+    @property
+    def dom_id(self) -> str:
+        return f"event-{self.pk}"
+
+    def body(self) -> dict:
+        """The event as API.md shows it (and as the relay publishes it)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "agent_id": self.agent_id or None,
+            "actor": self.actor,
+            "subject": self.subject,
+            "payload": self.payload,
+            "created_at": iso(self.created),
+        }
+
+
+class EventCounter(models.Model):
+    """One row: the last event id handed out. Taking it row-locks until commit, which
+    orders event ids by commit and leaves no gaps (a rollback returns the number)."""
+
+    last = models.BigIntegerField(default=0)
+
+
+class RelayCursor(models.Model):
+    """One row: the last event id the active relay has published."""
+
+    published = models.BigIntegerField(default=0)
+    updated = models.DateTimeField(default=now)
+
+
+class Idempotency(models.Model):
+    """A stored first response for a retried POST/PUT/DELETE (API.md: Idempotency)."""
+
+    token = models.ForeignKey(Token, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # sha256 of method, path, body
+    status = models.PositiveSmallIntegerField()
+    body = models.BinaryField()
+    headers = models.JSONField(default=dict)
+    created = models.DateTimeField(default=now)
+
+    KEEP = timedelta(hours=24)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_token_key_uniq")]
+        indexes = [models.Index(fields=["created"], name="idempotency_created_idx")]
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    """A lock as held in Redis now (not a table: locks live in Redis)."""
+
+    resource: str
+    owner: str
+    token: int
+    acquired: datetime
+    expires: datetime
+
+    @property
+    def seconds_left(self) -> float:
+        return max(0.0, (self.expires - now()).total_seconds())
+
+    @property
+    def dom_id(self) -> str:
+        return "lock-" + "".join(c if c.isalnum() else "_" for c in self.resource)
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """An agent with its status: live from Redis, else the last known copy in Postgres."""
+
+    agent: Agent
+    status: str
+    detail: str
+    updated: datetime | None
+    expires: datetime | None
+    state: str  # live / stale / never_seen
+
+    @property
+    def dom_id(self) -> str:
+        return self.agent.dom_id

@@ -1,0 +1,148 @@
+"""The Redis connection, the key layout and the Lua scripts — nowhere else.
+
+Every key of a namespace shares the hash tag `{<namespace>}` so multi-key scripts
+stay on one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import redis
+import redis.asyncio
+from django.conf import settings
+
+from memory_admin.errors import Unavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_OPTIONS = {
+    "decode_responses": True,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+    "health_check_interval": 15,
+    "retry_on_timeout": False,
+}
+
+
+@functools.cache
+def client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, **_OPTIONS)
+
+
+def async_client() -> redis.asyncio.Redis:
+    """A new asyncio client; asyncio pools are bound to one event loop, so callers own it."""
+    return redis.asyncio.Redis.from_url(settings.REDIS_URL, **_OPTIONS)
+
+
+def unavailable_on_error(func: Callable[P, T]) -> Callable[P, T]:
+    """Turn a lost Redis connection into a 503 the API can map."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Unavailable("Redis is unreachable; retry shortly") from exc
+
+    return wrapper
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+def _tag(ns: str) -> str:
+    return f"ma:{{{ns}}}"
+
+
+def lock_key(ns: str, resource: str) -> str:
+    return f"{_tag(ns)}:lock:{resource}"
+
+
+def locks_index(ns: str) -> str:
+    """Sorted set of held resources scored by expiry (ms), for listing."""
+    return f"{_tag(ns)}:locks"
+
+
+def status_key(ns: str, agent: str) -> str:
+    return f"{_tag(ns)}:status:{agent}"
+
+
+def heartbeats_index(ns: str) -> str:
+    """Sorted set of agents scored by heartbeat expiry (ms), for the stale sweep."""
+    return f"{_tag(ns)}:heartbeats"
+
+
+def stream_key(ns: str) -> str:
+    return f"{_tag(ns)}:events"
+
+
+def rate_key(ns: str, token_id: int, window: int) -> str:
+    return f"{_tag(ns)}:rate:{token_id}:{window}"
+
+
+# --- scripts --------------------------------------------------------------------------
+
+# KEYS: lock, index. ARGV: owner, token, now_ms, ttl_ms, resource.
+# Returns {1} when acquired, else {0, owner, token, expires_ms} of the holder.
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires')
+  return {0, h[1], h[2], h[3]}
+end
+local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', ARGV[2], 'acquired', ARGV[3], 'expires', expires)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], expires, ARGV[5])
+return {1}
+"""
+
+# KEYS: lock, index. ARGV: owner, token, now_ms, ttl_ms, resource.
+# Returns {1, acquired_ms, expires_ms} when renewed, {0} when the caller is not the holder.
+RENEW = """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'acquired')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return {0} end
+local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'expires', expires)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], expires, ARGV[5])
+return {1, h[3], expires}
+"""
+
+# KEYS: lock, index. ARGV: owner, token, resource. Returns 1 when released, 0 otherwise.
+RELEASE = """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: lock, index. ARGV: resource. Returns {owner, token} of the removed holder, or {}.
+FORCE_RELEASE = """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not h[1] then return {} end
+return {h[1], h[2]}
+"""
+
+# KEYS: status, heartbeats index. ARGV: agent, status, detail, now_ms, ttl_ms.
+# Returns {previous status or false, previous detail or false, was_live (0/1)}.
+HEARTBEAT = """
+local prev = redis.call('HMGET', KEYS[1], 'status', 'detail')
+local live = redis.call('EXISTS', KEYS[1])
+local expires = tonumber(ARGV[4]) + tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'detail', ARGV[3], 'updated', ARGV[4], 'expires', expires)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
+return {prev[1], prev[2], live}
+"""
+
+
+@functools.cache
+def script(source: str) -> redis.commands.core.Script:
+    return client().register_script(source)

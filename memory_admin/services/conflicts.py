@@ -1,0 +1,98 @@
+"""Conflicts: writes refused by optimistic locking, kept for operators to resolve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils.timezone import now
+
+from memory_admin.errors import Invalid, NotFound, VersionConflict
+from memory_admin.models import Conflict, Namespace, Record
+from memory_admin.services import Actor
+from memory_admin.services.events import append_event
+from memory_admin.services.records import delete_record, write_record
+
+ACTIONS = {
+    "accept": Conflict.Resolution.ACCEPTED,
+    "keep": Conflict.Resolution.KEPT,
+    "merge": Conflict.Resolution.MERGED,
+}
+
+
+def list_conflicts(
+    *, ns: Namespace, status: str | None = "open", actor_name: str | None = None, limit: int = 50
+) -> list[Conflict]:
+    conflicts = Conflict.objects.filter(ns=ns)
+    if status:
+        conflicts = conflicts.filter(status=status)
+    if actor_name:
+        conflicts = conflicts.filter(actor=actor_name)
+    return list(conflicts.order_by("-id")[:limit])
+
+
+def get_conflict(*, ns: Namespace, conflict_id: int) -> Conflict:
+    conflict = Conflict.objects.filter(ns=ns, pk=conflict_id).first()
+    if conflict is None:
+        raise NotFound(f"no conflict {conflict_id}")
+    return conflict
+
+
+def resolve_conflict(
+    *,
+    conflict: Conflict,
+    action: str,
+    actor: Actor,
+    expected_version: int | None,
+    value: Any = None,
+) -> Record | None:
+    """Resolve an open conflict: accept the proposed value, keep the current one, or write a merge.
+
+    Accept and merge are versioned writes over `expected_version` (the version the
+    operator looked at): if the record moved meanwhile, the operator's write is refused
+    and kept as a conflict of its own, never silently applied.
+    """
+    if action not in ACTIONS:
+        raise Invalid("action must be accept, keep or merge", {"action": "accept, keep or merge"})
+    refused: VersionConflict | None = None
+    with transaction.atomic():
+        conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
+        if conflict.status != Conflict.Status.OPEN:
+            raise Invalid(f"conflict {conflict.pk} is already resolved", {"conflict": "already resolved"})
+        record = None
+        try:
+            if action == "accept" and conflict.delete:
+                record = delete_record(
+                    ns=conflict.ns, key=conflict.key, actor=actor, expected_version=expected_version
+                )
+            elif action in ("accept", "merge"):
+                chosen = conflict.proposed_value if action == "accept" else value
+                record, _ = write_record(
+                    ns=conflict.ns,
+                    key=conflict.key,
+                    value=chosen,
+                    actor=actor,
+                    expected_version=expected_version if expected_version is not None else 0,
+                )
+        except VersionConflict as exc:
+            refused = exc  # the operator's own conflict commits; this one stays open
+        if refused is None:
+            conflict.status = Conflict.Status.RESOLVED
+            conflict.resolution = ACTIONS[action]
+            conflict.resolved_by, conflict.resolved = actor.name, now()
+            conflict.save(update_fields=["status", "resolution", "resolved_by", "resolved"])
+            append_event(
+                ns=conflict.ns,
+                type="conflict.resolved",
+                actor=actor,
+                subject=conflict.key,
+                payload={
+                    "conflict_id": conflict.pk,
+                    "key": conflict.key,
+                    "resolution": conflict.resolution,
+                    "version": record.version if record else None,
+                },
+            )
+    if refused is not None:
+        raise refused
+    return record

@@ -1,0 +1,268 @@
+"""Versioned records with optimistic locking (DESIGN.md rule 1) and fenced writes (rule 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils.timezone import now
+
+from memory_admin.errors import NotFound, StaleFence, VersionConflict
+from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
+from memory_admin.services import Actor
+from memory_admin.services.events import append_event
+from memory_admin.validation import check_json, check_key
+
+
+@dataclass(frozen=True)
+class Fence:
+    lock: str
+    token: int
+
+
+def get_record(*, ns: Namespace, key: str) -> Record:
+    """The live record at `key`; NotFound if absent or deleted."""
+    record = Record.objects.filter(ns=ns, key=key, deleted=False).first()
+    if record is None:
+        raise NotFound(f"no record {key!r}")
+    return record
+
+
+def list_records(*, ns: Namespace, prefix: str = "", after: str = "", limit: int = 50) -> list[Record]:
+    """Live records whose key starts with `prefix`, by key, after the key `after`."""
+    records = Record.objects.filter(ns=ns, deleted=False)
+    if prefix:
+        records = records.filter(key__startswith=prefix)
+    if after:
+        records = records.filter(key__gt=after)
+    return list(records.order_by("key")[:limit])
+
+
+def record_versions(*, ns: Namespace, key: str, limit: int = 50) -> list[RecordVersion]:
+    """A key's versions, newest first (deletes included, as versions with `deleted`)."""
+    record = Record.objects.filter(ns=ns, key=key).first()
+    if record is None:
+        raise NotFound(f"no record {key!r}")
+    return list(record.versions.order_by("-version")[:limit])
+
+
+def write_record(
+    *,
+    ns: Namespace,
+    key: str,
+    value: Any,
+    actor: Actor,
+    expected_version: int | None = None,
+    fence: Fence | None = None,
+) -> tuple[Record, bool]:
+    """Write `value` if nobody has written `key` since `expected_version`; returns (record, created).
+
+    expected_version None writes unconditionally, 0 creates only if absent, n writes
+    only over version n. A mismatch is kept as a Conflict and raised as VersionConflict.
+    """
+    check_key(key)
+    check_json(value)
+    outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version, fence=fence)
+    if isinstance(outcome, Conflict):
+        raise _conflict_error(outcome)
+    return outcome
+
+
+@transaction.atomic
+def _write(*, ns, key, value, actor, expected_version, fence) -> tuple[Record, bool] | Conflict:
+    if fence is not None:
+        check_fence(ns=ns, fence=fence)
+    stamp = now()
+    created = False
+    if expected_version in (None, 0):
+        record = Record.objects.select_for_update().filter(ns=ns, key=key).first()
+        if record is None:
+            record = _insert(ns=ns, key=key, value=value, actor=actor, stamp=stamp)
+            created = record is not None
+            if record is None:  # a concurrent create won the race
+                if expected_version == 0:
+                    return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=0)
+                record = Record.objects.select_for_update().get(ns=ns, key=key)
+        if not created:
+            if expected_version == 0 and not record.deleted:
+                return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=0, current=record)
+            created = record.deleted
+            record.value, record.deleted, record.updated_by, record.updated = value, False, actor.name, stamp
+            record.version += 1
+            record.save(update_fields=["value", "deleted", "updated_by", "updated", "version"])
+    else:
+        updated = Record.objects.filter(ns=ns, key=key, version=expected_version, deleted=False).update(
+            value=value, version=F("version") + 1, updated_by=actor.name, updated=stamp
+        )
+        if not updated:
+            return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=expected_version)
+        record = Record.objects.get(ns=ns, key=key)
+    RecordVersion.objects.create(
+        record=record, version=record.version, value=value, updated_by=actor.name, updated=stamp
+    )
+    _close_conflicts(ns=ns, key=key, actor=actor, version=record.version)
+    append_event(
+        ns=ns,
+        type="record.written",
+        actor=actor,
+        subject=key,
+        payload={"key": key, "version": record.version, "created": created},
+    )
+    return record, created
+
+
+def _insert(*, ns, key, value, actor, stamp) -> Record | None:
+    try:
+        with transaction.atomic():
+            return Record.objects.create(
+                ns=ns, key=key, value=value, version=1, updated_by=actor.name, updated=stamp, created=stamp
+            )
+    except IntegrityError:
+        return None
+
+
+def delete_record(*, ns: Namespace, key: str, actor: Actor, expected_version: int | None = None) -> Record:
+    """Delete `key` (kept as a tombstone version, so versions never repeat)."""
+    check_key(key)
+    outcome = _delete(ns=ns, key=key, actor=actor, expected_version=expected_version)
+    if isinstance(outcome, Conflict):
+        raise _conflict_error(outcome)
+    return outcome
+
+
+def _delete(*, ns, key, actor, expected_version) -> Record | Conflict:
+    with transaction.atomic():
+        record = Record.objects.select_for_update().filter(ns=ns, key=key, deleted=False).first()
+        if record is None:
+            raise NotFound(f"no record {key!r}")
+        if expected_version is not None and record.version != expected_version:
+            return _open_conflict(
+                ns=ns,
+                key=key,
+                value=None,
+                actor=actor,
+                expected=expected_version,
+                current=record,
+                delete=True,
+            )
+        stamp = now()
+        record.value, record.deleted, record.updated_by, record.updated = None, True, actor.name, stamp
+        record.version += 1
+        record.save(update_fields=["value", "deleted", "updated_by", "updated", "version"])
+        RecordVersion.objects.create(
+            record=record,
+            version=record.version,
+            value=None,
+            deleted=True,
+            updated_by=actor.name,
+            updated=stamp,
+        )
+        _close_conflicts(ns=ns, key=key, actor=actor, version=record.version)
+        append_event(
+            ns=ns,
+            type="record.deleted",
+            actor=actor,
+            subject=key,
+            payload={"key": key, "version": record.version},
+        )
+        return record
+
+
+def check_fence(*, ns: Namespace, fence: Fence) -> None:
+    """Refuse a write whose fencing token is no longer the lock's current one.
+
+    The fence row is share-locked until commit, so a new acquire (which updates it)
+    orders after this write: the next holder never has its write overwritten.
+    """
+    check_key(fence.lock, "fence.lock")
+    # FOR SHARE (which the ORM lacks): concurrent fenced writes don't queue behind each other.
+    found = LockFence.objects.raw(
+        "SELECT * FROM memory_admin_lockfence WHERE ns_id = %s AND resource = %s FOR SHARE",
+        [ns.pk, fence.lock],
+    )
+    current = next(iter(found), None)
+    if current is None or current.token != fence.token or not current.held:
+        raise StaleFence(
+            f"fencing token {fence.token} for lock {fence.lock!r} is no longer current",
+            lock=fence.lock,
+            token=fence.token,
+            current_token=current.token if current else None,
+        )
+
+
+def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=False) -> Conflict:
+    if current is None:
+        current = Record.objects.filter(ns=ns, key=key).first()
+    live = current if current is not None and not current.deleted else None
+    conflict = Conflict.objects.create(
+        ns=ns,
+        key=key,
+        agent=actor.agent,
+        actor=actor.name,
+        expected_version=expected,
+        current_version=live.version if live else None,
+        proposed_value=value,
+        delete=delete,
+    )
+    append_event(
+        ns=ns,
+        type="conflict.opened",
+        actor=actor,
+        subject=key,
+        payload={
+            "conflict_id": conflict.pk,
+            "key": key,
+            "expected_version": expected,
+            "current_version": conflict.current_version,
+        },
+    )
+    conflict.current = live
+    return conflict
+
+
+def _conflict_error(conflict: Conflict) -> VersionConflict:
+    current = conflict.current
+    return VersionConflict(
+        f"{conflict.key!r} is at version {conflict.current_version}, not {conflict.expected_version}",
+        expected_version=conflict.expected_version,
+        current=record_body(current) if current is not None else None,
+        conflict_id=conflict.pk,
+    )
+
+
+def _close_conflicts(*, ns, key, actor, version) -> None:
+    """A successful write by the same actor supersedes its open conflicts on that key."""
+    ids = list(
+        Conflict.objects.filter(ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN).values_list(
+            "pk", flat=True
+        )
+    )
+    if not ids:
+        return
+    Conflict.objects.filter(pk__in=ids).update(
+        status=Conflict.Status.RESOLVED,
+        resolution=Conflict.Resolution.SUPERSEDED,
+        resolved_by=actor.name,
+        resolved=now(),
+    )
+    for conflict_id in ids:
+        append_event(
+            ns=ns,
+            type="conflict.resolved",
+            actor=actor,
+            subject=key,
+            payload={"conflict_id": conflict_id, "key": key, "resolution": "superseded", "version": version},
+        )
+
+
+def record_body(record: Record) -> dict[str, Any]:
+    """The record as API.md shows it."""
+    return {
+        "key": record.key,
+        "value": record.value,
+        "version": record.version,
+        "updated_by": record.updated_by,
+        "updated_at": iso(record.updated),
+    }

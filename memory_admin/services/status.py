@@ -1,0 +1,150 @@
+"""Agent status: a heartbeat with a TTL in Redis; the last known state in Postgres.
+
+A heartbeat that changes nothing touches Redis only. A change of status or detail,
+or an agent coming (back) to life, also updates Postgres and appends `status.changed`.
+The relay's sweep turns lapsed heartbeats into one `agent.stale` each.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.db import transaction
+from django.utils.timezone import now
+
+from memory_admin import redis as r
+from memory_admin.errors import Invalid, NotFound
+from memory_admin.models import Agent, AgentStatus, Namespace
+from memory_admin.services import SYSTEM_ACTOR, Actor
+from memory_admin.services.events import append_event
+
+MIN_TTL, MAX_TTL = 5, 86400
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _at(ms: str | float) -> datetime:
+    return datetime.fromtimestamp(float(ms) / 1000, tz=UTC)
+
+
+@r.unavailable_on_error
+def heartbeat(
+    *, agent: Agent, status: str, detail: str = "", ttl_seconds: int = 60, actor: Actor
+) -> AgentStatus:
+    """Publish `agent`'s status for `ttl_seconds`; repeating it is the heartbeat."""
+    if not 1 <= len(status) <= 64 or not status.isprintable():
+        raise Invalid("status must be 1-64 printable characters", {"status": "1-64 printable characters"})
+    if not MIN_TTL <= ttl_seconds <= MAX_TTL:
+        raise Invalid(f"ttl_seconds must be {MIN_TTL}-{MAX_TTL}", {"ttl_seconds": f"{MIN_TTL}-{MAX_TTL}"})
+    ns = agent.ns
+    stamp = now()
+    expires = stamp + timedelta(seconds=ttl_seconds)
+    with transaction.atomic():
+        prev_status, prev_detail, was_live = r.script(r.HEARTBEAT)(
+            keys=[r.status_key(ns.name, agent.name), r.heartbeats_index(ns.name)],
+            args=[agent.name, status, detail, _ms(stamp), ttl_seconds * 1000],
+        )
+        if not was_live or prev_status != status or (prev_detail or "") != detail:
+            Agent.objects.filter(pk=agent.pk).update(
+                status=status, detail=detail, seen=stamp, expires=expires, stale=False
+            )
+            append_event(
+                ns=ns,
+                type="status.changed",
+                actor=actor,
+                agent_id=agent.name,
+                subject=agent.name,
+                payload={
+                    "status": status,
+                    "detail": detail,
+                    "previous": prev_status if was_live else None,
+                    "ttl_seconds": ttl_seconds,
+                },
+            )
+    return AgentStatus(
+        agent=agent, status=status, detail=detail, updated=stamp, expires=expires, state="live"
+    )
+
+
+@r.unavailable_on_error
+def list_agents(*, ns: Namespace, agent_id: str | None = None) -> list[AgentStatus]:
+    """Every agent of `ns` (or one), with its live status from Redis where it has one."""
+    agents = list(
+        Agent.objects.filter(ns=ns, **({"name": agent_id} if agent_id else {})).select_related("ns")
+    )
+    if not agents:
+        return []
+    pipe = r.client().pipeline(transaction=False)
+    for agent in agents:
+        pipe.hgetall(r.status_key(ns.name, agent.name))
+    return [_status(agent, live) for agent, live in zip(agents, pipe.execute(), strict=True)]
+
+
+def get_agent(*, ns: Namespace, agent_id: str) -> AgentStatus:
+    found = list_agents(ns=ns, agent_id=agent_id)
+    if not found:
+        raise NotFound(f"no agent {agent_id!r}")
+    return found[0]
+
+
+def _status(agent: Agent, live: dict[str, str]) -> AgentStatus:
+    if live:
+        return AgentStatus(
+            agent=agent,
+            status=live["status"],
+            detail=live.get("detail", ""),
+            updated=_at(live["updated"]),
+            expires=_at(live["expires"]),
+            state="live",
+        )
+    state = "never_seen" if agent.seen is None else "stale"
+    return AgentStatus(
+        agent=agent,
+        status=agent.status,
+        detail=agent.detail,
+        updated=agent.seen,
+        expires=agent.expires,
+        state=state,
+    )
+
+
+def sweep_stale_agents(*, limit: int = 500) -> int:
+    """Record `agent.stale` once for each agent whose heartbeat lapsed (run by the relay)."""
+    client = r.client()
+    stamp = now()
+    count = 0
+    # Lapsed entries of the Redis index; and, should Redis have lost it, Postgres' last known expiry.
+    lapsed: dict[tuple[int, str], datetime | None] = {}
+    for ns in Namespace.objects.all():
+        for name, score in client.zrangebyscore(
+            r.heartbeats_index(ns.name), "-inf", _ms(stamp), withscores=True
+        ):
+            lapsed[(ns.pk, name)] = _at(score)
+    for agent in Agent.objects.filter(stale=False, expires__lte=stamp).select_related("ns")[:limit]:
+        lapsed.setdefault((agent.ns_id, agent.name), None)
+    for (ns_id, name), expired in list(lapsed.items())[:limit]:
+        agent = Agent.objects.select_related("ns").filter(ns_id=ns_id, name=name).first()
+        if agent is None:
+            continue
+        live = client.hget(r.status_key(agent.ns.name, name), "expires")
+        if live is not None:  # heartbeating without a change: bring Postgres' copy up to date
+            Agent.objects.filter(pk=agent.pk).update(expires=_at(live))
+            continue
+        with transaction.atomic():
+            marked = Agent.objects.filter(pk=agent.pk, stale=False).update(
+                stale=True, expires=expired or agent.expires or stamp
+            )
+            client.zrem(r.heartbeats_index(agent.ns.name), name)
+            if marked:
+                append_event(
+                    ns=agent.ns,
+                    type="agent.stale",
+                    actor=SYSTEM_ACTOR,
+                    agent_id=name,
+                    subject=name,
+                    payload={"last_status": agent.status},
+                )
+                count += 1
+    return count

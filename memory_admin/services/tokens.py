@@ -1,0 +1,86 @@
+"""Agent identities and their bearer tokens: issued once, stored as a hash, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.db import transaction
+from django.utils.timezone import now
+
+from memory_admin.errors import NotFound
+from memory_admin.models import Agent, Namespace, Token
+from memory_admin.services import SYSTEM_ACTOR, Actor
+from memory_admin.services.events import append_event
+from memory_admin.validation import check_key
+
+PREFIX = "ma_"
+
+
+def digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@transaction.atomic
+def ensure_agent(*, namespace: str, agent_id: str, actor: Actor = SYSTEM_ACTOR) -> Agent:
+    """The agent `agent_id` of `namespace`, creating either if new."""
+    check_key(namespace, "namespace")
+    check_key(agent_id, "agent_id")
+    ns, _ = Namespace.objects.get_or_create(name=namespace)
+    agent, created = Agent.objects.get_or_create(ns=ns, name=agent_id)
+    if created:
+        append_event(ns=ns, type="agent.created", actor=actor, agent_id=agent_id, subject=agent_id)
+    return agent
+
+
+@transaction.atomic
+def issue_token(*, agent: Agent, actor: Actor = SYSTEM_ACTOR, read_only: bool = False) -> tuple[Token, str]:
+    """A new token for `agent`; returns (token row, the secret), the secret is shown once and never stored."""
+    raw = PREFIX + secrets.token_urlsafe(32)  # 256 bits
+    token = Token.objects.create(
+        agent=agent, digest=digest(raw), prefix=raw[:10], read_only=read_only, created_by=actor.name
+    )
+    append_event(
+        ns=agent.ns,
+        type="agent.token_issued",
+        actor=actor,
+        agent_id=agent.name,
+        subject=agent.name,
+        payload={"token_id": token.pk, "prefix": token.prefix, "read_only": read_only},
+    )
+    return token, raw
+
+
+@transaction.atomic
+def revoke_token(*, token: Token, actor: Actor = SYSTEM_ACTOR) -> Token:
+    """Revoke at once: authentication reads the database on every request."""
+    token = Token.objects.select_for_update().select_related("agent__ns").get(pk=token.pk)
+    if token.revoked is None:
+        token.revoked = now()
+        token.save(update_fields=["revoked"])
+        append_event(
+            ns=token.agent.ns,
+            type="agent.token_revoked",
+            actor=actor,
+            agent_id=token.agent.name,
+            subject=token.agent.name,
+            payload={"token_id": token.pk, "prefix": token.prefix},
+        )
+    return token
+
+
+def authenticate(raw: str) -> Token | None:
+    """The live token for a presented secret, or None.
+
+    Lookup is by the SHA-256 of the secret, so no secret is ever compared byte by byte.
+    """
+    if not raw or len(raw) > 200:
+        return None
+    return Token.objects.select_related("agent__ns").filter(digest=digest(raw), revoked__isnull=True).first()
+
+
+def find_token(*, prefix: str) -> Token:
+    tokens = list(Token.objects.filter(prefix=prefix)[:2])
+    if len(tokens) != 1:
+        raise NotFound(f"no single token with prefix {prefix!r}")
+    return tokens[0]
