@@ -298,6 +298,23 @@ class Idempotency(models.Model):
         indexes = [models.Index(fields=["created"], name="idempotency_created_idx")]
 
 
+class ConsumerGroup(models.Model):
+    """A consumer group on a namespace's Redis stream, kept here so Redis may lose it.
+
+    `floor`: every event up to it has been delivered and acked. A group Redis lost is
+    recreated from there, and the events after it re-seeded from the log.
+    """
+
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="groups")
+    name = models.CharField(max_length=200)
+    floor = models.BigIntegerField(default=0)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["ns", "name"], name="consumergroup_ns_name_uniq")]
+
+
 @dataclass(frozen=True)
 class HeldLock:
     """A lock as held in Redis now (not a table: locks live in Redis)."""

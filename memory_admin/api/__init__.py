@@ -1,13 +1,185 @@
-"""The agents' JSON API v1 (API.md): one NinjaAPI, a router per noun, errors mapped once."""
+"""The agents' JSON API v1 (API.md): one NinjaAPI, a router per noun, errors mapped once.
 
+Around every operation, in order:
+  1. the gate (every URL under /api/v1/): bodies over MAX_BODY_BYTES get 413 before any
+     parsing; ninja's plain-text 405 becomes the error shape; a catch-all answers unknown
+     paths with 404 `not_found`;
+  2. bearer auth (auth.py): 401, 403 for read-only tokens writing, the per-token rate limit;
+  3. for POST/PUT/DELETE with `Idempotency-Key`: the response is stored with its effect in
+     one transaction, and replayed for a retry (services/idempotency.py);
+  4. ninja parses the body (strict JSON, unknown fields refused) and calls the view,
+     which calls one service; every exception is mapped below to
+     {"error": {"code", "message", ...}} and nothing else ever reaches an agent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.urls import re_path
 from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 
-from memory_admin.api import health
+from memory_admin.api import agents, conflicts, events, facts, groups, health, locks, me, records
+from memory_admin.api.auth import bearer
+from memory_admin.api.common import (
+    MalformedJson,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Unauthenticated,
+    error_response,
+    on_error,
+)
+from memory_admin.api.once import idempotent
+from memory_admin.errors import Invalid, NotFound
 
-api = NinjaAPI(
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+class StrictJsonParser(Parser):
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON (and Postgres could not store them)."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        return json.loads(request.body, parse_constant=_refuse_constant)
+
+
+class AgentAPI(NinjaAPI):
+    def _get_urls(self) -> list:
+        urls = super()._get_urls()
+        for pattern in urls:
+            pattern.callback = gate(pattern.callback)
+        urls.append(re_path(r"^.*$", gate(_unknown_path), name="unknown"))
+        return urls
+
+
+api = AgentAPI(
     title="Memory Admin agent API",
     version="1",
-    description="Shared facts, versioned records, fenced locks, status and an event log for agents.",
+    description=(
+        "Shared facts, versioned records, fenced locks, status and an event log for agents. "
+        "Every call but `health` needs `Authorization: Bearer <token>`. Every error is "
+        '`{"error": {"code", "message", ...}}`. Request bodies are strict: unknown fields and '
+        "wrong types are refused with 422 `validation_error` (no coercion); unknown query "
+        "parameters are ignored. POST, PUT and DELETE accept `Idempotency-Key`."
+    ),
     urls_namespace="api",
+    auth=bearer,
+    parser=StrictJsonParser(),
 )
+api.add_decorator(idempotent, mode="view")  # ninja's "view" mode wraps the whole operation
 api.add_router("", health.router)
+api.add_router("", me.router)
+api.add_router("", facts.router)
+api.add_router("", records.router)
+api.add_router("", conflicts.router)
+api.add_router("", agents.router)
+api.add_router("", locks.router)
+api.add_router("", events.router)
+api.add_router("", groups.router)
+
+
+# --- the gate -------------------------------------------------------------------------
+
+
+def gate(view: Callable) -> Callable:
+    """Size limit before parsing, the error shape for 405s and anything unexpected."""
+    if iscoroutinefunction(view):
+
+        async def async_gated(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            refused = _refuse(request)
+            if refused is not None:
+                return refused
+            try:
+                return _shape(await view(request, *args, **kwargs))
+            except Exception as exc:  # a bug of ours: logged, and still the error shape
+                return on_error(request, exc)
+
+        return functools.wraps(view)(markcoroutinefunction(async_gated))
+
+    @functools.wraps(view)
+    def gated(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        refused = _refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            return _shape(view(request, *args, **kwargs))
+        except Exception as exc:
+            return on_error(request, exc)
+
+    return gated
+
+
+def _refuse(request: HttpRequest) -> HttpResponse | None:
+    limit = settings.MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    # The declared length first (nothing is read), then the bytes that came (chunked bodies).
+    if declared > limit or len(request.body) > limit:
+        return error_response(PayloadTooLarge(f"the body is over the limit of {limit} bytes", limit=limit))
+    return None
+
+
+def _shape(response: HttpResponse) -> HttpResponse:
+    if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
+        allowed = response.get("Allow", "")
+        return error_response(
+            MethodNotAllowed(f"method not allowed here; allowed: {allowed}", allowed=allowed.split(", ")),
+            headers={"Allow": allowed},
+        )
+    return response
+
+
+def _unknown_path(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
+
+
+_unknown_path.csrf_exempt = True
+
+
+# --- errors, mapped once --------------------------------------------------------------
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    fields = {}
+    for error in exc.errors:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        fields[".".join(loc) or "body"] = error.get("msg", "invalid")
+    message = "the request is not valid: " + "; ".join(f"{name}: {msg}" for name, msg in fields.items())
+    return error_response(Invalid(message[:1000], fields))
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(Unauthenticated("a valid bearer token is required"))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400:  # ninja could not parse the body; the parser's error is the cause
+        cause = exc.__cause__
+        if isinstance(cause, RecursionError):
+            return error_response(Invalid("the body is nested too deeply", {"body": "too deeply nested"}))
+        detail = f": {cause}" if isinstance(cause, ValueError) else ""
+        return error_response(MalformedJson(f"the body is not valid JSON{detail}"[:300]))
+    return on_error(request, exc)
+
+
+@api.exception_handler(Exception)
+def _any_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return on_error(request, exc)

@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from memory_admin.errors import DomainError
-from memory_admin.services.tokens import find_token, revoke_token
+from memory_admin.models import Token
+from memory_admin.services.tokens import digest, find_token, revoke_token
 
 
 class Command(BaseCommand):
@@ -11,8 +12,10 @@ class Command(BaseCommand):
         parser.add_argument("token", help="the token, or its prefix as the console shows it")
 
     def handle(self, *args, token: str, **options):
+        token = token.strip()
         try:
-            found = find_token(prefix=token[:10])
+            # The whole token names exactly one; a prefix must name exactly one.
+            found = Token.objects.filter(digest=digest(token)).first() or find_token(prefix=token[:10])
             revoke_token(token=found)
         except DomainError as exc:
             raise CommandError(exc.message) from exc

@@ -1,0 +1,68 @@
+"""Status and agents: who is alive and doing what."""
+
+from typing import Any, Literal
+
+from django.http import HttpRequest
+from ninja import Field, Router, Schema
+
+from memory_admin.api.common import In, Key, actor_of, agent_of, errors, ns_of
+from memory_admin.models import AgentStatus, iso
+from memory_admin.services import status as statuses
+
+router = Router(tags=["status"])
+
+
+class StatusIn(In):
+    status: str = Field(min_length=1, max_length=64)
+    detail: str = Field("", max_length=10_000)
+    ttl_seconds: int = Field(60, ge=statuses.MIN_TTL, le=statuses.MAX_TTL)
+
+
+class StatusOut(Schema):
+    agent_id: str
+    status: str
+    detail: str
+    updated_at: str | None
+    expires_at: str | None
+
+
+class AgentOut(StatusOut):
+    state: Literal["live", "stale", "never_seen"]
+
+
+def status_body(found: AgentStatus) -> dict[str, Any]:
+    return {
+        "agent_id": found.agent.name,
+        "status": found.status,
+        "detail": found.detail,
+        "updated_at": iso(found.updated),
+        "expires_at": iso(found.expires),
+        "state": found.state,
+    }
+
+
+@router.put("/status", response={200: StatusOut, **errors(403)}, url_name="heartbeat")
+def heartbeat(request: HttpRequest, body: StatusIn):
+    """Publish the caller's status for `ttl_seconds`; repeating it is the heartbeat. Only a
+    change of `status` or `detail` makes a `status.changed` event."""
+    found = statuses.heartbeat(
+        agent=agent_of(request),
+        status=body.status,
+        detail=body.detail,
+        ttl_seconds=body.ttl_seconds,
+        actor=actor_of(request),
+    )
+    body = status_body(found)
+    del body["state"]
+    return body
+
+
+@router.get("/agents", response={200: list[AgentOut], **errors()}, url_name="list_agents")
+def list_agents(request: HttpRequest):
+    """Every agent of the namespace: `live`, `stale` (its TTL lapsed) or `never_seen`."""
+    return [status_body(found) for found in statuses.list_agents(ns=ns_of(request))]
+
+
+@router.get("/agents/{agent_id}", response={200: AgentOut, **errors(404)}, url_name="get_agent")
+def get_agent(request: HttpRequest, agent_id: Key):
+    return status_body(statuses.get_agent(ns=ns_of(request), agent_id=agent_id))

@@ -1,0 +1,86 @@
+"""Bearer tokens: who the caller is (agent and namespace come from the token only), whether
+it may write, and the per-token rate limit."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from memory_admin import redis as r
+from memory_admin.api.common import RateLimited
+from memory_admin.errors import DomainError, Forbidden
+from memory_admin.models import Token
+from memory_admin.services import tokens
+
+log = logging.getLogger("memory_admin.api")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+WINDOW = 60  # seconds: the rate limit is RATE_LIMIT_PER_MINUTE per token per fixed minute
+REDIS_DOWN_PAUSE = 5.0  # seconds without rate limiting after Redis failed to answer
+
+_redis_down_until = 0.0
+_MISSING = object()
+
+
+class BearerToken(HttpBearer):
+    """`Authorization: Bearer <token>`, looked up by its SHA-256 on every request, so a
+    revoked token is refused at once by every web process."""
+
+    def __call__(self, request: HttpRequest) -> Token | None:
+        # Memoized per request: the idempotency layer needs the token before ninja asks for it.
+        cached = getattr(request, "_ma_auth", _MISSING)
+        if cached is not _MISSING:
+            if isinstance(cached, DomainError):
+                raise cached
+            return cached
+        try:
+            result = super().__call__(request)
+        except DomainError as exc:
+            request._ma_auth = exc
+            raise
+        request._ma_auth = result
+        return result
+
+    def authenticate(self, request: HttpRequest, token: str) -> Token | None:
+        found = tokens.authenticate(token.strip())
+        if found is None:
+            return None
+        if request.method not in SAFE_METHODS and found.read_only:
+            raise Forbidden("this token is read-only", scopes=found.scopes)
+        check_rate(found)
+        return found
+
+
+bearer = BearerToken()
+
+
+def check_rate(token: Token) -> None:
+    """Count the call against the token's minute; RateLimited once over the limit.
+
+    Fails open while Redis is down: agents keep working on what Postgres serves, and a
+    dead Redis is not asked again for a few seconds.
+    """
+    global _redis_down_until
+    if time.monotonic() < _redis_down_until:
+        return
+    stamp = time.time()
+    window = int(stamp // WINDOW)
+    key = r.rate_key(token.agent.ns.name, token.pk, window)
+    try:
+        pipe = r.client().pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, WINDOW * 2)
+        count, _ = pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("rate limit skipped, Redis unavailable: %s", exc)
+        _redis_down_until = time.monotonic() + REDIS_DOWN_PAUSE
+        return
+    limit = settings.RATE_LIMIT_PER_MINUTE
+    if count > limit:
+        retry_after = max(1, int((window + 1) * WINDOW - stamp + 0.999))
+        raise RateLimited(f"over {limit} requests a minute for this token", retry_after=retry_after)

@@ -1,0 +1,143 @@
+"""What every noun module of the API shares: the error schema, input rules, the caller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import django.db
+import redis
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from ninja import Schema
+from pydantic import ConfigDict, Field, StringConstraints
+
+from memory_admin.errors import DomainError, Invalid, Unavailable
+from memory_admin.models import Agent, Namespace, Token
+from memory_admin.services import Actor
+from memory_admin.validation import KEY_RE
+
+log = logging.getLogger("memory_admin.api")
+T = TypeVar("T")
+
+# Keys, lock resources, group and agent names (API.md); a bad one is a 422 naming the field.
+Key = Annotated[str, StringConstraints(pattern=KEY_RE.pattern)]
+Limit = Annotated[int, Field(ge=1, le=500)]
+Id = Annotated[int, Field(ge=0, le=2**63 - 1)]  # ids, versions, cursors: what a bigint holds
+
+
+# Errors only the HTTP layer raises; the domain's own kinds are in memory_admin/errors.py.
+class MalformedJson(DomainError):
+    status, code = 400, "malformed_json"
+
+
+class Unauthenticated(DomainError):
+    status, code = 401, "unauthenticated"
+
+
+class MethodNotAllowed(DomainError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(DomainError):
+    status, code = 413, "payload_too_large"
+
+
+class RateLimited(DomainError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class InternalError(DomainError):
+    status, code = 500, "internal_error"
+
+
+class In(Schema):
+    """A request body. Unknown fields are refused (422), so a misspelt field never passes silently;
+    wrong types are refused rather than coerced ("5" is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorDetail(Schema):
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class Error(Schema):
+    """Every error under /api/v1/: {"error": {"code", "message", ...details}} (API.md)."""
+
+    error: ErrorDetail
+
+
+def errors(*statuses: int) -> dict[int, type[Error]]:
+    """The error responses an operation documents, besides the ones every call can return."""
+    return dict.fromkeys((*statuses, 401, 413, 422, 429, 500, 503), Error)
+
+
+def error_response(exc: DomainError, *, headers: dict[str, str] | None = None) -> JsonResponse:
+    response = JsonResponse(exc.body(), status=exc.status)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def on_error(request: HttpRequest, exc: Exception) -> JsonResponse:
+    """Any exception as the error shape: domain errors as they are, a store that is down as 503,
+    anything else logged and answered with a 500 that carries no trace."""
+    if isinstance(exc, DomainError):
+        return error_response(exc)
+    if isinstance(exc, django.db.OperationalError | django.db.InterfaceError):
+        log.warning("Postgres unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(Unavailable("Postgres is unreachable; retry shortly"))
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(Unavailable("Redis is unreachable; retry shortly"))
+    if isinstance(exc, RecursionError):
+        return error_response(Invalid("the input is nested too deeply", {"body": "too deeply nested"}))
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return error_response(InternalError("an unexpected error occurred; it has been logged"))
+
+
+def json_response(data: Any, status: int = 200) -> JsonResponse:
+    return JsonResponse(data, status=status, safe=False, json_dumps_params={"ensure_ascii": False})
+
+
+def token_of(request: HttpRequest) -> Token:
+    return request.auth
+
+
+def agent_of(request: HttpRequest) -> Agent:
+    return request.auth.agent
+
+
+def ns_of(request: HttpRequest) -> Namespace:
+    return request.auth.agent.ns
+
+
+def actor_of(request: HttpRequest) -> Actor:
+    return Actor.of_agent(request.auth.agent)
+
+
+def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`func` for an async view: run in the request's thread, which then gives its Postgres
+    connection back to the pool, so a view that waits (a lock, a stream) holds none meanwhile."""
+
+    def call(*args, **kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if not connection.in_atomic_block:  # a test's transaction keeps its connection
+                connection.close()
+
+    return sync_to_async(call)

@@ -1,0 +1,161 @@
+"""The shared log: append, page after a cursor, and a live Server-Sent Events stream."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis
+from django.http import HttpRequest, StreamingHttpResponse
+from ninja import Field, Query, Router, Schema, Status
+
+from memory_admin import redis as r
+from memory_admin.api.common import Id, In, Limit, actor_of, errors, in_thread, ns_of
+from memory_admin.errors import Invalid
+from memory_admin.models import Namespace
+from memory_admin.services import events
+
+router = Router(tags=["events"])
+
+KEEPALIVE_SECONDS = 15
+WAKE_BLOCK_MS = 4000  # below the Redis client's 5 s socket timeout
+POLL_SECONDS = 1.0  # while Redis is down, the stream polls Postgres
+BATCH = 500
+
+
+class EventIn(In):
+    type: str = Field(description="^[a-z0-9][a-z0-9_.-]{0,63}$; the server's own prefixes are refused")
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventOut(Schema):
+    id: int
+    type: str
+    agent_id: str | None
+    actor: str
+    subject: str
+    payload: dict[str, Any]
+    created_at: str
+
+
+class EventPage(Schema):
+    items: list[EventOut]
+    next: int | None = Field(description="the last id of a full page (pass as `after`); null when caught up")
+
+
+class EventQuery(Schema):
+    after: Id = Field(0, description="the last id seen")
+    type: list[str] = Field(default_factory=list, description="repeat, or separate with commas")
+    agent_id: str | None = None
+    limit: Limit = 50
+
+
+class StreamQuery(Schema):
+    after: Id | None = Field(None, description="replay from here; the header Last-Event-ID wins")
+    type: list[str] = Field(default_factory=list)
+
+
+def _types(values: list[str]) -> list[str]:
+    return [t for value in values for t in value.split(",") if t]
+
+
+@router.post("/events", response={201: EventOut, **errors(403)}, url_name="publish_event")
+def publish_event(request: HttpRequest, body: EventIn):
+    """Append an event of the agent's own type."""
+    event = events.publish_event(
+        ns=ns_of(request), type=body.type, payload=body.payload, actor=actor_of(request)
+    )
+    return Status(201, event.body())
+
+
+@router.get("/events", response={200: EventPage, **errors()}, url_name="read_events")
+def read_events(request: HttpRequest, query: Query[EventQuery]):
+    """Events after `after`, oldest first. Ids are gapless and in commit order: a reader
+    that pages on `after` never skips one."""
+    page = events.read_events(
+        ns=ns_of(request),
+        after=query.after,
+        types=_types(query.type),
+        agent_id=query.agent_id,
+        limit=query.limit,
+    )
+    full = len(page) == query.limit
+    return {"items": [event.body() for event in page], "next": page[-1].id if full else None}
+
+
+@router.get(
+    "/events/stream",
+    response={200: None, **errors()},
+    url_name="event_stream",
+    openapi_extra={"responses": {200: {"description": "text/event-stream: `id`, `event`, `data` per event"}}},
+)
+async def event_stream(request: HttpRequest, query: Query[StreamQuery]):
+    """Server-Sent Events: replays after `after` (or `Last-Event-ID`) from Postgres, then
+    follows live. A `: keepalive` comment line every 15 s keeps proxies from closing it."""
+    last_seen = request.headers.get("Last-Event-ID")
+    if last_seen is not None:
+        if not last_seen.strip().isdigit() or int(last_seen) >= 2**63:
+            raise Invalid("Last-Event-ID must be an event id", {"Last-Event-ID": "an event id"})
+        cursor = int(last_seen)
+    elif query.after is not None:
+        cursor = query.after
+    else:
+        cursor = await in_thread(events.last_event_id)()
+    response = StreamingHttpResponse(
+        _follow(ns_of(request), cursor, _types(query.type)), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _follow(ns: Namespace, cursor: int, types: list[str]) -> AsyncIterator[str]:
+    """Postgres is the source of truth, Redis only the wake-up: after every wake-up (or
+    timeout) the log is read after the cursor, so the replay-to-live seam has no gap and
+    no duplicate, and a Redis outage only slows the stream to polling."""
+    loop = asyncio.get_running_loop()
+    client = r.async_client()
+    key = r.stream_key(ns.name)
+    wake_from = await _stream_top(client, key)  # taken before the replay: nothing falls between
+    last_write = loop.time()
+    try:
+        yield "retry: 1000\n\n"
+        while True:
+            batch = await in_thread(events.read_events)(ns=ns, after=cursor, types=types, limit=BATCH)
+            for event in batch:
+                yield _frame(event.body())
+                cursor = event.id
+            if batch:
+                last_write = loop.time()
+            if len(batch) == BATCH:
+                continue
+            if wake_from is None:
+                await asyncio.sleep(POLL_SECONDS)
+                wake_from = await _stream_top(client, key)
+            else:
+                try:
+                    woken = await client.xread({key: wake_from}, block=WAKE_BLOCK_MS, count=BATCH)
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    wake_from = None
+                else:
+                    if woken:
+                        wake_from = woken[0][1][-1][0]
+            if loop.time() - last_write >= KEEPALIVE_SECONDS:
+                yield ": keepalive\n\n"
+                last_write = loop.time()
+    finally:
+        await client.aclose()
+
+
+async def _stream_top(client, key: str) -> str | None:
+    """The id of the stream's newest entry ("0-0" when empty), or None while Redis is down."""
+    try:
+        newest = await client.xrevrange(key, count=1)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return None
+    return newest[0][0] if newest else "0-0"
+
+
+def _frame(body: dict[str, Any]) -> str:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {body['id']}\nevent: {body['type']}\ndata: {data}\n\n"
