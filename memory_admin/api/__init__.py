@@ -61,7 +61,7 @@ class AgentAPI(NinjaAPI):
         urls = super()._get_urls()
         for pattern in urls:
             pattern.callback = gate(pattern.callback)
-        urls.append(re_path(r"^.*$", gate(_unknown_path), name="unknown"))
+        urls.append(re_path(r"^[\s\S]*$", gate(_unknown_path), name="unknown"))
         return urls
 
 

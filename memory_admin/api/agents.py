@@ -5,8 +5,8 @@ from typing import Any, Literal
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
-from memory_admin.api.common import In, Key, actor_of, agent_of, errors, ns_of
-from memory_admin.models import AgentStatus, iso
+from memory_admin.api.common import In, Key, actor_of, agent_of, errors, iso_ms, ns_of
+from memory_admin.models import AgentStatus
 from memory_admin.services import status as statuses
 
 router = Router(tags=["status"])
@@ -35,8 +35,8 @@ def status_body(found: AgentStatus) -> dict[str, Any]:
         "agent_id": found.agent.name,
         "status": found.status,
         "detail": found.detail,
-        "updated_at": iso(found.updated),
-        "expires_at": iso(found.expires),
+        "updated_at": iso_ms(found.updated),
+        "expires_at": iso_ms(found.expires),
         "state": found.state,
     }
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import django.db
 import redis
 from asgiref.sync import sync_to_async
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse
 from ninja import Schema
 from pydantic import ConfigDict, Field, StringConstraints
 
-from memory_admin.errors import DomainError, Invalid, Unavailable
-from memory_admin.models import Agent, Namespace, Token
+from memory_admin.errors import DomainError, Invalid, NotFound, Unavailable
+from memory_admin.models import Agent, Namespace, Token, iso
 from memory_admin.services import Actor
 from memory_admin.validation import KEY_RE
 
@@ -97,6 +98,8 @@ def on_error(request: HttpRequest, exc: Exception) -> JsonResponse:
     anything else logged and answered with a 500 that carries no trace."""
     if isinstance(exc, DomainError):
         return error_response(exc)
+    if isinstance(exc, Http404):
+        return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
     if isinstance(exc, django.db.OperationalError | django.db.InterfaceError):
         log.warning("Postgres unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(Unavailable("Postgres is unreachable; retry shortly"))
@@ -111,6 +114,12 @@ def on_error(request: HttpRequest, exc: Exception) -> JsonResponse:
 
 def json_response(data: Any, status: int = 200) -> JsonResponse:
     return JsonResponse(data, status=status, safe=False, json_dumps_params={"ensure_ascii": False})
+
+
+def iso_ms(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC to the millisecond: what Redis keeps of lock and status times, so a value
+    reads back the same as it was first returned."""
+    return None if moment is None else iso(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
 
 
 def token_of(request: HttpRequest) -> Token:

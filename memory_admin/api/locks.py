@@ -19,12 +19,13 @@ from memory_admin.api.common import (
     error_response,
     errors,
     in_thread,
+    iso_ms,
     json_response,
     ns_of,
 )
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError
-from memory_admin.models import HeldLock, iso
+from memory_admin.models import HeldLock
 from memory_admin.services import locks
 
 router = Router(tags=["locks"])
@@ -61,8 +62,8 @@ def lock_body(lock: HeldLock) -> dict[str, Any]:
         "resource": lock.resource,
         "owner": lock.owner,
         "fencing_token": lock.token,
-        "acquired_at": iso(lock.acquired),
-        "expires_at": iso(lock.expires),
+        "acquired_at": iso_ms(lock.acquired),
+        "expires_at": iso_ms(lock.expires),
     }
 
 

@@ -1,0 +1,120 @@
+import threading
+import time
+
+import pytest
+
+from memory_admin import redis as r
+from memory_admin.models import Event
+from tests.test_api_support import api_for, error, state
+
+pytestmark = pytest.mark.django_db
+
+
+def test_acquire_returns_the_lock_with_a_growing_fencing_token(alpha):
+    api = api_for(alpha)
+    response = api.post("/locks/printer", {"ttl_seconds": 10})
+    assert response.status_code == 200
+    lock = response.json()
+    assert set(lock) >= {"resource", "owner", "fencing_token", "acquired_at", "expires_at"}
+    assert (lock["resource"], lock["owner"]) == ("printer", "alpha")
+    assert api.get("/locks/printer").json() == lock
+    assert api.get("/locks").json()["items"] == [lock]
+    assert api.delete(f"/locks/printer?fencing_token={lock['fencing_token']}").status_code == 204
+    again = api.post("/locks/printer").json()
+    assert again["fencing_token"] > lock["fencing_token"]
+
+
+def test_an_empty_body_takes_the_defaults(alpha):
+    lock = api_for(alpha).post("/locks/printer", raw="").json()
+    assert lock["owner"] == "alpha"
+
+
+def test_a_held_lock_is_409_lock_held_with_holder_and_expiry_and_not_reentrant(alpha, beta):
+    a, b = api_for(alpha), api_for(beta)
+    lock = a.post("/locks/printer").json()
+    before = state()
+    failure = error(b.post("/locks/printer"), 409, "lock_held")
+    assert failure["held_by"] == "alpha" and failure["expires_at"]
+    error(a.post("/locks/printer"), 409, "lock_held")
+    assert state() == before
+    assert a.get("/locks/printer").json() == lock
+
+
+def test_acquire_waits_for_the_holder_to_release(alpha, beta):
+    a, b = api_for(alpha), api_for(beta)
+    token = a.post("/locks/printer").json()["fencing_token"]
+    holder = r.client()
+
+    def release_soon():
+        time.sleep(0.3)
+        holder.delete(r.lock_key("team", "printer"))  # the holder's TTL lapses
+
+    threading.Thread(target=release_soon).start()
+    started = time.monotonic()
+    response = b.post("/locks/printer", {"wait_seconds": 5})
+    assert response.status_code == 200, response.content
+    assert 0.25 < time.monotonic() - started < 3
+    assert response.json()["fencing_token"] > token
+
+
+def test_acquire_gives_up_after_wait_seconds(alpha, beta):
+    api_for(alpha).post("/locks/printer", {"ttl_seconds": 30})
+    started = time.monotonic()
+    error(api_for(beta).post("/locks/printer", {"wait_seconds": 0.4}), 409, "lock_held")
+    assert 0.35 < time.monotonic() - started < 2
+
+
+def test_renew_extends_and_only_the_holder_with_its_token_may(alpha, beta):
+    a, b = api_for(alpha), api_for(beta)
+    lock = a.post("/locks/printer", {"ttl_seconds": 5}).json()
+    renewed = a.post("/locks/printer/renew", {"fencing_token": lock["fencing_token"], "ttl_seconds": 60})
+    assert renewed.status_code == 200
+    assert renewed.json()["expires_at"] > lock["expires_at"]
+    assert renewed.json()["fencing_token"] == lock["fencing_token"]
+    before = state()
+    error(b.post("/locks/printer/renew", {"fencing_token": lock["fencing_token"]}), 409, "not_lock_holder")
+    error(
+        a.post("/locks/printer/renew", {"fencing_token": lock["fencing_token"] + 1}), 409, "not_lock_holder"
+    )
+    error(a.post("/locks/other/renew", {"fencing_token": 1}), 409, "not_lock_holder")
+    assert state() == before
+    assert a.get("/locks/printer").json()["expires_at"] == renewed.json()["expires_at"]
+
+
+def test_release_by_another_agent_or_with_a_wrong_token_is_409_and_keeps_the_lock(alpha, beta):
+    a, b = api_for(alpha), api_for(beta)
+    lock = a.post("/locks/printer").json()
+    before = state()
+    error(b.delete(f"/locks/printer?fencing_token={lock['fencing_token']}"), 409, "not_lock_holder")
+    error(a.delete(f"/locks/printer?fencing_token={lock['fencing_token'] + 1}"), 409, "not_lock_holder")
+    error(a.delete("/locks/never?fencing_token=1"), 409, "not_lock_holder")
+    assert state() == before
+    assert a.get("/locks/printer").json() == lock
+    assert not Event.objects.filter(type="lock.released").exists()
+
+
+def test_a_lock_nobody_holds_is_404(alpha):
+    error(api_for(alpha).get("/locks/printer"), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/locks/printer", {"ttl_seconds": 0}),
+        ("POST", "/locks/printer", {"ttl_seconds": 3601}),
+        ("POST", "/locks/printer", {"wait_seconds": 31}),
+        ("POST", "/locks/printer", {"wait_seconds": -1}),
+        ("POST", "/locks/printer", {"owner": "beta"}),
+        ("POST", "/locks/printer/renew", {}),
+        ("POST", "/locks/printer/renew", {"fencing_token": "1"}),
+        ("DELETE", "/locks/printer", None),
+        ("DELETE", "/locks/printer?fencing_token=abc", None),
+    ],
+)
+def test_bad_lock_requests_are_422_and_change_nothing(alpha, method, path, body):
+    api = api_for(alpha)
+    before = state()
+    response = api.call(method, path, body) if body is not None else api.call(method, path)
+    error(response, 422, "validation_error")
+    assert state() == before
+    assert not r.client().exists(r.lock_key("team", "printer"))
