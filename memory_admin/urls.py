@@ -1,7 +1,39 @@
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import path, register_converter
 
 from memory_admin import views
 
+
+class NamespaceConverter:
+    # Namespace names are keys (API.md) minus "/", which cannot sit inside one URL segment.
+    regex = r"[A-Za-z0-9_.:@\-]{1,200}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(NamespaceConverter, "ns")
+
 urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
+    path("switch/", views.switch, name="switch"),
+    path("ns/<ns:ns>/", views.overview, name="overview"),
+    path("ns/<ns:ns>/agents/", views.agents, name="agents"),
+    path("ns/<ns:ns>/agents/<path:name>", views.agent, name="agent"),
+    path("ns/<ns:ns>/tokens/issue/<path:name>", views.issue_token, name="issue_token"),
+    path("ns/<ns:ns>/tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke_token"),
+    path("ns/<ns:ns>/facts/", views.facts, name="facts"),
+    path("ns/<ns:ns>/facts/<int:fact_id>/", views.fact, name="fact"),
+    path("ns/<ns:ns>/records/", views.records, name="records"),
+    path("ns/<ns:ns>/records/<path:key>", views.record, name="record"),
+    path("ns/<ns:ns>/conflicts/", views.conflicts, name="conflicts"),
+    path("ns/<ns:ns>/conflicts/<int:conflict_id>/", views.conflict, name="conflict"),
+    path("ns/<ns:ns>/locks/", views.locks, name="locks"),
+    path("ns/<ns:ns>/locks/release/", views.force_release, name="force_release"),
+    path("ns/<ns:ns>/timeline/", views.timeline, name="timeline"),
 ]

@@ -1,0 +1,464 @@
+"""Console pages (function views): viewers watch, operators (perm `memory_admin.operate`) act.
+
+Every page renders one template whose fragments ({% partialdef %}) are also what htmx
+requests (`?fragment=`) and the websocket (live.py) send. Every action is a POST through
+a service with the operator as actor, so the event log names the person.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template import TemplateDoesNotExist
+from django.template.loader import get_template
+from django.views.decorators.http import require_POST
+
+from memory_admin.errors import Invalid, NotFound, Unavailable, VersionConflict
+from memory_admin.forms import ForceReleaseForm, IssueTokenForm, RecordEditForm, ResolveForm
+from memory_admin.models import Agent, Event, Fact, Namespace, Record, RecordVersion, Token
+from memory_admin.services import Actor
+from memory_admin.services import conflicts as conflict_service
+from memory_admin.services import tokens as token_service
+from memory_admin.services.facts import get_fact, query_facts
+from memory_admin.services.locks import force_release as force_release_lock
+from memory_admin.services.locks import list_locks
+from memory_admin.services.records import list_records, record_versions, write_record
+from memory_admin.services.status import get_agent, list_agents
+from memory_admin.views.screens import (
+    PAGE_SIZE,
+    View,
+    agent_panels,
+    conflict_context,
+    last_event_id,
+    line_diff,
+    open_conflict_count,
+    overview_context,
+    record_panels,
+)
+
+OPERATE = "memory_admin.operate"
+# The header's tab for each screen.
+SECTIONS = {"agent": "agents", "fact": "facts", "record": "records", "conflict": "conflicts"}
+
+
+def can_operate(user) -> bool:
+    return user.has_perm(OPERATE)
+
+
+def console(view_func):
+    """Login required; resolves the `ns` URL argument to a Namespace and remembers it."""
+
+    @wraps(view_func)
+    @login_required
+    def wrapper(request: HttpRequest, ns: str, *args, **kwargs) -> HttpResponse:
+        namespace = get_object_or_404(Namespace, name=ns)
+        request.session["ns"] = namespace.name
+        try:
+            return view_func(request, namespace, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(exc.message) from None
+        except Unavailable as exc:
+            return render(request, "memory_admin/unavailable.html", {"message": exc.message}, status=503)
+
+    return wrapper
+
+
+def operator(view_func):
+    """Only operators act; everyone else gets 403. Actions are POSTs (CSRF-checked)."""
+
+    @wraps(view_func)
+    @require_POST
+    def wrapper(request: HttpRequest, ns: Namespace, *args, **kwargs) -> HttpResponse:
+        if not can_operate(request.user):
+            raise PermissionDenied("operators only")
+        return view_func(request, ns, *args, **kwargs)
+
+    return console(wrapper)
+
+
+def screen(request: HttpRequest, ns: Namespace, template: str, view: View, context: dict) -> HttpResponse:
+    """Render a screen, or only the fragment an htmx request names with `?fragment=`."""
+    base = {
+        "ns": ns,
+        "view": view,
+        "section": SECTIONS.get(view.page, view.page),
+        "can_operate": can_operate(request.user),
+    }
+    fragment = request.GET.get("fragment", "")
+    if fragment:
+        try:
+            partial = get_template(f"memory_admin/{template}#{fragment}")
+        except TemplateDoesNotExist:
+            raise Http404("no such fragment") from None
+        return HttpResponse(partial.render({**base, **context}, request))
+    base |= {
+        "namespaces": Namespace.objects.values_list("name", flat=True),
+        "open_conflicts": open_conflict_count(ns),
+        "live_url": f"/ws/ns/{ns.name}/?{view.query()}",
+    }
+    return render(request, f"memory_admin/{template}", {**base, **context})
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+@login_required
+def overview(request: HttpRequest, ns: str | None = None) -> HttpResponse:
+    if ns is None:
+        name = request.session.get("ns")
+        namespace = Namespace.objects.filter(name=name).first() if name else None
+        namespace = namespace or Namespace.objects.first()
+        if namespace is None:
+            return render(request, "memory_admin/empty.html")
+        return redirect("overview", namespace.name)
+    return _overview(request, ns)
+
+
+@console
+def _overview(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    view = View("overview")
+    cursor = last_event_id(ns)
+    return screen(request, ns, "overview.html", view, {"cursor": cursor, **overview_context(ns)})
+
+
+@login_required
+def switch(request: HttpRequest) -> HttpResponse:
+    """The header's namespace switcher: the same screen in another namespace."""
+    ns = get_object_or_404(Namespace, name=request.GET.get("ns", ""))
+    section = request.GET.get("section", "overview")
+    if section not in ("overview", "agents", "facts", "records", "conflicts", "locks", "timeline"):
+        section = "overview"
+    return redirect(section, ns.name)
+
+
+@console
+def agents(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    cursor = last_event_id(ns)
+    return screen(
+        request, ns, "agents.html", View("agents"), {"cursor": cursor, "agents": list_agents(ns=ns)}
+    )
+
+
+@console
+def agent(request: HttpRequest, ns: Namespace, name: str) -> HttpResponse:
+    return _agent_page(request, ns, get_object_or_404(Agent, ns=ns, name=name))
+
+
+def _agent_page(request, ns, agent, **extra) -> HttpResponse:
+    view = View("agent", agent=agent.name)
+    cursor = last_event_id(ns)
+    facts, _ = query_facts(ns=ns, agent_id=agent.name, limit=20)
+    context = {
+        "cursor": cursor,
+        "agent": agent,
+        "status": get_agent(ns=ns, agent_id=agent.name),
+        "facts": facts,
+        "events": list(view.events(ns)[:30]),
+        "token_form": IssueTokenForm(),
+        **agent_panels(ns, agent),
+        **extra,
+    }
+    return screen(request, ns, "agent.html", view, context)
+
+
+@console
+def facts(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    view = View(
+        "facts",
+        category=request.GET.get("category", "").strip(),
+        agent=request.GET.get("agent", "").strip(),
+        q=request.GET.get("q", "").strip(),
+    )
+    cursor = last_event_id(ns)
+    after = _int(request.GET.get("after"))
+    page, next_cursor = query_facts(
+        ns=ns, category=view.category or None, agent_id=view.agent or None, q=view.q or None, after=after
+    )
+    context = {
+        "cursor": cursor,
+        "facts": page,
+        "next": next_cursor,
+        "categories": Fact.objects.filter(ns=ns).values_list("category", flat=True).distinct()[:200],
+        "agent_names": Agent.objects.filter(ns=ns).values_list("name", flat=True),
+    }
+    return screen(request, ns, "facts.html", view, context)
+
+
+@console
+def fact(request: HttpRequest, ns: Namespace, fact_id: int) -> HttpResponse:
+    return screen(request, ns, "fact.html", View("fact"), {"fact": get_fact(ns=ns, fact_id=fact_id)})
+
+
+@console
+def records(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    view = View("records", prefix=request.GET.get("prefix", "").strip())
+    cursor = last_event_id(ns)
+    page = list_records(ns=ns, prefix=view.prefix, after=request.GET.get("after", ""), limit=PAGE_SIZE + 1)
+    context = {
+        "cursor": cursor,
+        "records": page[:PAGE_SIZE],
+        "next": page[PAGE_SIZE - 1].key if len(page) > PAGE_SIZE else None,
+    }
+    return screen(request, ns, "records.html", view, context)
+
+
+@console
+def record(request: HttpRequest, ns: Namespace, key: str) -> HttpResponse:
+    found = get_object_or_404(Record, ns=ns, key=key)
+    if request.method == "POST":
+        return _edit_record(request, ns, found)
+    return _record_page(request, ns, found, RecordEditForm(initial=_edit_initial(found)))
+
+
+def _edit_initial(record: Record) -> dict:
+    from memory_admin.templatetags.console import pretty
+
+    return {"value": pretty(record.value), "expected_version": record.version}
+
+
+def _record_page(request, ns, record, form, status=200) -> HttpResponse:
+    view = View("record", key=record.key)
+    cursor = last_event_id(ns)
+    versions = record_versions(ns=ns, key=record.key, limit=200)
+    numbers = [v.version for v in versions]
+    newer = _int(request.GET.get("b")) or (numbers[0] if numbers else 0)
+    older = _int(request.GET.get("a")) or (numbers[1] if len(numbers) > 1 else newer)
+    chosen = {v.version: v for v in RecordVersion.objects.filter(record=record, version__in=[older, newer])}
+    diff = None
+    if older in chosen and newer in chosen:
+        diff = line_diff(chosen[older].value, chosen[newer].value)
+    context = {
+        "cursor": cursor,
+        "record": record,
+        "versions": versions,
+        "diff": diff,
+        "diff_a": older,
+        "diff_b": newer,
+        "form": form,
+        **record_panels(ns, record.key),
+    }
+    response = screen(request, ns, "record.html", view, context)
+    response.status_code = status
+    return response
+
+
+def _edit_record(request, ns, record) -> HttpResponse:
+    if not can_operate(request.user):
+        raise PermissionDenied("operators only")
+    form = RecordEditForm(request.POST)
+    if not form.is_valid():
+        return _record_page(request, ns, record, form, status=422)
+    try:
+        written, _ = write_record(
+            ns=ns,
+            key=record.key,
+            value=form.cleaned_data["value"],
+            expected_version=form.cleaned_data["expected_version"],
+            actor=Actor.of_operator(request.user),
+        )
+    except VersionConflict as exc:
+        messages.error(
+            request,
+            f"Your edit was refused: {exc.message}. It is kept as conflict #{exc.details['conflict_id']}.",
+        )
+        return redirect("conflict", ns.name, exc.details["conflict_id"])
+    except Invalid as exc:
+        form.add_error("value", exc.message)
+        return _record_page(request, ns, record, form, status=422)
+    messages.success(request, f"Saved {written.key} as version {written.version}.")
+    return redirect("record", ns.name, written.key)
+
+
+@console
+def conflicts(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    status = "resolved" if request.GET.get("status") == "resolved" else "open"
+    cursor = last_event_id(ns)
+    found = conflict_service.list_conflicts(ns=ns, status=status, limit=200)
+    return screen(
+        request,
+        ns,
+        "conflicts.html",
+        View("conflicts"),
+        {"cursor": cursor, "conflicts": found, "status": status},
+    )
+
+
+@console
+def conflict(request: HttpRequest, ns: Namespace, conflict_id: int) -> HttpResponse:
+    found = conflict_service.get_conflict(ns=ns, conflict_id=conflict_id)
+    if request.method == "POST":
+        return _resolve(request, ns, found)
+    return _conflict_page(request, ns, found, None)
+
+
+def _conflict_page(request, ns, found, form, status=200) -> HttpResponse:
+    cursor = last_event_id(ns)
+    context = conflict_context(found)
+    if form is None:
+        from memory_admin.templatetags.console import pretty
+
+        merge_from = (
+            found.proposed_value if not found.delete else context["record"] and context["record"].value
+        )
+        form = ResolveForm(
+            initial={
+                "action": "merge",
+                "expected_version": context["write_over"],
+                "value": pretty(merge_from),
+            }
+        )
+    response = screen(
+        request,
+        ns,
+        "conflict.html",
+        View("conflict", conflict=found.pk, key=found.key),
+        {"cursor": cursor, "form": form, **context},
+    )
+    response.status_code = status
+    return response
+
+
+def _resolve(request, ns, found) -> HttpResponse:
+    if not can_operate(request.user):
+        raise PermissionDenied("operators only")
+    form = ResolveForm(request.POST)
+    if not form.is_valid():
+        return _conflict_page(request, ns, found, form, status=422)
+    action = form.cleaned_data["action"]
+    try:
+        written = conflict_service.resolve_conflict(
+            conflict=found,
+            action=action,
+            actor=Actor.of_operator(request.user),
+            expected_version=form.cleaned_data["expected_version"],
+            value=form.cleaned_data.get("value"),
+        )
+    except VersionConflict as exc:
+        messages.error(
+            request,
+            f"Refused: {exc.message} — the record moved while you looked. "
+            f"Your write is kept as conflict #{exc.details['conflict_id']}; this one stays open.",
+        )
+        return redirect("conflict", ns.name, found.pk)
+    except Invalid as exc:
+        messages.error(request, exc.message)
+        return redirect("conflict", ns.name, found.pk)
+    done = {
+        "accept": "accepted the proposed value",
+        "keep": "kept the current value",
+        "merge": "wrote the merge",
+    }
+    version = f" — {found.key} is now version {written.version}" if written is not None else ""
+    messages.success(request, f"Conflict #{found.pk} resolved: {done[action]}{version}.")
+    if written is not None and not written.deleted:
+        return redirect("record", ns.name, found.key)
+    return redirect("conflicts", ns.name)
+
+
+@console
+def locks(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    cursor = last_event_id(ns)
+    return screen(request, ns, "locks.html", View("locks"), {"cursor": cursor, "locks": list_locks(ns=ns)})
+
+
+@console
+def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    view = View(
+        "timeline", type=request.GET.get("type", "").strip(), agent=request.GET.get("agent", "").strip()
+    )
+    cursor = last_event_id(ns)
+    events = view.events(ns)
+    before = _int(request.GET.get("before"))
+    if before:
+        events = events.filter(id__lt=before)
+    page = list(events[: PAGE_SIZE + 1])
+    context = {
+        "cursor": cursor,
+        "events": page[:PAGE_SIZE],
+        "next": page[PAGE_SIZE - 1].id if len(page) > PAGE_SIZE else None,
+        "types": Event.objects.filter(ns=ns).values_list("type", flat=True).distinct().order_by("type")[:200],
+        "agent_names": Agent.objects.filter(ns=ns).values_list("name", flat=True),
+    }
+    return screen(request, ns, "timeline.html", view, context)
+
+
+# --- actions ----------------------------------------------------------------------------
+
+
+@operator
+def force_release(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    form = ForceReleaseForm(request.POST)
+    if not form.is_valid():
+        if request.htmx:
+            lock = next((lk for lk in list_locks(ns=ns) if lk.resource == request.POST.get("resource")), None)
+            if lock is not None:
+                return render(
+                    request,
+                    "memory_admin/locks.html#lock-row",
+                    {"ns": ns, "lock": lock, "can_operate": True, "form": form},
+                    status=422,
+                )
+        messages.error(request, "Force release needs a reason.")
+        return redirect("locks", ns.name)
+    resource = form.cleaned_data["resource"]
+    try:
+        held = force_release_lock(
+            ns=ns,
+            resource=resource,
+            reason=form.cleaned_data["reason"],
+            actor=Actor.of_operator(request.user),
+        )
+        note = (
+            f"Released {resource} from {held.owner}; writes fenced with token {held.token} are now refused."
+        )
+    except NotFound:
+        note = f"{resource} was no longer held."
+    except Invalid as exc:
+        note = exc.message
+    if request.htmx:
+        # The row goes; the note takes its place in the page's message area.
+        return render(request, "memory_admin/locks.html#released", {"note": note})
+    messages.info(request, note)
+    return redirect("locks", ns.name)
+
+
+@operator
+def issue_token(request: HttpRequest, ns: Namespace, name: str) -> HttpResponse:
+    agent = get_object_or_404(Agent, ns=ns, name=name)
+    form = IssueTokenForm(request.POST)
+    form.is_valid()
+    token, secret = token_service.issue_token(
+        agent=agent,
+        actor=Actor.of_operator(request.user),
+        read_only=form.cleaned_data.get("read_only", False),
+    )
+    context = {"ns": ns, "agent": agent, "issued": token, "secret": secret, "can_operate": True}
+    if request.htmx:
+        context |= {"tokens": list(agent.tokens.all()), "htmx_response": True}
+        return render(request, "memory_admin/agent.html#token-issued", context)
+    # No redirect: the secret is shown once, in this response, and stored nowhere.
+    return _agent_page(request, ns, agent, issued=token, secret=secret)
+
+
+@operator
+def revoke_token(request: HttpRequest, ns: Namespace, token_id: int) -> HttpResponse:
+    token = get_object_or_404(Token, pk=token_id, agent__ns=ns)
+    token = token_service.revoke_token(token=token, actor=Actor.of_operator(request.user))
+    if request.htmx:
+        return render(
+            request, "memory_admin/agent.html#token-row", {"ns": ns, "token": token, "can_operate": True}
+        )
+    messages.info(request, f"Token {token.prefix}… revoked.")
+    return redirect("agent", ns.name, token.agent.name)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,215 @@
+"""What each console screen shows, shared by the page views and the live pushes.
+
+A `View` names one open page (its screen and filters); the page view renders it whole,
+live.render_changes renders only the fragments an event changed, both from the same
+context builders here, so a pushed fragment is the same markup as the page's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib.postgres.search import SearchQuery
+from django.db.models import Q
+from django.utils.timezone import now
+
+from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, RecordVersion
+from memory_admin.services.conflicts import list_conflicts
+from memory_admin.services.locks import list_locks
+from memory_admin.services.status import list_agents
+
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class View:
+    """One open page: its screen and filters (also the websocket's query string)."""
+
+    page: str
+    agent: str = ""
+    category: str = ""
+    q: str = ""
+    type: str = ""
+    key: str = ""
+    prefix: str = ""
+    conflict: int = 0
+
+    @classmethod
+    def parse(cls, params: dict[str, Any]) -> View:
+        """From a websocket query string; unknown parameters are ignored."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name in known:
+            raw = params.get(name)
+            if isinstance(raw, list):
+                raw = raw[0] if raw else None
+            if raw in (None, ""):
+                continue
+            if name == "conflict":
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    continue
+            else:
+                values[name] = str(raw)[:200]
+        return cls(**{"page": "overview", **values})
+
+    def query(self) -> str:
+        return urlencode({k: v for k, v in asdict(self).items() if v not in ("", 0)})
+
+    def events(self, ns: Namespace):
+        """The page's events, newest first (timeline and agent page filters)."""
+        events = Event.objects.filter(ns=ns)
+        if self.type:
+            events = (
+                events.filter(type__startswith=self.type)
+                if "." not in self.type
+                else events.filter(type=self.type)
+            )
+        if self.agent:
+            events = events.filter(Q(agent_id=self.agent) | Q(actor=self.agent))
+        return events.order_by("-id")
+
+    def shows_event(self, event: Event) -> bool:
+        if self.type and not (
+            event.type == self.type if "." in self.type else event.type.startswith(self.type)
+        ):
+            return False
+        return not self.agent or self.agent in (event.agent_id, event.actor)
+
+    def shows_fact(self, fact: Fact) -> bool:
+        if self.category and fact.category != self.category:
+            return False
+        if self.agent and fact.agent.name != self.agent:
+            return False
+        return not self.q or Fact.objects.filter(pk=fact.pk, search=_search(self.q)).exists()
+
+
+def _search(q: str) -> SearchQuery:
+    return SearchQuery(q, search_type="websearch", config="english")
+
+
+def last_event_id(ns: Namespace) -> int:
+    """Where this page's live feed starts: read before the page's data, so nothing falls between."""
+    return Event.objects.filter(ns=ns).order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def open_conflict_count(ns: Namespace) -> int:
+    return Conflict.objects.filter(ns=ns, status=Conflict.Status.OPEN).count()
+
+
+def overview_counts(ns: Namespace, agents=None, locks=None) -> dict[str, Any]:
+    agents = list_agents(ns=ns) if agents is None else agents
+    locks = list_locks(ns=ns) if locks is None else locks
+    states = {"live": 0, "stale": 0, "never_seen": 0}
+    for status in agents:
+        states[status.state] += 1
+    return {
+        "agents_live": states["live"],
+        "agents_stale": states["stale"],
+        "agents_never_seen": states["never_seen"],
+        "facts": Fact.objects.filter(ns=ns).count(),
+        "records": Record.objects.filter(ns=ns, deleted=False).count(),
+        "conflicts": open_conflict_count(ns),
+        "locks": len(locks),
+        "per_minute": Event.objects.filter(ns=ns, created__gte=now() - timedelta(minutes=1)).count(),
+    }
+
+
+def overview_context(ns: Namespace) -> dict[str, Any]:
+    agents = list_agents(ns=ns)
+    locks = list_locks(ns=ns)
+    return {
+        "counts": overview_counts(ns, agents, locks),
+        "agents": agents,
+        "latest": list(Event.objects.filter(ns=ns).order_by("-id")[:15]),
+        "conflicts": list_conflicts(ns=ns, limit=5),
+        "expiring": locks[:5],  # list_locks is soonest-to-expire first
+    }
+
+
+def agent_panels(ns: Namespace, agent: Agent) -> dict[str, Any]:
+    return {
+        "agent_records": list(
+            Record.objects.filter(ns=ns, updated_by=agent.name, deleted=False).order_by("-updated")[:20]
+        ),
+        "agent_locks": [lock for lock in list_locks(ns=ns) if lock.owner == agent.name],
+        "tokens": list(agent.tokens.all()),
+    }
+
+
+def record_panels(ns: Namespace, key: str) -> dict[str, Any]:
+    return {
+        "record_conflicts": list(
+            Conflict.objects.filter(ns=ns, key=key, status=Conflict.Status.OPEN).order_by("-id")[:50]
+        )
+    }
+
+
+def conflict_context(conflict: Conflict) -> dict[str, Any]:
+    record = Record.objects.filter(ns=conflict.ns, key=conflict.key).first()
+    live = record if record is not None and not record.deleted else None
+    base = None
+    if record is not None and conflict.expected_version:
+        base = RecordVersion.objects.filter(record=record, version=conflict.expected_version).first()
+    base_lines, current_lines, proposed_lines = three_way(
+        base.value if base and not base.deleted else None,
+        live.value if live else None,
+        None if conflict.delete else conflict.proposed_value,
+    )
+    return {
+        "conflict": conflict,
+        "record": live,
+        "base": base,
+        # An accept or merge is a versioned write over the version the operator sees now.
+        "write_over": live.version if live else 0,
+        "base_lines": base_lines,
+        "current_lines": current_lines,
+        "proposed_lines": proposed_lines,
+    }
+
+
+# --- differences ------------------------------------------------------------------------
+
+
+def json_lines(value: Any) -> list[str]:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+
+
+def line_diff(old: Any, new: Any) -> list[tuple[str, str]]:
+    """The lines of `new` against `old`, each tagged ' ' (same), '-' (removed) or '+' (added)."""
+    a, b = json_lines(old), json_lines(new)
+    out: list[tuple[str, str]] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            out += [(" ", line) for line in a[i1:i2]]
+            continue
+        out += [("-", line) for line in a[i1:i2]]
+        out += [("+", line) for line in b[j1:j2]]
+    return out
+
+
+def three_way(base: Any, current: Any, proposed: Any):
+    """Base, current and proposed as lines, each marked where it differs from base."""
+    base_l, changed_in_base = json_lines(base), set()
+
+    def against_base(value: Any) -> list[tuple[str, bool]]:
+        lines = json_lines(value)
+        marked = [False] * len(lines)
+        matcher = difflib.SequenceMatcher(None, base_l, lines, autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag != "equal":
+                changed_in_base.update(range(i1, i2))
+                for j in range(j1, j2):
+                    marked[j] = True
+        return list(zip(lines, marked, strict=True))
+
+    current_l = against_base(current)
+    proposed_l = against_base(proposed)
+    base_marked = [(line, i in changed_in_base) for i, line in enumerate(base_l)]
+    return base_marked, current_l, proposed_l

@@ -1,0 +1,145 @@
+/* Memory Admin console: countdowns, the live feed's cursor, pause/resume and row upserts.
+   No inline scripts anywhere: everything hangs off data- attributes and htmx events. */
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  // --- times: countdowns (data-expires) and ages (data-since) tick between pushes -------------
+  function fmt(seconds) {
+    var s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+    if (s < 86400) return Math.floor(s / 3600) + "h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+    return Math.floor(s / 86400) + "d " + Math.floor(s % 86400 / 3600) + "h";
+  }
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll("[data-expires]").forEach(function (el) {
+      var left = (Date.parse(el.dataset.expires) - now) / 1000;
+      if (isNaN(left)) return;
+      el.textContent = fmt(left);
+      el.classList.toggle("lapsed", left <= 0);
+      el.classList.toggle("soon", left > 0 && left <= 10);
+    });
+    document.querySelectorAll("[data-since]").forEach(function (el) {
+      var age = (now - Date.parse(el.dataset.since)) / 1000;
+      if (!isNaN(age)) el.textContent = fmt(age);
+    });
+  }
+  setInterval(tick, 1000);
+
+  // --- the live feed ----------------------------------------------------------------------------
+  // The page knows the last event it shows (#live-cursor). On every (re)connect, and on resume,
+  // it tells the server, which replays the log after it: nothing is missed, nothing doubled.
+  var socket = null;
+  var paused = false;
+  var waiting = 0;
+
+  function cursor() {
+    var el = document.getElementById("live-cursor");
+    return el ? parseInt(el.dataset.eventId || "0", 10) : 0;
+  }
+  function setState(state, text) {
+    var live = document.getElementById("live");
+    if (!live) return;
+    live.dataset.state = state;
+    var label = live.querySelector(".live-text");
+    if (label) label.textContent = text || state;
+  }
+  function hello() {
+    if (socket) socket.send(JSON.stringify({ after: cursor() }));
+  }
+
+  document.addEventListener("htmx:wsConnecting", function () { setState("connecting"); });
+  document.addEventListener("htmx:wsOpen", function (e) {
+    socket = e.detail.socketWrapper;
+    setState(paused ? "paused" : "live");
+    hello();
+  });
+  document.addEventListener("htmx:wsClose", function () {
+    socket = null;
+    setState("reconnecting");
+  });
+  document.addEventListener("htmx:wsBeforeMessage", function (e) {
+    if (paused) {
+      e.preventDefault(); // not applied, so the cursor stays: resume replays these
+      waiting += 1;
+      var note = document.getElementById("paused-note");
+      if (note) {
+        note.hidden = false;
+        note.textContent = waiting + (waiting === 1 ? " update" : " updates") + " waiting";
+      }
+    }
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    var el = document.getElementById("live-cursor");
+    if (el && el.dataset.reload) {
+      window.location.reload(); // too far behind to replay: start from the page
+      return;
+    }
+    document.querySelectorAll("[data-max]").forEach(function (list) {
+      var max = parseInt(list.dataset.max, 10);
+      while (list.children.length > max) list.lastElementChild.remove();
+    });
+    tick();
+  });
+
+  // Pushed rows are upserts: a row already on the page is replaced in place (a replay or a
+  // page rendered after the event may already show it); a row marked data-remove goes.
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var frag = e.detail.fragment;
+    if (!frag || frag.nodeType !== 1) return; // whole-element swaps replace by id already
+    Array.from(frag.children).forEach(function (el) {
+      if (!el.id) return;
+      var existing = document.getElementById(el.id);
+      if (el.hasAttribute("data-remove")) {
+        if (existing) existing.remove();
+        el.remove();
+      } else if (existing) {
+        existing.replaceWith(el);
+        htmx.process(el);
+      }
+    });
+  });
+
+  // Periodic refreshes (Redis-only changes such as renewals make no event) must not wipe a
+  // form someone is filling in.
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var elt = e.detail.elt;
+    if (elt && elt.hasAttribute && elt.hasAttribute("data-refresh")) {
+      if (elt.querySelector("details[open]") || elt.contains(document.activeElement)) e.preventDefault();
+    }
+  });
+
+  // --- small controls ----------------------------------------------------------------------------
+  document.addEventListener("click", function (e) {
+    var pause = e.target.closest("[data-pause]");
+    if (pause) {
+      paused = !paused;
+      pause.textContent = paused ? "Resume" : "Pause";
+      pause.setAttribute("aria-pressed", paused ? "true" : "false");
+      setState(paused ? "paused" : (socket ? "live" : "reconnecting"));
+      var note = document.getElementById("paused-note");
+      if (!paused) {
+        if (waiting) hello();
+        waiting = 0;
+        if (note) note.hidden = true;
+      } else if (note) {
+        note.hidden = false;
+        note.textContent = "paused";
+      }
+      return;
+    }
+    var select = e.target.closest("[data-select]");
+    if (select) {
+      var range = document.createRange();
+      range.selectNodeContents(select);
+      var sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+    }
+  });
+  document.addEventListener("change", function (e) {
+    if (e.target.matches("[data-autosubmit]")) e.target.form.submit();
+  });
+})();
