@@ -1,10 +1,33 @@
-"""The only module that touches the channel layer: what the relay broadcasts to pages."""
+"""The only module that touches the channel layer: what the relay broadcasts to pages,
+and the fragments a console socket sends for it.
+
+A broadcast is a doorbell carrying one event; the consumer answers it by reading the
+Postgres log after the last event its page has (so a dropped or reordered message, a
+reconnect or a paused feed all end the same way: every event, once, in order) and
+rendering what those events changed on that page (views.screens.View). Fragments are
+rendered from the current state, so a batch of events renders each changed row once.
+"""
 
 from __future__ import annotations
 
 from typing import Literal, TypedDict
 
 from channels.layers import get_channel_layer
+from django.template.loader import render_to_string
+
+from memory_admin.errors import NotFound
+from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record
+from memory_admin.services.conflicts import list_conflicts
+from memory_admin.services.events import read_events
+from memory_admin.services.locks import get_lock, list_locks
+from memory_admin.services.records import record_versions
+from memory_admin.services.status import get_agent
+from memory_admin.views import screens
+from memory_admin.views.screens import View
+
+# A page further behind than this reloads instead of replaying (console.js).
+MAX_REPLAY = 1000
+BATCH = 200
 
 
 class Changed(TypedDict):
@@ -22,3 +45,164 @@ def group_name(ns_id: int) -> str:
 async def broadcast(ns_id: int, ns: str, event: dict) -> None:
     message: Changed = {"type": "memory.changed", "ns": ns, "event": event}
     await get_channel_layer().group_send(group_name(ns_id), message)
+
+
+def pending(ns: Namespace, after: int) -> tuple[list[Event], bool]:
+    """The next batch of events after `after`, and whether more follow it."""
+    events = read_events(ns=ns, after=after, limit=BATCH + 1)
+    return events[:BATCH], len(events) > BATCH
+
+
+def cursor_html(event_id: int, reload: bool = False) -> str:
+    return render_to_string("base.html#live-cursor", {"cursor": event_id, "oob": True, "reload": reload})
+
+
+def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operate: bool = False) -> str:
+    """The oob fragments `events` changed on `view`, then the page's new cursor."""
+    if not events:
+        return ""
+    ctx = {"ns": ns, "view": view, "oob": True, "fresh": True, "can_operate": can_operate}
+    kinds = {e.type.split(".", 1)[0] for e in events}
+    touched_agents = _unique(
+        e.agent_id or e.subject for e in events if e.type.startswith(("status.", "agent."))
+    )
+    parts: list[str] = []
+
+    def part(template: str, **extra) -> None:
+        parts.append(render_to_string(f"memory_admin/{template}", {**ctx, **extra}))
+
+    def rows(container: str, html: list[str], where: str = "afterbegin") -> None:
+        if html:
+            parts.append(
+                render_to_string("base.html#oob-rows", {"where": where, "container": container, "rows": html})
+            )
+
+    def event_rows(shown: list[Event]) -> list[str]:
+        # Newest first, as the lists show them.
+        return [
+            render_to_string("memory_admin/timeline.html#event-row", {**ctx, "oob": False, "event": e})
+            for e in reversed(shown)
+        ]
+
+    def agent_fragments(template: str) -> list[str]:
+        out = []
+        for name in touched_agents:
+            try:
+                status = get_agent(ns=ns, agent_id=name)
+            except NotFound:
+                continue
+            out.append(render_to_string(f"memory_admin/{template}", {**ctx, "oob": False, "a": status}))
+        return out
+
+    if "conflict" in kinds:
+        parts.append(
+            render_to_string(
+                "base.html#nav-conflicts", {**ctx, "open_conflicts": screens.open_conflict_count(ns)}
+            )
+        )
+
+    page = view.page
+    if page == "overview":
+        part("overview.html#counts", counts=screens.overview_counts(ns))
+        rows("agent-grid", agent_fragments("overview.html#agent-card"), "beforeend")
+        rows("latest-events", event_rows(events))
+        if "conflict" in kinds:
+            part("overview.html#open-conflicts", conflicts=list_conflicts(ns=ns, limit=5))
+        if "lock" in kinds:
+            part("overview.html#expiring-locks", expiring=list_locks(ns=ns)[:5])
+    elif page == "agents":
+        rows("agent-rows", agent_fragments("agents.html#agent-row"), "beforeend")
+    elif page == "agent":
+        agent = Agent.objects.filter(ns=ns, name=view.agent).first()
+        if agent is not None:
+            mine = [e for e in events if view.agent in (e.agent_id, e.actor)]
+            if any(e.type.startswith(("status.", "agent.")) and e.agent_id == agent.name for e in mine):
+                part("agent.html#agent-status", status=get_agent(ns=ns, agent_id=agent.name))
+            rows("agent-events", event_rows(mine))
+            new_facts = _facts([e for e in mine if e.type == "fact.stored"])
+            rows("agent-facts", [_fact_row(ctx, f) for f in new_facts if f.agent_id == agent.pk])
+            panels = screens.agent_panels(ns, agent)
+            if any(e.type.startswith("lock.") for e in mine):
+                part("agent.html#agent-locks", agent=agent, agent_locks=panels["agent_locks"])
+            if any(e.type.startswith("record.") for e in mine):
+                part("agent.html#agent-records", agent=agent, agent_records=panels["agent_records"])
+            if any(e.type.startswith("agent.token_") for e in mine):
+                part("agent.html#token-list", agent=agent, tokens=panels["tokens"])
+    elif page == "facts":
+        new_facts = _facts([e for e in events if e.type == "fact.stored"])
+        rows("fact-rows", [_fact_row(ctx, f) for f in new_facts if view.shows_fact(f)])
+    elif page == "records":
+        keys = _unique(
+            e.subject for e in events if e.type.startswith("record.") and e.subject.startswith(view.prefix)
+        )
+        html = []
+        for key in keys:
+            record = Record.objects.filter(ns=ns, key=key).first()
+            if record is not None:
+                html.append(
+                    render_to_string(
+                        "memory_admin/records.html#record-row", {**ctx, "oob": False, "record": record}
+                    )
+                )
+        rows("record-rows", html)
+    elif page == "record":
+        mine = [e for e in events if e.subject == view.key]
+        record = Record.objects.filter(ns=ns, key=view.key).first()
+        if record is not None and any(e.type.startswith("record.") for e in mine):
+            part("record.html#record-value", record=record)
+            part(
+                "record.html#versions",
+                record=record,
+                versions=record_versions(ns=ns, key=record.key, limit=200),
+            )
+            part("record.html#edit-notice", record=record)
+        if any(e.type.startswith("conflict.") for e in mine):
+            part("record.html#record-conflicts", **screens.record_panels(ns, view.key))
+    elif page == "conflicts":
+        html = []
+        for e in events:
+            if e.type.startswith("conflict."):
+                found = Conflict.objects.filter(ns=ns, pk=e.payload.get("conflict_id")).first()
+                if found is not None:
+                    html.append(
+                        render_to_string(
+                            "memory_admin/conflicts.html#conflict-row",
+                            {**ctx, "oob": False, "conflict": found},
+                        )
+                    )
+        rows("conflict-rows", html)
+    elif page == "conflict":
+        if any(e.subject == view.key and e.type.startswith(("conflict.", "record.")) for e in events):
+            found = Conflict.objects.filter(ns=ns, pk=view.conflict).first()
+            if found is not None:
+                part("conflict.html#conflict-status", **screens.conflict_context(found))
+    elif page == "locks":
+        html = []
+        for resource in _unique(e.subject for e in events if e.type.startswith("lock.")):
+            try:
+                lock = get_lock(ns=ns, resource=resource)
+            except NotFound:
+                html.append(render_to_string("memory_admin/locks.html#lock-gone", {"resource": resource}))
+                continue
+            html.append(
+                render_to_string("memory_admin/locks.html#lock-row", {**ctx, "oob": False, "lock": lock})
+            )
+        rows("lock-rows", html)
+    elif page == "timeline":
+        rows("event-rows", event_rows([e for e in events if view.shows_event(e)]))
+    parts.append(cursor_html(events[-1].id))
+    return "\n".join(parts)
+
+
+def _unique(values) -> list:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def _facts(events: list[Event]) -> list[Fact]:
+    ids = [e.payload.get("fact_id") for e in events]
+    found = {f.pk: f for f in Fact.objects.filter(pk__in=[i for i in ids if i]).select_related("agent")}
+    return [found[i] for i in reversed(ids) if i in found]
+
+
+def _fact_row(ctx: dict, fact: Fact) -> str:
+    return render_to_string("memory_admin/facts.html#fact-row", {**ctx, "oob": False, "fact": fact})
