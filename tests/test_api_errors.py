@@ -7,7 +7,7 @@ from django.core.management import call_command
 
 from memory_admin import redis as r
 from memory_admin.models import Token
-from tests.test_api_support import Api, api_for, error, state
+from tests.test_api_support import Api, api_for, error, redis_down, state
 
 pytestmark = pytest.mark.django_db
 
@@ -236,9 +236,7 @@ def test_the_rate_limit_answers_429_with_retry_after(alpha, settings):
 def test_redis_down_is_503_with_retry_after_and_changes_nothing(alpha, settings):
     api = api_for(alpha)
     before = state()
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    r.client.cache_clear()
-    try:
+    with redis_down(settings):
         for method, path, body in [
             ("POST", "/locks/printer", {}),
             ("PUT", "/status", {"status": "working"}),
@@ -250,8 +248,6 @@ def test_redis_down_is_503_with_retry_after_and_changes_nothing(alpha, settings)
             assert response["Retry-After"] == "1"
         # What Postgres alone serves keeps working (the rate limit fails open).
         assert api.get("/facts").status_code == 200
-    finally:
-        r.client.cache_clear()
     assert state() == before
 
 

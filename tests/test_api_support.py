@@ -4,10 +4,14 @@ and the checks every error answer must pass."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.test import Client
 
+from memory_admin import redis as r
+from memory_admin.api import auth
 from memory_admin.models import Agent, Conflict, Event, Fact, Idempotency, Record, RecordVersion
 from memory_admin.services.tokens import issue_token
 
@@ -81,3 +85,19 @@ def state() -> dict[str, int]:
         "conflicts": Conflict.objects.count(),
         "idempotency": Idempotency.objects.count(),
     }
+
+
+@contextmanager
+def redis_down(settings) -> Iterator[None]:
+    """Point the app at a port where no Redis listens, then back (clients and scripts are cached)."""
+    original = settings.REDIS_URL
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    r.client.cache_clear()
+    r.script.cache_clear()
+    try:
+        yield
+    finally:
+        settings.REDIS_URL = original
+        r.client.cache_clear()
+        r.script.cache_clear()
+        auth._redis_down_until = 0.0  # the rate limit's pause after a failure

@@ -1,0 +1,168 @@
+import threading
+import time
+
+import httpx
+import pytest
+
+from memory_admin.models import Event
+from memory_admin.services.tokens import issue_token
+from tests.test_api_support import api_for, error, state
+
+
+@pytest.mark.django_db
+def test_publishing_an_event_returns_201_with_the_event(alpha):
+    response = api_for(alpha).post("/events", {"type": "draft.ready", "payload": {"section": 2}})
+    assert response.status_code == 201
+    event = response.json()
+    assert set(event) >= {"id", "type", "agent_id", "actor", "payload", "created_at"}
+    assert (event["type"], event["agent_id"], event["actor"], event["payload"]) == (
+        "draft.ready",
+        "alpha",
+        "alpha",
+        {"section": 2},
+    )
+    assert Event.objects.get(pk=event["id"]).type == "draft.ready"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "record.written", "payload": {}},
+        {"type": "lock.acquired"},
+        {"type": "operator.did"},
+        {"type": "Upper.case"},
+        {"type": ""},
+        {"type": "x" * 65},
+        {"type": "ok.type", "payload": []},
+        {"type": "ok.type", "payload": {"n": "\u0000"}},
+        {"payload": {}},
+    ],
+)
+def test_reserved_or_bad_event_types_are_422_and_change_nothing(alpha, body):
+    api = api_for(alpha)
+    before = state()
+    error(api.post("/events", body), 422, "validation_error")
+    assert state() == before
+
+
+@pytest.mark.django_db
+def test_events_read_after_a_cursor_oldest_first_with_type_and_agent_filters(alpha, beta):
+    a, b = api_for(alpha), api_for(beta)
+    start = a.get("/events?limit=500").json()["items"][-1]["id"]
+    a.post("/events", {"type": "step.done", "payload": {"n": 1}})
+    b.post("/events", {"type": "step.done", "payload": {"n": 2}})
+    a.post("/events", {"type": "note.taken", "payload": {"n": 3}})
+    items = a.get(f"/events?after={start}").json()["items"]
+    assert [e["payload"]["n"] for e in items] == [1, 2, 3]
+    assert [e["payload"]["n"] for e in a.get(f"/events?after={start}&type=step.done").json()["items"]] == [
+        1,
+        2,
+    ]
+    by_type = a.get(f"/events?after={start}&type=step.done&type=note.taken").json()["items"]
+    assert len(by_type) == 3
+    assert len(a.get(f"/events?after={start}&type=step.done,note.taken").json()["items"]) == 3
+    assert [e["payload"]["n"] for e in a.get(f"/events?after={start}&agent_id=beta").json()["items"]] == [2]
+
+
+@pytest.mark.django_db
+def test_events_page_with_next_until_caught_up(alpha):
+    api = api_for(alpha)
+    for i in range(5):
+        api.post("/events", {"type": "tick", "payload": {"i": i}})
+    seen, after = [], 0
+    while True:
+        page = api.get(f"/events?after={after}&type=tick&limit=2").json()
+        seen += [e["payload"]["i"] for e in page["items"]]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert seen == list(range(5))
+
+
+# --- Server-Sent Events, through a real server ----------------------------------------
+
+
+def _read_sse(response, until_id: int, timeout: float) -> list[dict]:
+    """Parse frames until one with id >= until_id arrives."""
+    import json
+
+    frames, frame = [], {}
+    deadline = time.monotonic() + timeout
+    for line in response.iter_lines():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; got {len(frames)} frames")
+        if line == "":
+            if "data" in frame:
+                frames.append(frame)
+                if int(frame["id"]) >= until_id:
+                    return frames
+            frame = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            frame[field] = json.loads(value) if field == "data" else value
+    raise AssertionError("stream ended")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sse_with_last_event_id_gets_exactly_the_events_after_it_across_the_replay_to_live_seam(
+    web_server, relay, alpha, beta
+):
+    token = issue_token(agent=alpha)[1]
+    auth = {"Authorization": f"Bearer {token}"}
+    writer = httpx.Client(base_url=web_server.url + "/api/v1", headers=auth)
+    ids = [writer.post("/events", json={"type": "tick", "payload": {"i": i}}).json()["id"] for i in range(20)]
+    cursor = ids[9]
+
+    stop = threading.Event()
+    written: list[int] = []
+
+    def keep_writing():
+        with httpx.Client(
+            base_url=web_server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}
+        ) as c:
+            for i in range(20, 60):
+                written.append(c.post("/events", json={"type": "tick", "payload": {"i": i}}).json()["id"])
+                time.sleep(0.01)
+        stop.set()
+
+    headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(cursor)}
+    with httpx.stream(
+        "GET", f"{web_server.url}/api/v1/events/stream?type=tick", headers=headers, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        thread = threading.Thread(target=keep_writing)
+        thread.start()
+        stop.wait(30)
+        frames = _read_sse(r, until_id=written[-1], timeout=20)
+    thread.join()
+    got = [int(f["id"]) for f in frames]
+    assert got == ids[10:] + written  # none missing, none twice, in order
+    assert all(f["event"] == "tick" and f["data"]["id"] == int(f["id"]) for f in frames)
+    writer.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sse_after_parameter_replays_and_other_namespaces_stay_out(web_server, alpha, outsider):
+    token = issue_token(agent=alpha)[1]
+    other = issue_token(agent=outsider)[1]
+    base = web_server.url + "/api/v1"
+    first = httpx.post(f"{base}/events", json={"type": "mine"}, headers={"Authorization": f"Bearer {token}"})
+    httpx.post(f"{base}/events", json={"type": "theirs"}, headers={"Authorization": f"Bearer {other}"})
+    last = httpx.post(f"{base}/events", json={"type": "mine"}, headers={"Authorization": f"Bearer {token}"})
+    after = first.json()["id"] - 1
+    with httpx.stream(
+        "GET", f"{base}/events/stream?after={after}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as r:
+        frames = _read_sse(r, until_id=last.json()["id"], timeout=10)
+    assert [f["event"] for f in frames] == ["mine", "mine"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sse_refuses_a_bad_last_event_id_and_a_missing_token(web_server, alpha):
+    token = issue_token(agent=alpha)[1]
+    url = f"{web_server.url}/api/v1/events/stream"
+    bad = httpx.get(url, headers={"Authorization": f"Bearer {token}", "Last-Event-ID": "abc"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+    assert httpx.get(url).json()["error"]["code"] == "unauthenticated"
