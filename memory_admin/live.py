@@ -28,6 +28,8 @@ from memory_admin.views.screens import View
 # A page further behind than this reloads instead of replaying (console.js).
 MAX_REPLAY = 1000
 BATCH = 200
+# Containers that are <tbody> elements; the rest hold <li> or cards.
+TABLE_BODIES = {"agent-rows", "fact-rows", "record-rows", "conflict-rows", "lock-rows", "agent-facts"}
 
 
 class Changed(TypedDict):
@@ -73,9 +75,10 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
 
     def rows(container: str, html: list[str], where: str = "afterbegin") -> None:
         if html:
-            parts.append(
-                render_to_string("base.html#oob-rows", {"where": where, "container": container, "rows": html})
-            )
+            # Rows of a table only survive HTML parsing inside a table part.
+            tag = "tbody" if container in TABLE_BODIES else "div"
+            context = {"where": where, "container": container, "rows": html, "tag": tag}
+            parts.append(render_to_string("base.html#oob-rows", context))
 
     def event_rows(shown: list[Event]) -> list[str]:
         # Newest first, as the lists show them.

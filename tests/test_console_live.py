@@ -79,7 +79,7 @@ def test_a_fact_committed_and_relayed_reaches_the_facts_page_as_a_prepended_row(
         return fact, html
 
     fact, html = async_to_sync(scenario)()
-    assert 'hx-swap-oob="afterbegin:#fact-rows"' in html
+    assert '<tbody hx-swap-oob="afterbegin:#fact-rows">' in html
     assert f'id="fact-{fact.pk}"' in html and "Water boils at 100C" in html
     assert 'hx-swap-oob="true"' in html and cursor_of(html) == newest("fact.stored").id
 
@@ -99,7 +99,7 @@ def test_a_socket_of_another_namespace_gets_nothing(ns, alpha, outsider, session
         return html, nothing
 
     html, nothing = async_to_sync(scenario)()
-    assert 'hx-swap-oob="afterbegin:#event-rows"' in html and "fact.stored" in html
+    assert '<div hx-swap-oob="afterbegin:#event-rows">' in html and "fact.stored" in html
     assert nothing
 
 
@@ -159,7 +159,7 @@ def test_agents_page_gets_the_agent_row_updated_in_place(ns, alpha, session_cook
         return html
 
     html = async_to_sync(scenario)()
-    assert 'hx-swap-oob="beforeend:#agent-rows"' in html
+    assert '<tbody hx-swap-oob="beforeend:#agent-rows">' in html
     assert f'id="{alpha.dom_id}" class="state-live' in html and "writing" in html and "data-expires=" in html
 
 

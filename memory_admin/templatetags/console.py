@@ -23,6 +23,17 @@ def pretty(value: Any) -> str:
 
 
 @register.filter
+def state_label(state: str) -> str:
+    return state.replace("_", " ")
+
+
+@register.filter
+def jsonish(value: Any) -> str:
+    """A payload value as JSON shows it (null, false), strings bare."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+@register.filter
 def isotime(moment: datetime | None) -> str:
     return iso(moment) or ""
 
