@@ -2,9 +2,11 @@
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import django.db
 import redis
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Query, Router, Schema, Status
@@ -16,6 +18,7 @@ from memory_admin.models import Namespace
 from memory_admin.services import events
 
 router = Router(tags=["events"])
+log = logging.getLogger("memory_admin.api")
 
 KEEPALIVE_SECONDS = 15
 WAKE_BLOCK_MS = 4000  # below the Redis client's 5 s socket timeout
@@ -121,7 +124,12 @@ async def _follow(ns: Namespace, cursor: int, types: list[str]) -> AsyncIterator
     try:
         yield "retry: 1000\n\n"
         while True:
-            batch = await in_thread(events.read_events)(ns=ns, after=cursor, types=types, limit=BATCH)
+            try:
+                batch = await in_thread(events.read_events)(ns=ns, after=cursor, types=types, limit=BATCH)
+            except django.db.Error as exc:  # Postgres away: keep the stream, try again shortly
+                log.warning("event stream of %s waiting for Postgres: %s", ns.name, exc)
+                await asyncio.sleep(POLL_SECONDS)
+                continue
             for event in batch:
                 yield _frame(event.body())
                 cursor = event.id
