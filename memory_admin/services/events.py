@@ -23,7 +23,7 @@ from memory_admin.validation import check_event_type, check_json, dumps
 CHANNEL = "ma_events"  # LISTEN/NOTIFY channel that wakes the relay
 
 # The counter row is taken with a row lock (an upsert, so an emptied table starts again at 1).
-_APPEND = """
+_APPEND = f"""
 WITH n AS (
     INSERT INTO memory_admin_eventcounter AS c (id, last) VALUES (1, 1)
     ON CONFLICT (id) DO UPDATE SET last = c.last + 1
@@ -34,7 +34,7 @@ SELECT n.last, %s, %s, %s, %s, %s,
        CASE WHEN %s::text IS NULL THEN %s::jsonb ELSE %s::jsonb || jsonb_build_object(%s::text, n.last) END,
        %s
 FROM n
-RETURNING id
+RETURNING id, pg_notify('{CHANNEL}', '')
 """
 
 
@@ -62,9 +62,8 @@ def append_event(
             _APPEND,
             [ns.pk, type, actor_name, agent_id, subject, id_field, body, body, id_field, created],
         )
-        (event_id,) = cursor.fetchone()
-        # One NOTIFY per transaction is enough: identical notifications are folded at commit.
-        cursor.execute(f"NOTIFY {CHANNEL}")
+        # The relay is notified at commit; identical notifications of a transaction fold into one.
+        event_id = cursor.fetchone()[0]
     if id_field:
         payload = {**payload, id_field: event_id}
     return Event(

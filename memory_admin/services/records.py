@@ -193,31 +193,42 @@ def check_fence(*, ns: Namespace, fence: Fence) -> None:
 
 
 def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=False) -> Conflict:
+    """Keep a refused write for operators: one open conflict per (key, actor).
+
+    A retry loop that keeps losing refreshes its open conflict instead of filling the
+    inbox, and does so without an event, so it never queues behind the log's counter.
+    """
     if current is None:
         current = Record.objects.filter(ns=ns, key=key).first()
     live = current if current is not None and not current.deleted else None
-    conflict = Conflict.objects.create(
-        ns=ns,
-        key=key,
-        agent=actor.agent,
-        actor=actor.name,
-        expected_version=expected,
-        current_version=live.version if live else None,
-        proposed_value=value,
-        delete=delete,
+    fields = {
+        "agent": actor.agent,
+        "expected_version": expected,
+        "current_version": live.version if live else None,
+        "proposed_value": value,
+        "delete": delete,
+    }
+    conflict = (
+        Conflict.objects.select_for_update().filter(ns=ns, key=key, actor=actor.name, status="open").first()
     )
-    append_event(
-        ns=ns,
-        type="conflict.opened",
-        actor=actor,
-        subject=key,
-        payload={
-            "conflict_id": conflict.pk,
-            "key": key,
-            "expected_version": expected,
-            "current_version": conflict.current_version,
-        },
-    )
+    if conflict is not None:
+        for name, field_value in fields.items():
+            setattr(conflict, name, field_value)
+        conflict.save(update_fields=list(fields))
+    else:
+        conflict = Conflict.objects.create(ns=ns, key=key, actor=actor.name, **fields)
+        append_event(
+            ns=ns,
+            type="conflict.opened",
+            actor=actor,
+            subject=key,
+            payload={
+                "conflict_id": conflict.pk,
+                "key": key,
+                "expected_version": expected,
+                "current_version": conflict.current_version,
+            },
+        )
     conflict.current = live
     return conflict
 

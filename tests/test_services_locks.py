@@ -1,0 +1,157 @@
+"""Locks: DESIGN.md rule 2 (mutual exclusion with fencing) and rule 5 (TTLs)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from memory_admin import redis as r
+from memory_admin.errors import LockHeld, NotLockHolder, StaleFence
+from memory_admin.models import Event, LockFence, Record
+from memory_admin.services import Actor
+from memory_admin.services.locks import (
+    acquire_lock,
+    force_release,
+    get_lock,
+    list_locks,
+    release_lock,
+    renew_lock,
+    sweep_expired_locks,
+)
+from memory_admin.services.records import Fence, get_record, write_record
+from tests.conftest import actor
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_acquirers_never_overlap_and_tokens_grow_in_acquisition_order(ns, make_agent):
+    agents = [make_agent(f"worker-{i}") for i in range(16)]
+    holds: list[tuple[float, float, int]] = []  # (start, end, token)
+    record = threading.Lock()
+    stop_at = time.monotonic() + 5
+
+    def work(agent):
+        try:
+            while time.monotonic() < stop_at:
+                try:
+                    lock = acquire_lock(
+                        ns=ns, resource="report", actor=actor(agent), ttl_seconds=2, wait_seconds=0.5
+                    )
+                except LockHeld:
+                    continue
+                start = time.monotonic()
+                time.sleep(random.uniform(0, 0.02))
+                end = time.monotonic()
+                with record:
+                    holds.append((start, end, lock.token))
+                release_lock(ns=ns, resource="report", token=lock.token, actor=actor(agent))
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(work, agents))
+
+    holds.sort()
+    assert len(holds) > 20, f"only {len(holds)} acquisitions in 5 s"
+    for (_, end, _), (next_start, _, _) in zip(holds, holds[1:], strict=False):
+        assert end <= next_start, "two holders at once"
+    tokens = [token for _, _, token in holds]
+    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+
+
+@pytest.mark.django_db
+def test_a_write_fenced_with_an_expired_holders_token_is_refused(ns, alpha, beta):
+    first = acquire_lock(ns=ns, resource="section-1", actor=actor(alpha), ttl_seconds=1)
+    time.sleep(1.1)
+    second = acquire_lock(ns=ns, resource="section-1", actor=actor(beta), ttl_seconds=30)
+    assert second.token > first.token
+
+    with pytest.raises(StaleFence):
+        write_record(
+            ns=ns, key="draft", value="old", fence=Fence("section-1", first.token), actor=actor(alpha)
+        )
+    write_record(ns=ns, key="draft", value="new", fence=Fence("section-1", second.token), actor=actor(beta))
+    assert get_record(ns=ns, key="draft").value == "new"
+
+
+@pytest.mark.django_db
+def test_tokens_keep_growing_after_redis_loses_everything(ns, alpha, beta):
+    first = acquire_lock(ns=ns, resource="section-1", actor=actor(alpha), ttl_seconds=30)
+    r.client().flushall()
+    second = acquire_lock(ns=ns, resource="section-1", actor=actor(beta), ttl_seconds=30)
+    assert second.token > first.token
+    with pytest.raises(StaleFence):
+        write_record(ns=ns, key="draft", value="x", fence=Fence("section-1", first.token), actor=actor(alpha))
+
+
+@pytest.mark.django_db
+def test_release_and_renew_need_the_holder_and_its_token(ns, alpha, beta):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=30)
+    with pytest.raises(NotLockHolder):
+        release_lock(ns=ns, resource="r", token=lock.token, actor=actor(beta))
+    with pytest.raises(NotLockHolder):
+        renew_lock(ns=ns, resource="r", token=lock.token, actor=actor(beta), ttl_seconds=30)
+    with pytest.raises(NotLockHolder):
+        release_lock(ns=ns, resource="r", token=lock.token - 1, actor=actor(alpha))
+    assert get_lock(ns=ns, resource="r").owner == "alpha"
+    assert not Event.objects.filter(type="lock.released").exists(), "a refused release left an event"
+
+    renewed = renew_lock(ns=ns, resource="r", token=lock.token, actor=actor(alpha), ttl_seconds=60)
+    assert renewed.expires > lock.expires
+    release_lock(ns=ns, resource="r", token=lock.token, actor=actor(alpha))
+    assert list_locks(ns=ns) == []
+    with pytest.raises(NotLockHolder):
+        release_lock(ns=ns, resource="r", token=lock.token, actor=actor(alpha))
+
+
+@pytest.mark.django_db
+def test_holding_a_lock_already_is_lock_held(ns, alpha):
+    acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=30)
+    with pytest.raises(LockHeld) as held:
+        acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=30)
+    assert held.value.details["held_by"] == "alpha"
+
+
+@pytest.mark.django_db
+def test_force_release_records_operator_and_reason_and_fences_out_the_old_holder(ns, alpha):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=30)
+    force_release(ns=ns, resource="r", reason="agent hung", actor=Actor(name="operator:dana"))
+
+    event = Event.objects.get(type="lock.force_released")
+    assert event.actor == "operator:dana"
+    assert event.payload == {
+        "resource": "r",
+        "holder": "alpha",
+        "fencing_token": lock.token,
+        "reason": "agent hung",
+    }
+    assert list_locks(ns=ns) == []
+    with pytest.raises(StaleFence):
+        write_record(ns=ns, key="k", value=1, fence=Fence("r", lock.token), actor=actor(alpha))
+    assert not Record.objects.filter(key="k").exists()
+
+
+@pytest.mark.django_db
+def test_a_lapsed_lock_frees_itself_and_the_sweep_records_it_once(ns, alpha, beta):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=1)
+    time.sleep(1.1)
+    assert list_locks(ns=ns) == []
+    assert sweep_expired_locks() == 1
+    assert sweep_expired_locks() == 0
+    event = Event.objects.get(type="lock.expired")
+    assert (event.subject, event.payload["fencing_token"], event.agent_id) == ("r", lock.token, "alpha")
+    assert not LockFence.objects.get(resource="r").held
+
+
+@pytest.mark.django_db
+def test_the_sweep_leaves_a_renewed_lock_alone(ns, alpha):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=1)
+    renew_lock(ns=ns, resource="r", token=lock.token, actor=actor(alpha), ttl_seconds=30)
+    time.sleep(1.1)
+    assert sweep_expired_locks() == 0
+    assert LockFence.objects.get(resource="r").held
+    write_record(ns=ns, key="k", value=1, fence=Fence("r", lock.token), actor=actor(alpha))

@@ -1,0 +1,149 @@
+"""Versioned records: DESIGN.md rule 1 (no lost updates) and the conflict inbox."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from memory_admin.errors import NotFound, VersionConflict
+from memory_admin.models import Conflict, Event, Record, RecordVersion
+from memory_admin.services.records import delete_record, get_record, record_versions, write_record
+from tests.conftest import actor
+
+
+def _in_thread(fn):
+    """Run `fn` with this thread's own database connection, closed afterwards."""
+
+    def run(*args):
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_read_modify_write_loses_no_update(ns, alpha):
+    workers, rounds = 16, 50
+    write_record(ns=ns, key="counter", value={"n": 0}, expected_version=0, actor=actor(alpha))
+    versions_won: list[int] = []
+    lock = threading.Lock()
+
+    @_in_thread
+    def work(_):
+        conflicts = 0
+        for _ in range(rounds):
+            pause = 0.01
+            while True:
+                current = get_record(ns=ns, key="counter")
+                try:
+                    record, _ = write_record(
+                        ns=ns, key="counter", value={"n": current.value["n"] + 1},
+                        expected_version=current.version, actor=actor(alpha),
+                    )  # fmt: skip
+                except VersionConflict:
+                    conflicts += 1
+                    time.sleep(random.uniform(0, pause))  # jittered backoff, as the client does
+                    pause = min(pause * 2, 0.3)
+                    continue
+                with lock:
+                    versions_won.append(record.version)
+                break
+        return conflicts
+
+    with ThreadPoolExecutor(workers) as pool:
+        conflicts = sum(pool.map(work, range(workers)))
+
+    final = get_record(ns=ns, key="counter")
+    assert final.value == {"n": workers * rounds}
+    assert final.version == workers * rounds + 1
+    assert len(versions_won) == len(set(versions_won)) == workers * rounds, "two writes returned one version"
+    assert conflicts > 0, "the workers never raced; the test proved nothing"
+    assert RecordVersion.objects.filter(record__key="counter").count() == workers * rounds + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_create_only_race_has_exactly_one_winner(ns, make_agent):
+    agents = [make_agent(f"creator-{i}") for i in range(10)]
+    barrier = threading.Barrier(10)
+
+    @_in_thread
+    def create(agent):
+        barrier.wait()
+        try:
+            write_record(ns=ns, key="plan", value={"by": agent.name}, expected_version=0, actor=actor(agent))
+            return True
+        except VersionConflict:
+            return False
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(create, agents))
+
+    assert results.count(True) == 1
+    assert Record.objects.get(key="plan").version == 1
+    assert Conflict.objects.filter(key="plan", status="open").count() == 9
+
+
+@pytest.mark.django_db
+def test_stale_expected_version_is_rejected_and_kept_as_conflict(ns, alpha, beta):
+    write_record(ns=ns, key="plan", value={"v": 1}, expected_version=0, actor=actor(alpha))
+    with pytest.raises(VersionConflict) as refused:
+        write_record(ns=ns, key="plan", value={"v": 2}, expected_version=0, actor=actor(beta))
+    conflict = Conflict.objects.get(key="plan")
+    assert conflict.agent == beta and conflict.status == "open"
+    assert conflict.current_version == 1 and conflict.proposed_value == {"v": 2}
+    body = refused.value.body()["error"]
+    assert body["conflict_id"] == conflict.pk and body["current"]["value"] == {"v": 1}
+    assert get_record(ns=ns, key="plan").value == {"v": 1}, "a refused write changed the record"
+
+
+@pytest.mark.django_db
+def test_a_later_successful_write_by_the_same_agent_closes_its_conflict(ns, alpha, beta):
+    write_record(ns=ns, key="plan", value={"v": 1}, actor=actor(alpha))
+    with pytest.raises(VersionConflict):
+        write_record(ns=ns, key="plan", value={"v": 2}, expected_version=7, actor=actor(beta))
+    write_record(ns=ns, key="other", value=1, actor=actor(beta))
+    assert Conflict.objects.get(key="plan").status == "open", "a write to another key closed it"
+    write_record(ns=ns, key="plan", value={"v": 3}, expected_version=1, actor=actor(beta))
+    conflict = Conflict.objects.get(key="plan")
+    assert (conflict.status, conflict.resolution) == ("resolved", "superseded")
+    assert Event.objects.filter(type="conflict.resolved", subject="plan").count() == 1
+
+
+@pytest.mark.django_db
+def test_unconditional_write_upserts_and_counts_versions(ns, alpha):
+    record, created = write_record(ns=ns, key="notes", value="a", actor=actor(alpha))
+    assert (record.version, created) == (1, True)
+    record, created = write_record(ns=ns, key="notes", value="b", actor=actor(alpha))
+    assert (record.version, created) == (2, False)
+    assert [v.value for v in record_versions(ns=ns, key="notes")] == ["b", "a"]
+
+
+@pytest.mark.django_db
+def test_delete_checks_the_version_and_leaves_a_tombstone_so_versions_never_repeat(ns, alpha):
+    write_record(ns=ns, key="draft", value=1, actor=actor(alpha))
+    with pytest.raises(VersionConflict):
+        delete_record(ns=ns, key="draft", expected_version=5, actor=actor(alpha))
+    assert get_record(ns=ns, key="draft").value == 1
+    delete_record(ns=ns, key="draft", expected_version=1, actor=actor(alpha))
+    with pytest.raises(NotFound):
+        get_record(ns=ns, key="draft")
+    record, created = write_record(ns=ns, key="draft", value=2, expected_version=0, actor=actor(alpha))
+    assert created and record.version == 3
+    assert [v.version for v in record_versions(ns=ns, key="draft")] == [3, 2, 1]
+
+
+@pytest.mark.django_db
+def test_every_write_appends_its_event_in_the_same_transaction(ns, alpha):
+    before = Event.objects.count()
+    write_record(ns=ns, key="k", value=1, actor=actor(alpha))
+    with pytest.raises(VersionConflict):
+        write_record(ns=ns, key="k", value=2, expected_version=0, actor=actor(alpha))
+    types = list(Event.objects.order_by("id").values_list("type", flat=True)[before:])
+    assert types == ["record.written", "conflict.opened"]

@@ -1,0 +1,58 @@
+"""Status: heartbeats with a TTL (DESIGN.md rule 5)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from memory_admin.errors import Invalid
+from memory_admin.models import Event
+from memory_admin.services.status import get_agent, heartbeat, list_agents, sweep_stale_agents
+from tests.conftest import actor, wait_for
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_is_live_until_its_ttl_lapses_then_stale(ns, alpha, beta):
+    heartbeat(agent=alpha, status="researching", detail="market size", ttl_seconds=5, actor=actor(alpha))
+    states = {s.agent.name: s.state for s in list_agents(ns=ns)}
+    assert states == {"alpha": "live", "beta": "never_seen"}
+
+    time.sleep(5.1)
+    found = get_agent(ns=ns, agent_id="alpha")
+    assert (found.state, found.status, found.detail) == ("stale", "researching", "market size")
+
+
+@pytest.mark.django_db
+def test_only_a_change_of_status_or_detail_makes_an_event(ns, alpha):
+    for _ in range(3):
+        heartbeat(agent=alpha, status="writing", ttl_seconds=60, actor=actor(alpha))
+    heartbeat(agent=alpha, status="writing", detail="section 2", ttl_seconds=60, actor=actor(alpha))
+    events = Event.objects.filter(type="status.changed")
+    assert [e.payload["detail"] for e in events] == ["", "section 2"]
+
+
+@pytest.mark.django_db
+def test_bad_status_and_ttl_are_refused(alpha):
+    for status, ttl in [("", 60), ("x" * 65, 60), ("ok", 4), ("ok", 86401)]:
+        with pytest.raises(Invalid):
+            heartbeat(agent=alpha, status=status, ttl_seconds=ttl, actor=actor(alpha))
+    assert get_agent(ns=alpha.ns, agent_id="alpha").state == "never_seen"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_records_agent_stale_once_after_the_ttl_lapses(ns, alpha, relay):
+    heartbeat(agent=alpha, status="working", ttl_seconds=5, actor=actor(alpha))
+    assert not Event.objects.filter(type="agent.stale").exists()
+    wait_for(lambda: Event.objects.filter(type="agent.stale").exists(), timeout=10, message="agent.stale")
+    time.sleep(1.5)  # more sweeps run; none may record it again
+    stale = Event.objects.filter(type="agent.stale")
+    assert stale.count() == 1 and stale[0].agent_id == "alpha"
+    assert get_agent(ns=ns, agent_id="alpha").state == "stale"
+
+
+@pytest.mark.django_db
+def test_the_sweep_does_not_mark_an_agent_that_keeps_heartbeating(ns, alpha):
+    heartbeat(agent=alpha, status="working", ttl_seconds=5, actor=actor(alpha))
+    assert sweep_stale_agents() == 0
+    assert get_agent(ns=ns, agent_id="alpha").state == "live"
