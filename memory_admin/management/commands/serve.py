@@ -34,8 +34,8 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else
 _PR_SET_PDEATHSIG = 1
 
 
-class _Stop(Exception):
-    """A stop signal arrived while migrating."""
+class _Stop(BaseException):
+    """A stop signal arrived while migrating (a BaseException, so no `except Exception` eats it)."""
 
 
 class Command(BaseCommand):
@@ -47,23 +47,29 @@ class Command(BaseCommand):
         embedded_postgres = not os.environ.get("DATABASE_URL", "").strip()
         embedded_redis = not os.environ.get("REDIS_URL", "").strip()
         if _listening(settings.HOST, settings.PORT):
-            # Checked before anything is started, so that the embedded servers, which the
-            # process holding the port may be using, are left alone.
+            # Refused before migrating and outside the cleanup below: the process holding the
+            # port may be another serve using the same embedded servers, so leave them running.
             raise CommandError(f"{settings.HOST}:{settings.PORT} is in use; set PORT to a free port")
 
         self._stopping: signal.Signals | None = None
         self._raise_on_signal = True
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        # A signal ignored from the start stays ignored: SIGHUP under nohup, SIGINT in a
+        # shell's background job.
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in STOP_SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
         children: dict[str, subprocess.Popen] = {}
         failure = None
         try:
             call_command("migrate", interactive=False, verbosity=verbosity)
-            call_command("ensure_operator", verbosity=verbosity)
-            _release_database()
-            # From here on the supervise loop polls `_stopping`: an exception raised in the
-            # middle of starting a child could leave it running unrecorded.
+            # From here on signals are only noted: interrupted, ensure_operator could set a
+            # password it never prints, and starting a child could leave it running unrecorded.
             self._raise_on_signal = False
             if self._stopping is None:
+                call_command("ensure_operator", verbosity=verbosity)
+                _release_database()
                 children = self._start_children()
                 failure = self._supervise(children)
         except _Stop:
@@ -108,7 +114,7 @@ class Command(BaseCommand):
         children = {}
         for name, argv in commands.items():
             # Own process group: a Ctrl-C in the terminal reaches only this process, which
-            # then stops the children once, in order, instead of every process at once.
+            # then stops each child with one SIGTERM, instead of every process at once.
             children[name] = subprocess.Popen(
                 argv,
                 cwd=base,
