@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils.timezone import now
 
 from memory_admin.errors import NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
 from memory_admin.services.events import append_event
-from memory_admin.validation import check_json, check_key
+from memory_admin.validation import check_json, check_key, dumps
 
 
 @dataclass(frozen=True)
@@ -93,24 +92,55 @@ def _write(*, ns, key, value, actor, expected_version, fence) -> tuple[Record, b
             record.version += 1
             record.save(update_fields=["value", "deleted", "updated_by", "updated", "version"])
     else:
-        updated = Record.objects.filter(ns=ns, key=key, version=expected_version, deleted=False).update(
-            value=value, version=F("version") + 1, updated_by=actor.name, updated=stamp
+        record = _update_if_version(
+            ns=ns, key=key, value=value, actor=actor, expected=expected_version, stamp=stamp
         )
-        if not updated:
+        if record is None:
             return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=expected_version)
-        record = Record.objects.get(ns=ns, key=key)
+        _close_conflicts(ns=ns, key=key, actor=actor, version=record.version, ids=record.open_conflicts)
+        _append_written(ns=ns, record=record, actor=actor, created=False)
+        return record, False
     RecordVersion.objects.create(
         record=record, version=record.version, value=value, updated_by=actor.name, updated=stamp
     )
     _close_conflicts(ns=ns, key=key, actor=actor, version=record.version)
+    _append_written(ns=ns, record=record, actor=actor, created=created)
+    return record, created
+
+
+# The hot path of optimistic locking in one round trip: the conditional UPDATE, the new
+# version's history row, and the writer's open conflicts on the key (to close them).
+_UPDATE_IF_VERSION = """
+WITH u AS (
+    UPDATE memory_admin_record
+    SET value = %s::jsonb, version = version + 1, updated_by = %s, updated = %s
+    WHERE ns_id = %s AND key = %s AND version = %s AND NOT deleted
+    RETURNING *
+), v AS (
+    INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
+    SELECT id, version, value, false, updated_by, updated FROM u
+)
+SELECT u.*, ARRAY(
+    SELECT id FROM memory_admin_conflict
+    WHERE ns_id = %s AND key = %s AND actor = %s AND status = 'open'
+) AS open_conflicts
+FROM u
+"""
+
+
+def _update_if_version(*, ns, key, value, actor, expected, stamp) -> Record | None:
+    params = [dumps(value), actor.name, stamp, ns.pk, key, expected, ns.pk, key, actor.name]
+    return next(iter(Record.objects.raw(_UPDATE_IF_VERSION, params)), None)
+
+
+def _append_written(*, ns, record, actor, created) -> None:
     append_event(
         ns=ns,
         type="record.written",
         actor=actor,
-        subject=key,
-        payload={"key": key, "version": record.version, "created": created},
+        subject=record.key,
+        payload={"key": record.key, "version": record.version, "created": created},
     )
-    return record, created
 
 
 def _insert(*, ns, key, value, actor, stamp) -> Record | None:
@@ -243,13 +273,14 @@ def _conflict_error(conflict: Conflict) -> VersionConflict:
     )
 
 
-def _close_conflicts(*, ns, key, actor, version) -> None:
+def _close_conflicts(*, ns, key, actor, version, ids: list[int] | None = None) -> None:
     """A successful write by the same actor supersedes its open conflicts on that key."""
-    ids = list(
-        Conflict.objects.filter(ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN).values_list(
-            "pk", flat=True
+    if ids is None:
+        ids = list(
+            Conflict.objects.filter(
+                ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN
+            ).values_list("pk", flat=True)
         )
-    )
     if not ids:
         return
     Conflict.objects.filter(pk__in=ids).update(
