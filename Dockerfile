@@ -10,6 +10,7 @@ WORKDIR /app
 
 # Dependencies first: this layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt .
+COPY client ./client
 RUN pip install -r requirements.txt
 
 COPY . .

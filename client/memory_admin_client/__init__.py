@@ -1,0 +1,55 @@
+"""Python client for Memory Admin: shared facts, versioned records, fenced locks, status and an
+event log for multi-agent systems, with the method names of the three-class pattern
+(RedisAgentMemory, EventStore, SharedAgentDB) and an offline write-ahead log.
+
+    from memory_admin_client import MemoryClient, AgentEvent, ConflictError
+
+    client = MemoryClient("http://127.0.0.1:8000", token, wal_path="research-1.wal")
+"""
+
+from memory_admin_client._core import Backoff
+from memory_admin_client.aio import AsyncLock, AsyncMemoryClient
+from memory_admin_client.errors import (
+    AgentMismatch,
+    ConflictError,
+    Forbidden,
+    InvalidRequest,
+    LockHeld,
+    MemoryAdminError,
+    NotFound,
+    NotLockHolder,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    StaleFence,
+    Unauthenticated,
+    Unavailable,
+)
+from memory_admin_client.events import AgentEvent
+from memory_admin_client.sync import Lock, MemoryClient
+from memory_admin_client.wal import LogInUse
+
+__all__ = [
+    "AgentEvent",
+    "AgentMismatch",
+    "AsyncLock",
+    "AsyncMemoryClient",
+    "Backoff",
+    "ConflictError",
+    "Forbidden",
+    "InvalidRequest",
+    "Lock",
+    "LockHeld",
+    "LogInUse",
+    "MemoryAdminError",
+    "MemoryClient",
+    "NotFound",
+    "NotLockHolder",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServerError",
+    "StaleFence",
+    "Unauthenticated",
+    "Unavailable",
+]
+__version__ = "0.1.0"

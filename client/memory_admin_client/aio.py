@@ -1,0 +1,508 @@
+"""AsyncMemoryClient: the same surface as MemoryClient for asyncio code (every method awaited)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import httpx
+
+from memory_admin_client import _core as core
+from memory_admin_client._base import STREAM_READ_TIMEOUT, Base, LockState, _Again, log, row_call
+from memory_admin_client.errors import (
+    ConflictError,
+    LockHeld,
+    MemoryAdminError,
+    NotLockHolder,
+    Unavailable,
+    from_response,
+)
+from memory_admin_client.events import AgentEvent
+from memory_admin_client.sync import MAX_SERVER_WAIT
+
+
+class AsyncMemoryClient(Base):
+    """One agent's connection to Memory Admin for asyncio. `await client.aclose()` (or
+    `async with`) when done. Options as for MemoryClient."""
+
+    def __init__(self, base_url: str, token: str, **options: Any) -> None:
+        super().__init__(base_url, token, **options)
+        self._http = httpx.AsyncClient(**self._http_options())
+        self._wal_lock = asyncio.Lock()
+        self._flusher: asyncio.Task | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncMemoryClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def connect(self) -> AsyncMemoryClient:
+        """Ask who the token speaks for (and replay what an earlier run left in the offline log).
+        Optional: every call connects on its own; kept for code written as `await db.connect()`."""
+        await self.me()
+        if self.wal is not None and self.wal.backlog:
+            await self._try_flush_locked()
+        return self
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._http.aclose()
+        if self.wal is not None:
+            self.wal.close()
+
+    close = aclose
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def _send(self, call: core.Call, *, retry_unavailable: bool = True) -> Any:
+        attempt = 0
+        while True:
+            response = error = None
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    content=call.body,
+                    headers=call.headers(),
+                    timeout=self._timeout(call),
+                )
+            except httpx.TransportError as exc:
+                error = exc
+            try:
+                return self._judge(call, attempt, response, error, retry_unavailable=retry_unavailable)
+            except _Again as again:
+                await asyncio.sleep(again.delay)
+                attempt += 1
+
+    async def _run(self, work: core.Call | core.Plan) -> Any:
+        if isinstance(work, core.Call):
+            return await self._execute(work)
+        try:
+            call = next(work)
+            while True:
+                call = work.send(await self._execute(call))
+        except StopIteration as done:
+            return done.value
+
+    async def _execute(self, call: core.Call) -> Any:
+        await self._check_agent(call.agent_id, queueable=bool(call.queue))
+        if call.queue and self.wal is not None:
+            return await self._send_or_queue(call)
+        if self.wal is not None and self.wal.backlog and not self._offline():
+            await self._try_flush_locked()
+        return await self._send(call)
+
+    async def _check_agent(self, named: str | None, queueable: bool = False) -> None:
+        if named is None:
+            return
+        if self._identity is None:
+            try:
+                await self.me()
+            except Unavailable:
+                if not (queueable and self.wal is not None):
+                    raise
+        self._refuse_other_agent(named)
+
+    async def _send_or_queue(self, call: core.Call) -> Any:
+        async with self._wal_lock:
+            if self.wal.backlog and (self._offline() or not await self._try_flush()):
+                self._queue(call)
+                self._start_flusher()
+                return None
+            try:
+                return await self._send(call, retry_unavailable=False)
+            except Unavailable:
+                self._went_offline()
+                self._queue(call)
+                self._start_flusher()
+                return None
+
+    # --- the offline log ----------------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Send what waits in the offline log, in order; see MemoryClient.flush."""
+        if self.wal is None:
+            return 0
+        async with self._wal_lock:
+            return await self._flush()
+
+    async def _try_flush_locked(self) -> bool:
+        async with self._wal_lock:
+            return await self._try_flush()
+
+    async def _try_flush(self) -> bool:
+        try:
+            await self._flush()
+        except MemoryAdminError as exc:
+            log.info("offline log not flushed yet: %s", exc)
+            return False
+        return True
+
+    async def _flush(self) -> int:
+        sent = 0
+        while self.wal.backlog:
+            for row in self.wal.queued():
+                if row.agent_id is not None:
+                    if self._identity is None:
+                        self._remember(await self._send(core.me(), retry_unavailable=False))
+                    if row.agent_id != self._identity["agent_id"]:
+                        self.wal.fail(row.seq, f"named agent {row.agent_id!r}, token is {self.agent_id!r}")
+                        continue
+                try:
+                    await self._send(row_call(row), retry_unavailable=False)
+                except MemoryAdminError as exc:
+                    if self._replay_verdict(row, exc) == "stop":
+                        if exc.status is None or exc.status >= 500:
+                            self._went_offline()
+                        raise
+                    log.warning("offline log: %s %s refused for good: %s", row.method, row.path, exc)
+                    self.wal.fail(row.seq, f"{exc.code}: {exc}")
+                    continue
+                self.wal.done(row.seq)
+                sent += 1
+        return sent
+
+    def _start_flusher(self) -> None:
+        if self.flush_interval is None or self._flusher is not None or self._closed:
+            return
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.flush_interval)
+            async with self._wal_lock:
+                if not self.wal.backlog:
+                    self._flusher = None
+                    return
+                await self._try_flush()
+
+    # --- identity -------------------------------------------------------------------------------
+
+    async def me(self) -> dict[str, Any]:
+        return self._remember(await self._send(core.me()))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._send(core.health())
+
+    # --- facts ------------------------------------------------------------------------------------
+
+    async def store_fact(
+        self, agent_id: str | None, fact: str, category: str, metadata: dict | None = None
+    ) -> int | None:
+        return await self._run(core.store_fact(agent_id, fact, category, metadata))
+
+    async def get_facts_by_category(self, category: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self._run(core.all_facts(category, limit))
+
+    async def query_facts(
+        self,
+        *,
+        category: str | None = None,
+        agent_id: str | None = None,
+        q: str | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> dict[str, Any]:
+        return await self._run(
+            core.query_facts(category=category, agent_id=agent_id, q=q, after=after, limit=limit)
+        )
+
+    async def get_fact(self, fact_id: int) -> dict[str, Any]:
+        return await self._run(core.get_fact(fact_id))
+
+    # --- status -----------------------------------------------------------------------------------
+
+    async def set_agent_status(
+        self, agent_id: str | None, status: str, detail: str = "", ttl_seconds: int = 60
+    ) -> dict[str, Any] | None:
+        return await self._run(core.set_status(agent_id, status, detail, ttl_seconds))
+
+    async def heartbeat(self, status: str, detail: str = "", ttl_seconds: int = 60) -> dict[str, Any] | None:
+        return await self.set_agent_status(None, status, detail, ttl_seconds)
+
+    async def get_agent_status(self, agent_id: str) -> dict[str, Any] | None:
+        return await self._run(core.get_agent(agent_id))
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        return await self._run(core.list_agents())
+
+    # --- locks ------------------------------------------------------------------------------------
+
+    async def acquire_lock(
+        self, resource: str, agent_id: str | None = None, ttl_seconds: int = 30, wait_seconds: float = 0
+    ) -> bool:
+        try:
+            body = await self._acquire(resource, ttl_seconds, wait_seconds, agent_id)
+        except LockHeld:
+            return False
+        self._tokens[resource] = body["fencing_token"]
+        return True
+
+    async def _acquire(
+        self, resource: str, ttl: float, wait: float, agent_id: str | None = None
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + wait
+        while True:
+            chunk = max(0.0, min(MAX_SERVER_WAIT, deadline - time.monotonic()))
+            try:
+                return await self._run(core.acquire(resource, ttl, round(chunk, 3), agent_id))
+            except LockHeld:
+                if time.monotonic() >= deadline:
+                    raise
+
+    async def release_lock(self, resource: str, agent_id: str | None = None) -> bool:
+        token = self._tokens.get(resource)
+        if token is None:
+            await self._check_agent(agent_id)
+            return False
+        try:
+            return await self._run(core.release(resource, token, agent_id))
+        except NotLockHolder:
+            return False
+        finally:
+            if self._tokens.get(resource) == token:
+                del self._tokens[resource]
+
+    async def renew_lock(self, resource: str, ttl_seconds: int = 30) -> dict[str, Any]:
+        token = self._tokens.get(resource)
+        if token is None:
+            raise NotLockHolder(f"this client holds no lock on {resource!r}")
+        return await self._run(core.renew(resource, token, ttl_seconds))
+
+    async def get_lock(self, resource: str) -> dict[str, Any] | None:
+        return await self._run(core.get_lock(resource))
+
+    async def list_locks(self) -> list[dict[str, Any]]:
+        return await self._run(core.list_locks())
+
+    def lock(self, resource: str, ttl: float = 30, wait: float = 0, *, renew: bool = True) -> AsyncLock:
+        """`async with client.lock("res", ttl=30, wait=5) as lock:` — renewed by a task."""
+        return AsyncLock(self, resource, ttl, wait, renew)
+
+    # --- events -----------------------------------------------------------------------------------
+
+    async def publish(self, event: AgentEvent | str, payload: dict[str, Any] | None = None) -> int | None:
+        return await self._run(core.publish(event, payload))
+
+    async def read_events(
+        self,
+        since: Any = "0-0",
+        count: int = 100,
+        *,
+        types: Iterable[str] | None = None,
+        agent_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return await self._run(core.read_events(since, count, types, agent_id))
+
+    async def subscribe(
+        self,
+        after: Any = None,
+        *,
+        last_id: Any = None,
+        types: Iterable[str] | None = None,
+        reconnect: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`async for event in client.subscribe(after=...)`; see MemoryClient.subscribe."""
+        cursor = core.to_cursor(after if after is not None else last_id)
+        params = {"type": ",".join(types)} if types else None
+        attempt = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if cursor is not None:
+                headers["Last-Event-ID"] = str(cursor)
+            try:
+                async with self._http.stream(
+                    "GET",
+                    "/events/stream",
+                    params=params,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT),
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        exc = _error_of(response)
+                        if response.status_code not in (429, 503) or not reconnect:
+                            raise exc
+                    else:
+                        decoder = core.SSEDecoder()
+                        async for line in response.aiter_lines():
+                            frame = decoder.feed(line)
+                            if frame is None:
+                                continue
+                            event = core.stream_event(frame)
+                            if cursor is not None and event["id"] <= cursor:
+                                continue
+                            cursor, attempt = event["id"], 0
+                            yield event
+            except httpx.TransportError as exc:
+                if not reconnect:
+                    raise Unavailable(f"event stream from {self.base_url} broke: {exc}") from exc
+                log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
+            if not reconnect:
+                return
+            await asyncio.sleep(self.backoff.delay(min(attempt, 5)))
+            attempt += 1
+
+    async def read_group(
+        self,
+        group: str,
+        consumer: str,
+        count: int = 10,
+        block_ms: int = 0,
+        start: str = "latest",
+        reclaim_after_ms: int | None = None,
+    ) -> list[dict[str, Any]]:
+        return await self._run(core.read_group(group, consumer, count, block_ms, start, reclaim_after_ms))
+
+    async def ack(self, group: str, ids: Iterable[int]) -> int:
+        return await self._run(core.ack(group, ids))
+
+    # --- records ------------------------------------------------------------------------------------
+
+    async def read(self, key: str) -> dict[str, Any] | None:
+        return await self._run(core.read_record(key))
+
+    async def write(
+        self,
+        key: str,
+        value: Any,
+        agent_id: str | None = None,
+        expected_version: int | None = None,
+        *,
+        fence: Any = None,
+    ) -> dict[str, Any]:
+        call = core.write_record(key, value, expected_version, self._fence(fence))
+        call.agent_id, call.fence = agent_id, fence if isinstance(fence, AsyncLock) else None
+        return await self._run(call)
+
+    async def update(
+        self, key: str, fn: Callable[[Any], Any], retries: int = 10, *, fence: Any = None
+    ) -> dict[str, Any]:
+        """As MemoryClient.update; `fn` may be a coroutine function."""
+        current = await self.read(key)
+        for attempt in range(retries + 1):
+            value, version = (current["value"], current["version"]) if current else (None, 0)
+            new = fn(value)
+            if inspect.isawaitable(new):
+                new = await new
+            try:
+                return await self.write(key, new, expected_version=version, fence=fence)
+            except ConflictError as exc:
+                if attempt == retries:
+                    raise
+                current = exc.current
+                await asyncio.sleep(self.conflict_backoff.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def delete(self, key: str, expected_version: int | None = None) -> None:
+        await self._run(core.delete_record(key, expected_version))
+
+    async def list_records(self, prefix: str = "", after: str = "", limit: int = 50) -> dict[str, Any]:
+        return await self._run(core.list_records(prefix, after, limit))
+
+    async def versions(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._run(core.versions(key, limit))
+
+    async def conflicts(self, status: str = "open", limit: int = 50) -> list[dict[str, Any]]:
+        return await self._run(core.conflicts(status, limit))
+
+
+class AsyncLock(LockState):
+    """A held lock renewed by an asyncio task; see AsyncMemoryClient.lock."""
+
+    client: AsyncMemoryClient
+
+    def __init__(
+        self, client: AsyncMemoryClient, resource: str, ttl: float, wait: float, renew: bool
+    ) -> None:
+        super().__init__(client, resource, ttl, wait, renew)
+        self._renewer: asyncio.Task | None = None
+
+    async def __aenter__(self) -> AsyncLock:
+        if not self.held:
+            await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.release()
+        except MemoryAdminError as error:
+            log.warning(
+                "lock %r not released (%s); it expires in at most %ss", self.resource, error, self.ttl
+            )
+
+    async def acquire(self) -> AsyncLock:
+        started = time.monotonic()
+        self._took(await self.client._acquire(self.resource, self.ttl, self.wait), started)
+        if self.auto_renew:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+        return self
+
+    async def renew(self) -> None:
+        self.check()
+        started = time.monotonic()
+        try:
+            body = await self.client._send(
+                core.renew(self.resource, self.fencing_token, self.ttl), retry_unavailable=False
+            )
+        except NotLockHolder:
+            self._mark_lost()
+            raise
+        self._renewed(body, started)
+
+    async def _renew_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._interval(failing))
+            try:
+                await self.renew()
+                failing = False
+            except NotLockHolder:
+                return
+            except MemoryAdminError as exc:
+                if self.lost:
+                    return
+                failing = True
+                log.info("renewing lock %r failed (%s); retrying", self.resource, exc)
+                if time.monotonic() >= self._deadline:
+                    self._mark_lost()
+                    return
+
+    async def write(self, key: str, value: Any, expected_version: int | None = None) -> dict[str, Any]:
+        return await self.client.write(key, value, expected_version=expected_version, fence=self)
+
+    async def update(self, key: str, fn: Callable[[Any], Any], retries: int = 10) -> dict[str, Any]:
+        return await self.client.update(key, fn, retries, fence=self)
+
+    async def release(self) -> bool:
+        if self._renewer is not None and self._renewer is not asyncio.current_task():
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        if self.fencing_token is None or self.released or self.lost:
+            return False
+        self.released = True
+        try:
+            return await self.client._run(core.release(self.resource, self.fencing_token))
+        except NotLockHolder:
+            self.lost = True
+            return False
+        finally:
+            if self.client._tokens.get(self.resource) == self.fencing_token:
+                del self.client._tokens[self.resource]
+
+
+def _error_of(response: httpx.Response) -> MemoryAdminError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return from_response(response.status_code, body, core.retry_after(response.headers))

@@ -1,0 +1,177 @@
+"""The client's errors: one base class, one kind per error code of the API (API.md: Errors).
+
+Every error the server sends carries its `code`, `status`, `message` and details; the kinds
+agents act on also carry those details as attributes (`ConflictError.current`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MemoryAdminError(Exception):
+    """Base of every error this client raises."""
+
+    code = "error"
+    status: int | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if status is not None:
+            self.status = status
+
+
+class InvalidRequest(MemoryAdminError):
+    """422 `validation_error` (see `fields`), 400 `malformed_json`, 422 `idempotency_key_reused`."""
+
+    code = "validation_error"
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return self.details.get("fields") or {}
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class Unauthenticated(MemoryAdminError):
+    """401: no token, an unknown one or a revoked one."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(MemoryAdminError):
+    """403: a read-only token tried to write."""
+
+    code = "forbidden"
+
+
+class AgentMismatch(MemoryAdminError, ValueError):
+    """The call named an agent other than the one the token speaks for (raised before sending)."""
+
+    code = "agent_mismatch"
+
+
+class NotFound(MemoryAdminError):
+    code = "not_found"
+
+
+class ConflictError(MemoryAdminError):
+    """A versioned write lost: someone wrote the key since `expected_version`.
+
+    `current` is the record as it is now (`{"key", "value", "version", ...}`) or None when the
+    key does not exist; `conflict_id` names the conflict operators see until a later write of
+    this agent to the key closes it.
+    """
+
+    code = "version_conflict"
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        return self.details.get("current")
+
+    @property
+    def expected_version(self) -> int | None:
+        return self.details.get("expected_version")
+
+    @property
+    def conflict_id(self) -> int | None:
+        return self.details.get("conflict_id")
+
+
+class LockHeld(MemoryAdminError):
+    """The lock was not free within the wait; `held_by` and `expires_at` say by whom and until when."""
+
+    code = "lock_held"
+
+    @property
+    def held_by(self) -> str | None:
+        return self.details.get("held_by")
+
+    @property
+    def expires_at(self) -> str | None:
+        return self.details.get("expires_at")
+
+
+class NotLockHolder(MemoryAdminError):
+    """Renew or release of a lock this agent does not hold with that token (it expired or was freed)."""
+
+    code = "not_lock_holder"
+
+
+class StaleFence(MemoryAdminError):
+    """A fenced write whose lock is no longer ours: refused by the server, or by the client itself
+    when it already knows the lock is lost (renewal failed, lease ran out, force-released)."""
+
+    code = "stale_fencing_token"
+
+
+class RateLimited(MemoryAdminError):
+    """429 after the client's retries; `retry_after` seconds is when the server takes calls again."""
+
+    code = "rate_limited"
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.details.get("retry_after")
+
+
+class Unavailable(MemoryAdminError):
+    """The server could not be reached, or it answered 503 (Postgres or Redis down), after the
+    client's retries. Nothing was half-done on the server."""
+
+    code = "unavailable"
+
+
+class ServerError(MemoryAdminError):
+    """A 5xx other than 503: a bug on the server (it logged it)."""
+
+    code = "internal_error"
+
+
+_BY_CODE: dict[str, type[MemoryAdminError]] = {
+    "malformed_json": InvalidRequest,
+    "validation_error": InvalidRequest,
+    "idempotency_key_reused": InvalidRequest,
+    "payload_too_large": PayloadTooLarge,
+    "unauthenticated": Unauthenticated,
+    "forbidden": Forbidden,
+    "not_found": NotFound,
+    "version_conflict": ConflictError,
+    "lock_held": LockHeld,
+    "not_lock_holder": NotLockHolder,
+    "stale_fencing_token": StaleFence,
+    "rate_limited": RateLimited,
+    "unavailable": Unavailable,
+}
+_BY_STATUS: dict[int, type[MemoryAdminError]] = {
+    400: InvalidRequest,
+    401: Unauthenticated,
+    403: Forbidden,
+    404: NotFound,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+    429: RateLimited,
+    503: Unavailable,
+}
+
+
+def from_response(status: int, body: Any, retry_after: float | None = None) -> MemoryAdminError:
+    """The error for an answer of the server: by its `code`, else by the HTTP status."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {"message": f"HTTP {status}"}
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    code = error.get("code")
+    kind = (
+        _BY_CODE.get(code) or _BY_STATUS.get(status) or (ServerError if status >= 500 else MemoryAdminError)
+    )
+    if retry_after is not None:
+        details.setdefault("retry_after", retry_after)
+    exc = kind(str(error.get("message") or f"HTTP {status}"), status=status, **details)
+    if code and code != kind.code:
+        exc.code = code
+    return exc
