@@ -155,3 +155,24 @@ def test_the_sweep_leaves_a_renewed_lock_alone(ns, alpha):
     assert sweep_expired_locks() == 0
     assert LockFence.objects.get(resource="r").held
     write_record(ns=ns, key="k", value=1, fence=Fence("r", lock.token), actor=actor(alpha))
+
+
+@pytest.mark.django_db
+def test_a_lapsed_lock_taken_before_the_sweep_still_gets_its_expiry_recorded_once(ns, alpha, beta):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=1)
+    time.sleep(1.1)
+    taken = acquire_lock(ns=ns, resource="r", actor=actor(beta), ttl_seconds=30)
+    assert sweep_expired_locks() == 0
+    types = list(Event.objects.filter(subject="r").order_by("id").values_list("type", "agent_id"))
+    assert types == [("lock.acquired", "alpha"), ("lock.expired", "alpha"), ("lock.acquired", "beta")]
+    assert Event.objects.get(type="lock.expired").payload["fencing_token"] == lock.token < taken.token
+
+
+@pytest.mark.django_db
+def test_a_refused_acquire_records_no_expiry_for_a_holder_that_renewed(ns, alpha, beta):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=1)
+    renew_lock(ns=ns, resource="r", token=lock.token, actor=actor(alpha), ttl_seconds=30)
+    time.sleep(1.1)  # the fence row still says it lapsed; Redis knows better
+    with pytest.raises(LockHeld):
+        acquire_lock(ns=ns, resource="r", actor=actor(beta))
+    assert not Event.objects.filter(type="lock.expired").exists()

@@ -76,6 +76,20 @@ def _try_acquire(*, ns, resource, actor, ttl_seconds) -> HeldLock | tuple[str, s
                 ignore_conflicts=True,
             )
             fence = LockFence.objects.select_for_update().get(ns=ns, resource=resource)
+            if fence.held:
+                # The last holder never released: its lease lapsed (or Redis lost it) and the
+                # relay's sweep has not recorded that yet. Record it here, before the new
+                # acquire, or the log would show the lock changing hands without its end.
+                # Should Redis still hold it (a renewal the fence row has not seen), the
+                # script below refuses and this event rolls back with the rest.
+                append_event(
+                    ns=ns,
+                    type="lock.expired",
+                    actor=SYSTEM_ACTOR,
+                    agent_id=fence.holder,
+                    subject=resource,
+                    payload={"resource": resource, "holder": fence.holder, "fencing_token": fence.token},
+                )
             event = append_event(
                 ns=ns,
                 type="lock.acquired",
