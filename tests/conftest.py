@@ -152,8 +152,9 @@ class LiveServer:
     process: Process
 
 
-def start_web(tmp: Path) -> LiveServer:
-    port = free_port()
+def start_web(tmp: Path, port: int | None = None) -> LiveServer:
+    """Daphne on `port` (a free one by default; pass the old one to restart a stopped server)."""
+    port = port or free_port()
     args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     process = start_process(args, "web", tmp)
     url = f"http://127.0.0.1:{port}"
