@@ -97,15 +97,19 @@ class MemoryClient(Base):
         return self._send(call)
 
     def _check_agent(self, named: str | None, queueable: bool = False) -> None:
-        """AgentMismatch when `named` is not the token's agent (asks /me once to know it)."""
+        """AgentMismatch when `named` is not the token's agent (asks /me once to know it). A call
+        that may wait in the offline log is not held up by a server that is away: its replay
+        checks it instead."""
         if named is None:
             return
-        if self._identity is None:
+        lenient = queueable and self.wal is not None
+        if self._identity is None and not (lenient and self._offline()):
             try:
-                self.me()
+                self._remember(self._send(core.me(), retry_unavailable=not lenient))
             except Unavailable:
-                if not (queueable and self.wal is not None):
-                    raise  # a queued call is checked when it is replayed
+                if not lenient:
+                    raise
+                self._went_offline()
         self._refuse_other_agent(named)
 
     def _send_or_queue(self, call: core.Call) -> Any:
