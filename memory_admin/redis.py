@@ -84,6 +84,11 @@ def rate_key(ns: str, token_id: int, window: int) -> str:
     return f"{_tag(ns)}:rate:{token_id}:{window}"
 
 
+def login_failures_key(who: str) -> str:
+    """Failed console logins of one (username, address) pair, `who` being their digest."""
+    return f"ma:login-failures:{who}"
+
+
 # --- scripts --------------------------------------------------------------------------
 
 # KEYS: lock, index. ARGV: owner, token, now_ms, ttl_ms, resource.

@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
 from memory_admin import views
+from memory_admin.views.login import LoginView
 
 
 class NamespaceConverter:
@@ -18,7 +19,7 @@ class NamespaceConverter:
 register_converter(NamespaceConverter, "ns")
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
     path("switch/", views.switch, name="switch"),
