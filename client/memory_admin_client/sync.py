@@ -182,10 +182,13 @@ class MemoryClient(Base):
     def _flush_loop(self) -> None:
         while not self._closed.wait(self.flush_interval):
             with self._wal_lock:
-                if not self.wal.backlog:
+                if not self.wal.backlog or self._closed.is_set():
                     self._flusher = None
                     return
-                self._try_flush()
+                try:
+                    self._try_flush()
+                except Exception:  # never let the thread die with rows waiting; the next round retries
+                    log.exception("offline log: replay failed")
 
     # --- identity -------------------------------------------------------------------------------
 
