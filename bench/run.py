@@ -1,0 +1,680 @@
+"""`make bench`: the service next to raw Postgres, raw Redis, etcd and a Django hello-world,
+on this machine, in one run (issue 6). Prints one table and writes bench/results/.
+
+Everything runs in a fresh temp folder (MEMORY_ADMIN_VAR): its own embedded Postgres and
+Valkey, etcd when `/usr/bin/etcd` is there (Debian's etcd-server), Daphne for the API and
+for the hello-world floor, and the relay. Every process started here is stopped at the end.
+
+    .venv/bin/python bench/run.py [--seconds 6] [--only 1,5,7] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+NS = "bench"
+LIVE_NS = "bench-live"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+class Procs:
+    """Every child process this run starts, stopped in reverse order at the end."""
+
+    def __init__(self, var: Path) -> None:
+        self.var = var
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        out = open(self.var / f"{name}.log", "wb")  # noqa: SIM115 - the child writes to it until it ends
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.children[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.children.values())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.children.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen, logfile: Path, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited:\n{logfile.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=1):
+                return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on {port}{path}:\n{logfile.read_text()[-3000:]}")
+
+
+class Watch:
+    """CPU and peak RSS of the servers: sampled every 0.25 s for RSS, snapshotted for CPU."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.procs: dict[str, list] = {}
+        self.peak: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def add(self, name: str, pid: int, children: bool = False) -> None:
+        with contextlib.suppress(self.psutil.Error):
+            self.procs[name] = [self.psutil.Process(pid), children]
+
+    def _members(self, name: str) -> list:
+        proc, children = self.procs[name]
+        try:
+            return [proc, *proc.children(recursive=True)] if children else [proc]
+        except self.psutil.Error:
+            return []
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.25):
+            for name in list(self.procs):
+                try:
+                    rss = sum(p.memory_info().rss for p in self._members(name))
+                except self.psutil.Error:
+                    continue
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+
+    def cpu(self) -> dict[str, float]:
+        totals = {}
+        for name in self.procs:
+            total = 0.0
+            for p in self._members(name):
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except self.psutil.Error:
+                    pass
+            totals[name] = total
+        return totals
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run (default 6)")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,5")
+    parser.add_argument("--quick", action="store_true", help="1 s runs, for checking the harness")
+    parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds = 1.0
+    only = {int(x) for x in args.only.split(",") if x.strip()} or set(range(1, 9))
+
+    var = Path(tempfile.mkdtemp(prefix="mab-", dir="/tmp"))  # short: Postgres' socket path limit
+    password = secrets.token_urlsafe(16)
+    os.environ.update(
+        {
+            "MEMORY_ADMIN_VAR": str(var),
+            "SECRET_KEY": os.environ.get("SECRET_KEY") or "bench-" + secrets.token_urlsafe(32),
+            "DEBUG": "0",
+            "SECURE_COOKIES": "0",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "RATE_LIMIT_PER_MINUTE": "10000000",  # the benchmark measures throughput, not the limiter's 429s
+            "LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+        }
+    )
+    for name in ("DATABASE_URL", "REDIS_URL", "REDIS_DB"):
+        os.environ.pop(name, None)  # the benchmark's own embedded servers, never the project's
+    procs = Procs(var)
+    watch = Watch()
+    started = time.monotonic()
+    try:
+        report = run(args, only, var, password, procs, watch)
+        report["total_seconds"] = round(time.monotonic() - started, 1)
+        write_report(report, Path(args.out))
+        return 0
+    finally:
+        watch.stop.set()
+        procs.stop_all()
+        from django.db import connections
+
+        for conn in connections.all(initialized_only=True):
+            conn.close()
+            if hasattr(conn, "close_pool"):
+                conn.close_pool()
+        from config import embedded
+
+        embedded.stop(var)
+        shutil.rmtree(var, ignore_errors=True)
+        log(f"cleaned up {var} ({time.monotonic() - started:.0f} s in all)")
+
+
+def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Watch) -> dict:
+    import django
+
+    t0 = time.monotonic()
+    log(f"starting embedded Postgres and Valkey under {var}")
+    django.setup()  # settings start the embedded servers (DATABASE_URL / REDIS_URL unset)
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connections
+
+    from bench import seed
+    from memory_admin.services.tokens import ensure_agent, issue_token
+
+    call_command("migrate", interactive=False, verbosity=0)
+    log(f"migrated in {time.monotonic() - t0:.1f} s; seeding")
+    seeding = seed.seed(settings.DATABASE_URL, settings.REDIS_URL, NS, log=lambda m: log(m))
+    tokens = [
+        issue_token(agent=ensure_agent(namespace=NS, agent_id=f"client-{i:03d}"))[1] for i in range(100)
+    ]
+    live_token = issue_token(agent=ensure_agent(namespace=LIVE_NS, agent_id="writer"))[1]
+    User.objects.create_user("bench", password=password)
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.DATABASE_URL,
+        "REDIS_URL": settings.REDIS_URL,
+        "PYTHONUNBUFFERED": "1",
+    }
+    web_port, hello_port = free_port(), free_port()
+    web = procs.start(
+        "web",
+        [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(web_port), "config.asgi:application"],
+        env,
+    )
+    relay = procs.start("relay", [sys.executable, "manage.py", "relay"], env)
+    hello = procs.start(
+        "hello",
+        [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(hello_port), "bench.hello:application"],
+        env,
+    )
+    wait_http(web_port, "/api/v1/health", web, var / "web.log")
+    wait_http(hello_port, "/hello", hello, var / "hello.log")
+    watch.add("web", web.pid)
+    watch.add("relay", relay.pid)
+    watch.add("hello", hello.pid)
+    pg_pid = int((var / "pg" / "postmaster.pid").read_text().split()[0])
+    watch.add(
+        "postgres", pg_pid, children=True
+    )  # CPU only: RSS summed over backends counts shared memory many times
+    watch.add("valkey", int((var / "valkey" / "valkey.pid").read_text().strip()))
+
+    etcd_port = None
+    etcd_bin = shutil.which("etcd")
+    if etcd_bin:
+        etcd_port, peer = free_port(), free_port()
+        etcd = procs.start(
+            "etcd",
+            [
+                etcd_bin, "--name", "bench", "--data-dir", str(var / "etcd"),
+                "--listen-client-urls", f"http://{HOST}:{etcd_port}",
+                "--advertise-client-urls", f"http://{HOST}:{etcd_port}",
+                "--listen-peer-urls", f"http://{HOST}:{peer}",
+                "--initial-advertise-peer-urls", f"http://{HOST}:{peer}",
+                "--initial-cluster", f"bench=http://{HOST}:{peer}",
+                "--log-level", "error",
+            ],
+            env,
+        )  # fmt: skip
+        wait_http(etcd_port, "/health", etcd, var / "etcd.log")
+        watch.add("etcd", etcd.pid)
+    else:
+        log("etcd not found (apt-get install etcd-server): the etcd baseline is skipped")
+    watch.thread.start()
+    log(f"servers up in {time.monotonic() - t0:.0f} s from start")
+
+    report = {
+        "machine": machine(),
+        "versions": versions(etcd_bin),
+        "seconds_per_run": args.seconds,
+        "seeding_seconds": seeding,
+        "results": [],
+        "notes": [] if etcd_bin else ["etcd-server not installed: etcd baseline skipped"],
+    }
+    ctx = {
+        "args": args,
+        "only": only,
+        "tokens": tokens,
+        "live_token": live_token,
+        "password": password,
+        "web": web_port,
+        "web_pid": web.pid,
+        "hello": hello_port,
+        "etcd": etcd_port,
+        "dsn": settings.DATABASE_URL,
+        "redis": settings.REDIS_URL,
+        "watch": watch,
+        "report": report,
+    }
+    asyncio.run(scenarios(ctx))
+    report["peak_rss_mb"] = {
+        name: round(rss / 2**20, 1) for name, rss in watch.peak.items() if name != "postgres"
+    }
+    log(f"8. peak RSS (MB): {report['peak_rss_mb']}")
+    if 7 in only:
+        report["plans"] = explain_plans()
+    return report
+
+
+async def scenarios(ctx: dict) -> None:
+    from bench import scenarios as s
+    from bench.loadgen import closed_loop
+
+    args, only, report, watch = ctx["args"], ctx["only"], ctx["report"], ctx["watch"]
+    ours, hello = s.Target(HOST, ctx["web"]), s.Target(HOST, ctx["hello"])
+    tokens = ctx["tokens"]
+    levels = (1, 16, 64)
+
+    def profile(name: str) -> None:
+        """With BENCH_PROFILE=<part of a run's name>, py-spy samples the web process meanwhile."""
+        wanted = os.environ.get("BENCH_PROFILE")
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not wanted or wanted not in name or not Path(spy).exists():
+            return
+        out = RESULTS / ("profile-" + "".join(c if c.isalnum() else "-" for c in name) + ".txt")
+        subprocess.Popen(
+            [spy, "record", "--pid", str(ctx["web_pid"]), "--duration", str(max(1, int(args.seconds))),
+             "--rate", "200", "--gil", "--format", "raw", "--output", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        log(f"     profiling the web process into {out}")
+
+    async def measure(op, *, clients: int, scenario: str, system: str, extra=None):
+        before: dict = {}
+
+        async def mark() -> None:
+            before.update(watch.cpu())
+            profile(f"{scenario}-{system}-{clients}")
+
+        async def done() -> None:
+            after.update(watch.cpu())
+
+        after: dict = {}
+        result = await closed_loop(
+            op, clients=clients, seconds=args.seconds, scenario=scenario, system=system,
+            on_measure=mark, on_done=done,
+        )  # fmt: skip
+        for name, value in after.items():
+            if name in before and value - before[name] > 0.005 * result.seconds:
+                result.cpu[f"{name}_cpu_pct"] = round(100 * (value - before[name]) / result.seconds, 1)
+        if extra:
+            result.extra.update(extra(op))
+        add(result)
+        return result
+
+    def add(result) -> None:
+        row = result.row()
+        report["results"].append(row)
+        extra = " ".join(f"{k}={v}" for k, v in row.get("extra", {}).items())
+        log(
+            f"  {row['scenario']:<24} {row['system']:<12} c={row['clients']:<3} "
+            f"{row['ops_per_s']:>8.1f} ops/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
+            f"err {row['errors']}  {extra}  cpu {row.get('cpu', {})}"
+        )
+
+    if 1 in only:
+        log("1. versioned write, own key")
+        for c in levels:
+            await measure(
+                s.VersionedWrite(ours, tokens), clients=c, scenario="1 versioned write", system="ours"
+            )
+            await measure(
+                s.PgVersionedUpdate(ctx["dsn"]), clients=c, scenario="1 versioned write", system="postgres"
+            )
+            if ctx["etcd"]:
+                await measure(
+                    s.EtcdCas(s.Target(HOST, ctx["etcd"])),
+                    clients=c,
+                    scenario="1 versioned write",
+                    system="etcd",
+                )
+    if 2 in only:
+        log("2. point read; facts by category (1,000,000 facts)")
+        for c in levels:
+            await measure(s.PointRead(ours, tokens), clients=c, scenario="2 point read", system="ours")
+        for c in levels:
+            await measure(
+                s.FactsByCategory(ours, tokens), clients=c, scenario="2 facts by category", system="ours"
+            )
+    if 3 in only:
+        log("3. hot key: 32 clients increment one record")
+        from bench.loadgen import Http
+
+        conn = Http(HOST, ctx["web"], {"Authorization": f"Bearer {tokens[0]}"})
+        start = (await conn.request("PUT", f"/api/v1/records/{s.HotKey.key}", {"value": {"count": 0}})).json()
+        op = s.HotKey(ours, tokens)
+        result = await measure(op, clients=32, scenario="3 hot key", system="ours")
+        final = (await conn.request("GET", f"/api/v1/records/{s.HotKey.key}")).json()
+        await conn.close()
+        result_row = report["results"][-1]
+        result_row["extra"] = {
+            "increments": op.increments,
+            "attempts": op.attempts,
+            "conflict_rate": round(op.conflicts / max(1, op.attempts), 3),
+            "final_count": final["value"]["count"],
+            "count_exact": final["value"]["count"] == start["value"]["count"] + op.increments,
+        }
+        log(f"     {result_row['extra']}")
+    if 4 in only:
+        log("4. lock cycle: acquire + release")
+        for c in levels:
+            await measure(s.LockCycle(ours, tokens), clients=c, scenario="4 lock cycle", system="ours")
+            await measure(s.RedisLockCycle(ctx["redis"]), clients=c, scenario="4 lock cycle", system="redis")
+        await measure(
+            s.LockCycle(ours, tokens, resource="s4-contended"),
+            clients=16,
+            scenario="4 lock contended",
+            system="ours",
+            extra=lambda op: {"busy_409s": op.busy},
+        )
+        await measure(
+            s.RedisLockCycle(ctx["redis"], resource="contended"),
+            clients=16,
+            scenario="4 lock contended",
+            system="redis",
+        )
+    if 5 in only:
+        log("5. mixed agent workload; Django hello-world floor")
+        for c in levels:
+            await measure(s.Hello(hello), clients=c, scenario="5 hello-world floor", system="django-hello")
+            await measure(s.Mixed(ours, tokens), clients=c, scenario="5 mixed workload", system="ours")
+    if 6 in only or 7 in only:
+        cookie = await s.login(ours, "bench", ctx["password"])
+    if 6 in only:
+        log("6. live latency: API write -> fragment on the console websocket, 100 events/s")
+        from bench.loadgen import Http
+
+        for consoles in (1, 20, 100):
+            conn = Http(HOST, ctx["web"], {"Authorization": f"Bearer {ctx['live_token']}"})
+            after = (
+                await conn.request("POST", "/api/v1/events", {"type": "bench.mark", "payload": {}})
+            ).json()["id"]
+            await conn.close()
+            before = watch.cpu()
+            result = await s.live_latency(
+                ours, token=ctx["live_token"], cookie=cookie, ns=LIVE_NS, consoles=consoles, rate=100,
+                seconds=args.seconds, after=after,
+            )  # fmt: skip
+            after_cpu = watch.cpu()
+            for name in ("web", "relay", "postgres"):
+                result.cpu[f"{name}_cpu_pct"] = round(
+                    100 * (after_cpu[name] - before[name]) / result.seconds, 1
+                )
+            add(result)
+    if 7 in only:
+        log("7. scale: console pages and API lists (1M facts, 1M events, 10k agents, 10k locks)")
+        report["pages"], report["lists"] = await scale(ours, cookie, tokens[0])
+
+
+async def scale(target, cookie: str, token: str) -> tuple[list, list]:
+    from bench.loadgen import Http
+    from bench.scenarios import time_requests
+
+    pages = [
+        f"/ns/{NS}/",
+        f"/ns/{NS}/agents/",
+        f"/ns/{NS}/agents/agent-00042",
+        f"/ns/{NS}/facts/",
+        f"/ns/{NS}/facts/?category=cat-07",
+        f"/ns/{NS}/facts/?q=budget+outage",
+        f"/ns/{NS}/facts/12345/",
+        f"/ns/{NS}/records/",
+        f"/ns/{NS}/records/rec-00042",
+        f"/ns/{NS}/conflicts/",
+        f"/ns/{NS}/locks/",
+        f"/ns/{NS}/timeline/",
+        f"/ns/{NS}/timeline/?type=lock.acquired",
+    ]
+    lists = [
+        "/api/v1/facts",
+        "/api/v1/facts?category=cat-07",
+        "/api/v1/facts?agent_id=agent-00042",
+        "/api/v1/facts?q=budget",
+        "/api/v1/events?after=0",
+        "/api/v1/events?after=500000&type=lock.acquired",
+        "/api/v1/events?agent_id=agent-00042",
+        "/api/v1/records?prefix=rec-0",
+        "/api/v1/agents",
+        "/api/v1/locks",
+        "/api/v1/conflicts",
+    ]
+    conn = Http(target.host, target.port)
+    page_rows = []
+    for path in pages:
+        row = await time_requests(conn, path, count=8, headers={"Cookie": cookie})
+        page_rows.append(row)
+        log(
+            f"  page {path:<40} {row['status']} {row['bytes']:>8} B  "
+            f"p50 {row['p50_ms']} ms  max {row['max_ms']} ms"
+        )
+    list_rows = []
+    for path in lists:
+        row = await time_requests(conn, path, count=40, headers={"Authorization": f"Bearer {token}"})
+        list_rows.append(row)
+        log(
+            f"  list {path:<48} {row['status']} {row['bytes']:>8} B  "
+            f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+        )
+    await conn.close()
+    return page_rows, list_rows
+
+
+def explain_plans() -> list[dict]:
+    """EXPLAIN ANALYZE of the queries behind the scale pages and lists: do they use indexes?"""
+    from django.db import connection
+
+    from memory_admin.models import Agent, Event, Fact, Namespace
+
+    ns = Namespace.objects.get(name=NS)
+    agent = Agent.objects.get(ns=ns, name="agent-00042")
+    queries = {
+        "facts newest": Fact.objects.filter(ns=ns).order_by("-id")[:51],
+        "facts by category": Fact.objects.filter(ns=ns, category="cat-07").order_by("-id")[:51],
+        "facts by agent": Fact.objects.filter(ns=ns, agent=agent).order_by("-id")[:51],
+        "facts full text": Fact.objects.filter(ns=ns)
+        .extra(where=["search @@ websearch_to_tsquery('english', %s)"], params=["budget"])
+        .order_by("-id")[:51],
+        "events after cursor": Event.objects.filter(ns=ns, id__gt=0).order_by("id")[:51],
+        "events by type": Event.objects.filter(ns=ns, type="lock.acquired", id__gt=500_000).order_by("id")[
+            :51
+        ],
+        "events by agent": Event.objects.filter(ns=ns, agent_id="agent-00042").order_by("id")[:51],
+        "timeline newest": Event.objects.filter(ns=ns).order_by("-id")[:51],
+        "fact categories (facts page)": Fact.objects.filter(ns=ns)
+        .values_list("category", flat=True)
+        .distinct()[:200],
+        "event types (timeline page)": Event.objects.filter(ns=ns)
+        .values_list("type", flat=True)
+        .distinct()[:200],
+    }
+    plans = []
+    with connection.cursor() as cursor:
+        for name, qs in queries.items():
+            sql, params = qs.query.sql_with_params()
+            plans.append(_explain(cursor, name, sql, params))
+        plans.append(
+            _explain(
+                cursor,
+                "fact count (overview)",
+                "SELECT count(*) FROM memory_admin_fact WHERE ns_id = %s",
+                [ns.pk],
+            )
+        )
+    return plans
+
+
+def _explain(cursor, name: str, sql: str, params) -> dict:
+    cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + sql, params)
+    lines = [row[0] for row in cursor.fetchall()]
+    text = "\n".join(lines)
+    ms = next(
+        (float(line.split(":")[1].split()[0]) for line in lines if line.startswith("Execution Time")), None
+    )
+    return {
+        "query": name,
+        "uses_index": any(k in text for k in ("Index Scan", "Index Only Scan", "Bitmap Index Scan")),
+        "seq_scan": "Seq Scan" in text,
+        "execution_ms": ms,
+        "plan": lines,
+    }
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory": mem[1].split()[1] if len(mem) > 1 else "",
+        "kernel": platform.release(),
+        "load_before": os.getloadavg(),
+    }
+
+
+def versions(etcd_bin: str | None) -> dict:
+    from importlib.metadata import version
+
+    import psycopg
+    import redis as redis_py
+
+    out = {"python": platform.python_version()}
+    for name in ("django", "daphne", "channels", "django-ninja", "psycopg", "redis"):
+        out[name] = version(name)
+    with psycopg.connect(os.environ.get("BENCH_DSN") or _dsn()) as conn:
+        out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
+    client = redis_py.Redis.from_url(_redis_url())
+    info = client.info("server")
+    out["valkey"] = info.get("valkey_version") or info.get("redis_version")
+    client.close()
+    if etcd_bin:
+        out["etcd"] = subprocess.run([etcd_bin, "--version"], capture_output=True, text=True).stdout.split()[
+            2
+        ]
+    return out
+
+
+def _dsn() -> str:
+    from django.conf import settings
+
+    return settings.DATABASE_URL
+
+
+def _redis_url() -> str:
+    from django.conf import settings
+
+    return settings.REDIS_URL
+
+
+def write_report(report: dict, out: Path) -> None:
+    from bench.chart import draw
+
+    out.mkdir(parents=True, exist_ok=True)
+    report["machine"]["load_after"] = os.getloadavg()
+    (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    if report.get("plans"):
+        with open(out / "plans.txt", "w") as handle:
+            for plan in report["plans"]:
+                handle.write(f"-- {plan['query']}\n" + "\n".join(plan["plan"]) + "\n\n")
+    table = format_table(report)
+    (out / "table.md").write_text(table)
+    print("\n" + table)
+    try:
+        draw(report, out / "bench.png")
+    except ImportError as exc:
+        log(f"no chart: {exc} (pip install -r bench/requirements.txt)")
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        "| scenario | system | clients | ops/s | p50 ms | p99 ms | errors | notes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in report["results"]:
+        notes = ", ".join(f"{k} {v}" for k, v in row.get("extra", {}).items())
+        gen = row.get("cpu", {}).get("generator_cpu_pct")
+        if gen is not None:
+            notes = (notes + "; " if notes else "") + f"generator {gen}% CPU"
+        lines.append(
+            f"| {row['scenario']} | {row['system']} | {row['clients']} | {row['ops_per_s']:.0f} | "
+            f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} | {notes} |"
+        )
+    for title, key in (("console page", "pages"), ("API list", "lists")):
+        if report.get(key):
+            lines += [
+                "",
+                f"| {title} | status | bytes | p50 ms | p99 ms | max ms |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            lines += [
+                f"| `{r['path']}` | {r['status']} | {r['bytes']} | "
+                f"{r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |"
+                for r in report[key]
+            ]
+    if report.get("plans"):
+        lines += ["", "| query | index used | seq scan | ms |", "| --- | --- | --- | ---: |"]
+        lines += [
+            f"| {p['query']} | {'yes' if p['uses_index'] else 'no'} | "
+            f"{'yes' if p['seq_scan'] else 'no'} | {p['execution_ms']} |"
+            for p in report["plans"]
+        ]
+    if report.get("peak_rss_mb"):
+        lines += ["", "peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in report["peak_rss_mb"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

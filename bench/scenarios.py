@@ -1,0 +1,461 @@
+"""The scenarios of issue 6 against our API, and the baselines beside them
+(raw Postgres through psycopg, raw Redis through redis-py, etcd's JSON gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import psycopg
+import redis.asyncio
+
+from bench.loadgen import Http, Op, Result, WebSocket
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+
+
+class Api(Op):
+    """A client of our API with its own token and keep-alive connection."""
+
+    def __init__(self, target: Target, tokens: list[str]) -> None:
+        self.target, self.tokens = target, tokens
+
+    def http(self, index: int) -> Http:
+        token = self.tokens[index % len(self.tokens)]
+        return Http(self.target.host, self.target.port, {"Authorization": f"Bearer {token}"})
+
+    async def setup(self, index: int) -> dict:
+        conn = self.http(index)
+        await conn.connect()
+        return {"conn": conn, "i": index}
+
+    async def teardown(self, state: dict) -> None:
+        await state["conn"].close()
+
+
+# --- 1. versioned write, own key -------------------------------------------------------
+
+
+class VersionedWrite(Api):
+    prefix = "s1"
+
+    async def setup(self, index: int) -> dict:
+        state = await super().setup(index)
+        state["key"] = f"{self.prefix}-c{index}"
+        resp = await state["conn"].request("PUT", f"/api/v1/records/{state['key']}", {"value": {"n": 0}})
+        state["version"] = resp.json()["version"]
+        return state
+
+    async def run(self, state: dict) -> bool:
+        v = state["version"]
+        resp = await state["conn"].request(
+            "PUT", f"/api/v1/records/{state['key']}", {"value": {"n": v}, "expected_version": v}
+        )
+        if resp.status != 200:
+            return False
+        state["version"] = v + 1
+        return True
+
+
+# --- 2. point read; facts by category --------------------------------------------------
+
+
+class PointRead(Api):
+    async def run(self, state: dict) -> bool:
+        resp = await state["conn"].request("GET", f"/api/v1/records/rec-{random.randrange(10_000):05d}")
+        return resp.status == 200
+
+
+class FactsByCategory(Api):
+    async def run(self, state: dict) -> bool:
+        resp = await state["conn"].request("GET", f"/api/v1/facts?category=cat-{random.randrange(100):02d}")
+        return resp.status == 200
+
+
+# --- 3. hot key ------------------------------------------------------------------------
+
+
+class HotKey(Api):
+    """Read-modify-write of one counter with retry on 409; counts every increment made."""
+
+    key = "hot-counter"
+
+    def __init__(self, target: Target, tokens: list[str]) -> None:
+        super().__init__(target, tokens)
+        self.increments = 0
+        self.attempts = 0
+        self.conflicts = 0
+
+    async def setup(self, index: int) -> dict:
+        state = await super().setup(index)
+        state["current"] = None
+        return state
+
+    async def run(self, state: dict) -> bool:
+        conn = state["conn"]
+        if state["current"] is None:
+            state["current"] = (await conn.request("GET", f"/api/v1/records/{self.key}")).json()
+        while True:
+            cur = state["current"]
+            self.attempts += 1
+            resp = await conn.request(
+                "PUT",
+                f"/api/v1/records/{self.key}",
+                {"value": {"count": cur["value"]["count"] + 1}, "expected_version": cur["version"]},
+            )
+            if resp.status == 200:
+                self.increments += 1
+                state["current"] = resp.json()
+                return True
+            if resp.status != 409:
+                state["current"] = None
+                return False
+            self.conflicts += 1
+            state["current"] = resp.json()["error"]["current"]
+
+
+# --- 4. lock cycle ---------------------------------------------------------------------
+
+
+class LockCycle(Api):
+    """Acquire then release; with `resource` set, every client contends for that one."""
+
+    def __init__(self, target: Target, tokens: list[str], resource: str | None = None) -> None:
+        super().__init__(target, tokens)
+        self.resource = resource
+        self.busy = 0
+
+    async def run(self, state: dict) -> bool:
+        conn = state["conn"]
+        resource = self.resource or f"s4-c{state['i']}"
+        while True:
+            resp = await conn.request("POST", f"/api/v1/locks/{resource}", {"ttl_seconds": 30})
+            if resp.status == 200:
+                break
+            if resp.status == 409 and self.resource:
+                self.busy += 1
+                await asyncio.sleep(0.001)
+                continue
+            return False
+        token = resp.json()["fencing_token"]
+        resp = await conn.request("DELETE", f"/api/v1/locks/{resource}?fencing_token={token}")
+        return resp.status == 204
+
+
+# --- 5. mixed agent workload -----------------------------------------------------------
+
+
+class Mixed(Api):
+    """60% reads, 20% versioned writes, 10% heartbeats, 5% lock acquire/release, 5% events.
+    One op is one request (a lock op acquires, or releases what it holds)."""
+
+    async def setup(self, index: int) -> dict:
+        state = await super().setup(index)
+        state["key"] = f"s5-c{index}"
+        resp = await state["conn"].request("PUT", f"/api/v1/records/{state['key']}", {"value": {"n": 0}})
+        state["version"] = resp.json()["version"]
+        state["lock"] = None
+        state["rng"] = random.Random(index)
+        return state
+
+    async def run(self, state: dict) -> bool:
+        conn, roll = state["conn"], state["rng"].random()
+        if roll < 0.60:
+            resp = await conn.request("GET", f"/api/v1/records/rec-{state['rng'].randrange(10_000):05d}")
+            return resp.status == 200
+        if roll < 0.80:
+            v = state["version"]
+            resp = await conn.request(
+                "PUT", f"/api/v1/records/{state['key']}", {"value": {"n": v}, "expected_version": v}
+            )
+            if resp.status == 200:
+                state["version"] = v + 1
+            return resp.status == 200
+        if roll < 0.90:
+            resp = await conn.request("PUT", "/api/v1/status", {"status": "working", "ttl_seconds": 60})
+            return resp.status == 200
+        if roll < 0.95:
+            resource = f"s5-c{state['i']}"
+            if state["lock"] is None:
+                resp = await conn.request("POST", f"/api/v1/locks/{resource}", {"ttl_seconds": 30})
+                if resp.status == 200:
+                    state["lock"] = resp.json()["fencing_token"]
+                return resp.status == 200
+            resp = await conn.request("DELETE", f"/api/v1/locks/{resource}?fencing_token={state['lock']}")
+            state["lock"] = None
+            return resp.status == 204
+        resp = await conn.request(
+            "POST", "/api/v1/events", {"type": "bench.mixed", "payload": {"i": state["i"]}}
+        )
+        return resp.status == 201
+
+
+class Hello(Op):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    async def setup(self, index: int) -> Http:
+        conn = Http(self.target.host, self.target.port)
+        await conn.connect()
+        return conn
+
+    async def run(self, conn: Http) -> bool:
+        return (await conn.request("GET", "/hello")).status == 200
+
+    async def teardown(self, conn: Http) -> None:
+        await conn.close()
+
+
+# --- baselines -------------------------------------------------------------------------
+
+
+class PgVersionedUpdate(Op):
+    """The same versioned UPDATE through psycopg, one connection per client."""
+
+    TABLE = "CREATE TABLE IF NOT EXISTS bench_raw_kv (key text PRIMARY KEY, value jsonb, version bigint)"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def setup(self, index: int) -> dict:
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        key = f"raw-c{index}"
+        await conn.execute(self.TABLE)
+        row = await (
+            await conn.execute(
+                "INSERT INTO bench_raw_kv VALUES (%s, '{}', 1) ON CONFLICT (key) "
+                "DO UPDATE SET version = bench_raw_kv.version RETURNING version",
+                [key],
+            )
+        ).fetchone()
+        return {"conn": conn, "key": key, "version": row[0]}
+
+    async def run(self, state: dict) -> bool:
+        v = state["version"]
+        cur = await state["conn"].execute(
+            "UPDATE bench_raw_kv SET value = %s::jsonb, version = version + 1 "
+            "WHERE key = %s AND version = %s RETURNING version",
+            [f'{{"n": {v}}}', state["key"], v],
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        state["version"] = row[0]
+        return True
+
+    async def teardown(self, state: dict) -> None:
+        await state["conn"].close()
+
+
+class RedisLockCycle(Op):
+    """The same acquire + release through redis-py: SET NX PX, then compare-and-delete in Lua."""
+
+    RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+    def __init__(self, url: str, resource: str | None = None) -> None:
+        self.url, self.resource = url, resource
+
+    async def setup(self, index: int) -> dict:
+        client = redis.asyncio.Redis.from_url(self.url, single_connection_client=True)
+        release = client.register_script(self.RELEASE)
+        return {"client": client, "release": release, "i": index, "n": 0}
+
+    async def run(self, state: dict) -> bool:
+        key = f"raw:lock:{self.resource or state['i']}"
+        state["n"] += 1
+        token = f"{state['i']}:{state['n']}"
+        while not await state["client"].set(key, token, nx=True, px=30_000):
+            if not self.resource:
+                return False
+            await asyncio.sleep(0.001)
+        return bool(await state["release"](keys=[key], args=[token]))
+
+    async def teardown(self, state: dict) -> None:
+        await state["client"].aclose()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class EtcdCas(Op):
+    """A versioned compare-and-swap through etcd's JSON gateway: /v3/kv/txn on mod_revision."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    async def setup(self, index: int) -> dict:
+        conn = Http(self.target.host, self.target.port)
+        key = _b64(f"bench/c{index}")
+        resp = await conn.request("POST", "/v3/kv/put", {"key": key, "value": _b64('{"n": 0}')})
+        return {"conn": conn, "key": key, "rev": resp.json()["header"]["revision"]}
+
+    async def run(self, state: dict) -> bool:
+        txn = {
+            "compare": [
+                {"key": state["key"], "target": "MOD", "result": "EQUAL", "mod_revision": state["rev"]}
+            ],
+            "success": [{"request_put": {"key": state["key"], "value": _b64(f'{{"n": "{state["rev"]}"}}')}}],
+        }
+        resp = await state["conn"].request("POST", "/v3/kv/txn", txn)
+        body = resp.json()
+        if resp.status != 200 or not body.get("succeeded"):
+            return False
+        state["rev"] = body["header"]["revision"]
+        return True
+
+    async def teardown(self, state: dict) -> None:
+        await state["conn"].close()
+
+
+# --- 6. live latency -------------------------------------------------------------------
+
+_ROW = re.compile(r'id="event-(\d+)"')
+
+
+async def live_latency(
+    target: Target,
+    *,
+    token: str,
+    cookie: str,
+    ns: str,
+    consoles: int,
+    rate: float,
+    seconds: float,
+    after: int,
+    grace: float = 3.0,
+) -> Result:
+    """API write -> the event's row arriving over each console's websocket (timeline page)."""
+    origin = f"http://{target.host}:{target.port}"
+    sockets = []
+    for _ in range(consoles):
+        ws = await WebSocket.connect(
+            target.host, target.port, f"/ws/ns/{ns}/?page=timeline", {"Cookie": cookie, "Origin": origin}
+        )
+        await ws.send(f'{{"after": {after}}}')
+        sockets.append(ws)
+    arrivals: list[dict[int, float]] = [{} for _ in sockets]
+
+    async def listen(ws: WebSocket, seen: dict[int, float]) -> None:
+        while True:
+            text = await ws.recv()
+            if text is None:
+                return
+            stamp = time.perf_counter()
+            for match in _ROW.finditer(text):
+                seen.setdefault(int(match.group(1)), stamp)
+
+    listeners = [asyncio.create_task(listen(ws, seen)) for ws, seen in zip(sockets, arrivals, strict=True)]
+    await asyncio.sleep(0.5)  # the hellos' replays are done
+    for seen in arrivals:
+        seen.clear()
+    writers: asyncio.Queue[Http] = asyncio.Queue()
+    for _ in range(8):
+        conn = Http(target.host, target.port, {"Authorization": f"Bearer {token}"})
+        await conn.connect()
+        writers.put_nowait(conn)
+    sent: dict[int, float] = {}
+    errors = 0
+
+    async def write(n: int) -> None:
+        nonlocal errors
+        conn = await writers.get()
+        try:
+            start = time.perf_counter()
+            resp = await conn.request("POST", "/api/v1/events", {"type": "bench.live", "payload": {"n": n}})
+            if resp.status == 201:
+                sent[resp.json()["id"]] = start
+            else:
+                errors += 1
+        except Exception:
+            errors += 1
+        finally:
+            writers.put_nowait(conn)
+
+    t0 = time.perf_counter()
+    tasks = []
+    n = 0
+    while time.perf_counter() - t0 < seconds:
+        tasks.append(asyncio.create_task(write(n)))
+        n += 1
+        await asyncio.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    deadline = time.perf_counter() + grace
+    while time.perf_counter() < deadline and any(len(set(sent) - set(seen)) for seen in arrivals):
+        await asyncio.sleep(0.05)
+    for task in listeners:
+        task.cancel()
+    for ws in sockets:
+        ws.close()
+    while not writers.empty():
+        await writers.get_nowait().close()
+    latencies, missed = [], 0
+    for seen in arrivals:
+        for event_id, start in sent.items():
+            if event_id in seen:
+                latencies.append(seen[event_id] - start)
+            else:
+                missed += 1
+    result = Result("6 live latency", "ours", consoles, elapsed, len(sent), errors, latencies)
+    result.extra = {"missed": missed, "events": len(sent), "rate": rate, "deliveries": len(latencies)}
+    return result
+
+
+# --- 7. scale: pages and lists ---------------------------------------------------------
+
+
+async def login(target: Target, username: str, password: str) -> str:
+    """Log in through the console's login form; returns the Cookie header for the session."""
+    conn = Http(target.host, target.port)
+    page = await conn.request("GET", "/login/")
+    csrf_cookie = re.search(r"csrftoken=([^;]+)", page.headers["set-cookie"]).group(1)
+    form_token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page.body).group(1).decode()
+    body = urlencode({"username": username, "password": password, "csrfmiddlewaretoken": form_token})
+    resp = await conn.request(
+        "POST",
+        "/login/",
+        raw=body.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"csrftoken={csrf_cookie}"},
+    )
+    await conn.close()
+    if resp.status != 302 or "sessionid=" not in resp.headers.get("set-cookie", ""):
+        raise RuntimeError(f"login failed: {resp.status} {resp.body[:300]!r}")
+    session = re.search(r"sessionid=([^;]+)", resp.headers["set-cookie"]).group(1)
+    return f"sessionid={session}; csrftoken={csrf_cookie}"
+
+
+async def time_requests(
+    conn: Http, path: str, *, count: int, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`count` sequential GETs of `path` (one warm-up first): median, p99, max in ms."""
+    first = await conn.request("GET", path, headers=headers)
+    times = []
+    status = first.status
+    for _ in range(count):
+        start = time.perf_counter()
+        resp = await conn.request("GET", path, headers=headers)
+        times.append((time.perf_counter() - start) * 1000)
+        status = resp.status if resp.status != 200 else status
+    times.sort()
+    p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
+    return {
+        "path": path,
+        "status": status,
+        "bytes": len(first.body),
+        "p50_ms": round(statistics.median(times), 1),
+        "p99_ms": round(p99, 1),
+        "max_ms": round(times[-1], 1),
+        "n": count,
+    }
