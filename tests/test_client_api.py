@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from memory_admin_client import (
@@ -15,6 +16,7 @@ from memory_admin_client import (
     MemoryClient,
     NotFound,
     NotLockHolder,
+    RateLimited,
     Unauthenticated,
     Unavailable,
 )
@@ -251,5 +253,24 @@ def test_a_retry_after_a_lost_answer_never_doubles_a_write(web_server, alpha):
         proxy.busy = 1  # 503 with Retry-After: 1
         assert client.publish("after_busy", {})
         assert proxy.seen["POST /api/v1/events"] == 2
+    finally:
+        proxy.close()
+
+
+def test_429_is_retried_after_retry_after_and_raised_once_the_retries_are_spent(web_server, alpha):
+    proxy = FaultProxy(web_server.url)
+    proxy.busy_status = 429
+    try:
+        client = client_for(proxy.url, alpha)
+        proxy.busy = 1
+        started = time.monotonic()
+        assert client.read("nothing") is None
+        assert time.monotonic() - started >= 1  # waited as Retry-After said
+        impatient = client_for(proxy.url, alpha, retries=0)
+        proxy.busy = 1
+        with pytest.raises(RateLimited) as limited:
+            impatient.store_fact(None, "too fast", "limits")
+        assert limited.value.retry_after == 1
+        assert not Fact.objects.filter(category="limits").exists()
     finally:
         proxy.close()

@@ -79,11 +79,12 @@ def test_calls_made_while_the_server_is_away_are_replayed_in_order_when_it_is_ba
             assert client.store_fact("alpha", f"fact {i}", "offline") is None
             assert client.publish(AgentEvent("offline_event", "alpha", {"i": i})) is None
         assert client.set_agent_status("alpha", "working offline") is None
+        assert client.store_fact("alpha", "x", "") is None  # bad input: refused when replayed, set aside
         pending = client.pending()
-        assert len(pending) == 41
+        assert len(pending) == 42
         assert [p["kind"] for p in pending[:3]] == ["fact", "event", "fact"]
         assert pending[0]["body"] == {"fact": "fact 0", "category": "offline", "metadata": {}}
-        assert len({p["idempotency_key"] for p in pending}) == 41
+        assert len({p["idempotency_key"] for p in pending}) == 42
 
         started = time.monotonic()
         with pytest.raises(Unavailable, match="never queued"):
@@ -91,13 +92,14 @@ def test_calls_made_while_the_server_is_away_are_replayed_in_order_when_it_is_ba
         with pytest.raises(Unavailable):
             client.lock("report").acquire()
         assert time.monotonic() - started < 3  # fail fast, with a reason
-        assert len(client.pending()) == 41
+        assert len(client.pending()) == 42
 
         server.start()
         wait_for(lambda: not client.pending(), timeout=30, message="the offline log to drain")
         assert_exactly_n_of_each_in_order(20, after=start)
         assert client.get_agent_status("alpha")["status"] == "working offline"
-        assert client.failed() == []
+        [refused] = client.failed()
+        assert refused["body"]["category"] == "" and refused["error"].startswith("validation_error")
     finally:
         client.close()
 

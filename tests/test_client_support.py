@@ -29,13 +29,14 @@ def client_for(url: str, agent: Agent, **options) -> MemoryClient:
 class FaultProxy:
     """An HTTP proxy to a real server that can lose answers: `drop` makes the next N requests
     reach the server and have their response thrown away (the connection closes unanswered);
-    `busy` answers the next N with 503 and Retry-After without forwarding. `seen` counts
-    the requests that arrived, by method and path."""
+    `busy` answers the next N with `busy_status` (503 or 429) and Retry-After: 1, without
+    forwarding. `seen` counts the requests that arrived, by method and path."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.drop = 0
         self.busy = 0
+        self.busy_status = 503
         self.seen: Counter[str] = Counter()
         self.keys: list[str | None] = []
         self._lock = threading.Lock()
@@ -57,8 +58,9 @@ class FaultProxy:
                     drop = not busy and proxy.drop > 0
                     proxy.drop -= drop
                 if busy:
-                    payload = json.dumps({"error": {"code": "unavailable", "message": "busy"}}).encode()
-                    self.send_response(503)
+                    code = {503: "unavailable", 429: "rate_limited"}[proxy.busy_status]
+                    payload = json.dumps({"error": {"code": code, "message": "busy"}}).encode()
+                    self.send_response(proxy.busy_status)
                     self.send_header("Retry-After", "1")
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
