@@ -112,7 +112,7 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
         if "conflict" in kinds:
             part("overview.html#open-conflicts", conflicts=list_conflicts(ns=ns, limit=5))
         if "lock" in kinds:
-            part("overview.html#expiring-locks", expiring=list_locks(ns=ns)[:5])
+            part("overview.html#expiring-locks", expiring=list_locks(ns=ns, limit=5))
     elif page == "agents":
         rows("agent-rows", agent_fragments("agents.html#agent-row"), "beforeend")
     elif page == "agent":

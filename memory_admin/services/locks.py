@@ -213,16 +213,34 @@ def get_lock(*, ns: Namespace, resource: str) -> HeldLock:
 
 
 @r.unavailable_on_error
-def list_locks(*, ns: Namespace) -> list[HeldLock]:
-    """Locks held now in the namespace, soonest to expire first."""
+def list_locks(*, ns: Namespace, limit: int | None = None, owner: str | None = None) -> list[HeldLock]:
+    """Locks held now in the namespace, soonest to expire first (the first `limit` of them);
+    with `owner`, only that holder's."""
     client = r.client()
-    resources = client.zrangebyscore(r.locks_index(ns.name), _ms(now()), "+inf")
+    if owner is not None:
+        # The last known holders in Postgres narrow it down; Redis says who holds them now.
+        resources = list(
+            LockFence.objects.filter(ns=ns, holder=owner, held=True).values_list("resource", flat=True)
+        )
+    elif limit:
+        resources = client.zrangebyscore(r.locks_index(ns.name), _ms(now()), "+inf", start=0, num=limit)
+    else:
+        resources = client.zrangebyscore(r.locks_index(ns.name), _ms(now()), "+inf")
     if not resources:
         return []
     pipe = client.pipeline(transaction=False)
     for resource in resources:
         pipe.hgetall(r.lock_key(ns.name, resource))
-    return [_held(res, fields) for res, fields in zip(resources, pipe.execute(), strict=True) if fields]
+    held = [_held(res, fields) for res, fields in zip(resources, pipe.execute(), strict=True) if fields]
+    if owner is not None:
+        held = sorted((lock for lock in held if lock.owner == owner), key=lambda lock: lock.expires)
+    return held
+
+
+@r.unavailable_on_error
+def count_locks(*, ns: Namespace) -> int:
+    """How many locks are held now, without loading them."""
+    return r.client().zcount(r.locks_index(ns.name), _ms(now()), "+inf")
 
 
 def _held(resource: str, fields: dict[str, str]) -> HeldLock:

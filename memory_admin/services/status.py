@@ -69,17 +69,35 @@ def heartbeat(
 
 
 @r.unavailable_on_error
-def list_agents(*, ns: Namespace, agent_id: str | None = None) -> list[AgentStatus]:
-    """Every agent of `ns` (or one), with its live status from Redis where it has one."""
-    agents = list(
-        Agent.objects.filter(ns=ns, **({"name": agent_id} if agent_id else {})).select_related("ns")
-    )
+def list_agents(
+    *, ns: Namespace, agent_id: str | None = None, after: str = "", limit: int | None = None
+) -> list[AgentStatus]:
+    """The agents of `ns` by name (or one), with their live status from Redis where they have one;
+    with `limit`, a page of them after the name `after`."""
+    agents = Agent.objects.filter(ns=ns, **({"name": agent_id} if agent_id else {})).select_related("ns")
+    if after:
+        agents = agents.filter(name__gt=after)
+    agents = list(agents.order_by("name")[:limit] if limit else agents)
     if not agents:
         return []
     pipe = r.client().pipeline(transaction=False)
     for agent in agents:
         pipe.hgetall(r.status_key(ns.name, agent.name))
     return [_status(agent, live) for agent, live in zip(agents, pipe.execute(), strict=True)]
+
+
+@r.unavailable_on_error
+def count_agents(*, ns: Namespace) -> dict[str, int]:
+    """How many agents are live, stale and never seen, without loading them (the overview's counts).
+
+    Live: heartbeats whose TTL has not lapsed (the Redis index); never seen: no heartbeat ever
+    (Postgres); stale: the rest.
+    """
+    live = r.client().zcount(r.heartbeats_index(ns.name), _ms(now()), "+inf")
+    total = Agent.objects.filter(ns=ns).count()
+    never_seen = Agent.objects.filter(ns=ns, seen__isnull=True).count()
+    live = min(live, total - never_seen)
+    return {"live": live, "stale": total - live - never_seen, "never_seen": never_seen}
 
 
 def get_agent(*, ns: Namespace, agent_id: str) -> AgentStatus:

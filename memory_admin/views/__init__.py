@@ -25,11 +25,12 @@ from memory_admin.services import Actor
 from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import tokens as token_service
 from memory_admin.services.facts import get_fact, query_facts
+from memory_admin.services.locks import count_locks, list_locks
 from memory_admin.services.locks import force_release as force_release_lock
-from memory_admin.services.locks import list_locks
 from memory_admin.services.records import list_records, record_versions, write_record
 from memory_admin.services.status import get_agent, list_agents
 from memory_admin.views.screens import (
+    LIST_PAGE,
     PAGE_SIZE,
     View,
     agent_panels,
@@ -139,9 +140,14 @@ def switch(request: HttpRequest) -> HttpResponse:
 @console
 def agents(request: HttpRequest, ns: Namespace) -> HttpResponse:
     cursor = last_event_id(ns)
-    return screen(
-        request, ns, "agents.html", View("agents"), {"cursor": cursor, "agents": list_agents(ns=ns)}
-    )
+    page = list_agents(ns=ns, after=request.GET.get("after", ""), limit=LIST_PAGE + 1)
+    context = {
+        "cursor": cursor,
+        "agents": page[:LIST_PAGE],
+        "next": page[LIST_PAGE - 1].agent.name if len(page) > LIST_PAGE else None,
+        "total": Agent.objects.filter(ns=ns).count(),
+    }
+    return screen(request, ns, "agents.html", View("agents"), context)
 
 
 @console
@@ -363,7 +369,8 @@ def _resolve(request, ns, found) -> HttpResponse:
 @console
 def locks(request: HttpRequest, ns: Namespace) -> HttpResponse:
     cursor = last_event_id(ns)
-    return screen(request, ns, "locks.html", View("locks"), {"cursor": cursor, "locks": list_locks(ns=ns)})
+    context = {"cursor": cursor, "locks": list_locks(ns=ns, limit=LIST_PAGE), "total": count_locks(ns=ns)}
+    return screen(request, ns, "locks.html", View("locks"), context)
 
 
 @console

@@ -20,8 +20,8 @@ from django.utils.timezone import now
 
 from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, RecordVersion
 from memory_admin.services.conflicts import list_conflicts
-from memory_admin.services.locks import list_locks
-from memory_admin.services.status import list_agents
+from memory_admin.services.locks import count_locks, list_locks
+from memory_admin.services.status import count_agents, list_agents
 
 PAGE_SIZE = 50
 
@@ -103,12 +103,15 @@ def open_conflict_count(ns: Namespace) -> int:
     return Conflict.objects.filter(ns=ns, status=Conflict.Status.OPEN).count()
 
 
-def overview_counts(ns: Namespace, agents=None, locks=None) -> dict[str, Any]:
-    agents = list_agents(ns=ns) if agents is None else agents
-    locks = list_locks(ns=ns) if locks is None else locks
-    states = {"live": 0, "stale": 0, "never_seen": 0}
-    for status in agents:
-        states[status.state] += 1
+# The overview shows this many agent cards; the agents page lists the rest, a page at a time.
+AGENT_CARDS = 48
+# The agents and locks pages show this many rows at a time (10,000 rows make a 5 MB page).
+LIST_PAGE = 200
+
+
+def overview_counts(ns: Namespace) -> dict[str, Any]:
+    """The overview's numbers, counted in the stores without loading the agents or locks."""
+    states = count_agents(ns=ns)
     return {
         "agents_live": states["live"],
         "agents_stale": states["stale"],
@@ -116,20 +119,21 @@ def overview_counts(ns: Namespace, agents=None, locks=None) -> dict[str, Any]:
         "facts": Fact.objects.filter(ns=ns).count(),
         "records": Record.objects.filter(ns=ns, deleted=False).count(),
         "conflicts": open_conflict_count(ns),
-        "locks": len(locks),
+        "locks": count_locks(ns=ns),
         "per_minute": Event.objects.filter(ns=ns, created__gte=now() - timedelta(minutes=1)).count(),
     }
 
 
 def overview_context(ns: Namespace) -> dict[str, Any]:
-    agents = list_agents(ns=ns)
-    locks = list_locks(ns=ns)
+    counts = overview_counts(ns)
+    total = counts["agents_live"] + counts["agents_stale"] + counts["agents_never_seen"]
     return {
-        "counts": overview_counts(ns, agents, locks),
-        "agents": agents,
+        "counts": counts,
+        "agents": list_agents(ns=ns, limit=AGENT_CARDS),
+        "agents_hidden": max(0, total - AGENT_CARDS),
         "latest": list(Event.objects.filter(ns=ns).order_by("-id")[:15]),
         "conflicts": list_conflicts(ns=ns, limit=5),
-        "expiring": locks[:5],  # list_locks is soonest-to-expire first
+        "expiring": list_locks(ns=ns, limit=5),  # soonest to expire first
     }
 
 
@@ -138,7 +142,7 @@ def agent_panels(ns: Namespace, agent: Agent) -> dict[str, Any]:
         "agent_records": list(
             Record.objects.filter(ns=ns, updated_by=agent.name, deleted=False).order_by("-updated")[:20]
         ),
-        "agent_locks": [lock for lock in list_locks(ns=ns) if lock.owner == agent.name],
+        "agent_locks": list_locks(ns=ns, owner=agent.name),
         "tokens": list(agent.tokens.all()),
     }
 
