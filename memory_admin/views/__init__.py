@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 
 from memory_admin.errors import Invalid, NotFound, Unavailable, VersionConflict
 from memory_admin.forms import ForceReleaseForm, IssueTokenForm, RecordEditForm, ResolveForm
-from memory_admin.models import Agent, Event, Fact, Namespace, Record, RecordVersion, Token
+from memory_admin.models import Agent, Namespace, Record, RecordVersion, Token
 from memory_admin.services import Actor
 from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import tokens as token_service
@@ -35,6 +35,7 @@ from memory_admin.views.screens import (
     View,
     agent_panels,
     conflict_context,
+    distinct_values,
     last_event_id,
     line_diff,
     open_conflict_count,
@@ -189,8 +190,8 @@ def facts(request: HttpRequest, ns: Namespace) -> HttpResponse:
         "cursor": cursor,
         "facts": page,
         "next": next_cursor,
-        "categories": Fact.objects.filter(ns=ns).values_list("category", flat=True).distinct()[:200],
-        "agent_names": Agent.objects.filter(ns=ns).values_list("name", flat=True),
+        "categories": distinct_values(ns, "categories"),
+        "agent_names": agent_choices(ns),
     }
     return screen(request, ns, "facts.html", view, context)
 
@@ -388,8 +389,8 @@ def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
         "cursor": cursor,
         "events": page[:PAGE_SIZE],
         "next": page[PAGE_SIZE - 1].id if len(page) > PAGE_SIZE else None,
-        "types": Event.objects.filter(ns=ns).values_list("type", flat=True).distinct().order_by("type")[:200],
-        "agent_names": Agent.objects.filter(ns=ns).values_list("name", flat=True),
+        "types": distinct_values(ns, "types"),
+        "agent_names": agent_choices(ns),
     }
     return screen(request, ns, "timeline.html", view, context)
 
@@ -462,6 +463,13 @@ def revoke_token(request: HttpRequest, ns: Namespace, token_id: int) -> HttpResp
         )
     messages.info(request, f"Token {token.prefix}… revoked.")
     return redirect("agent", ns.name, token.agent.name)
+
+
+def agent_choices(ns: Namespace) -> list[str] | None:
+    """The agent filter's choices; None (a text box instead) when there are too many for a menu:
+    10,000 names made the facts and timeline pages half a megabyte."""
+    names = list(Agent.objects.filter(ns=ns).order_by("name").values_list("name", flat=True)[: LIST_PAGE + 1])
+    return names if len(names) <= LIST_PAGE else None
 
 
 def _int(value: str | None) -> int | None:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.postgres.search import SearchQuery
+from django.db import connection
 from django.db.models import Q
 from django.utils.timezone import now
 
@@ -97,6 +98,30 @@ def _search(q: str) -> SearchQuery:
 def last_event_id(ns: Namespace) -> int:
     """Where this page's live feed starts: read before the page's data, so nothing falls between."""
     return Event.objects.filter(ns=ns).order_by("-id").values_list("id", flat=True).first() or 0
+
+
+# The distinct values of an indexed (ns_id, column, ...) column, one index probe per value (a
+# "loose index scan"): SELECT DISTINCT read all 1,000,000 rows of a namespace for a menu of ten.
+_DISTINCT = """
+WITH RECURSIVE v AS (
+    (SELECT {col} AS value FROM {table} WHERE ns_id = %(ns)s ORDER BY {col} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {col} FROM {table} WHERE ns_id = %(ns)s AND {col} > v.value ORDER BY {col} LIMIT 1)
+    FROM v WHERE v.value IS NOT NULL
+)
+SELECT value FROM v WHERE value IS NOT NULL LIMIT %(limit)s
+"""
+DISTINCT_SQL = {
+    "categories": _DISTINCT.format(table=Fact._meta.db_table, col="category"),  # fact_ns_category_idx
+    "types": _DISTINCT.format(table=Event._meta.db_table, col="type"),  # event_ns_type_idx
+}
+
+
+def distinct_values(ns: Namespace, what: str, limit: int = 200) -> list[str]:
+    """The namespace's fact categories or event types, sorted, for the filter menus."""
+    with connection.cursor() as cursor:
+        cursor.execute(DISTINCT_SQL[what], {"ns": ns.pk, "limit": limit})
+        return [row[0] for row in cursor.fetchall()]
 
 
 def open_conflict_count(ns: Namespace) -> int:
