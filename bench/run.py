@@ -92,6 +92,18 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, logfile: Path, timeo
     raise RuntimeError(f"nothing answered on {port}{path}:\n{logfile.read_text()[-3000:]}")
 
 
+def server_argv(port: int, app: str) -> list[str]:
+    """Daphne, as in production; BENCH_SERVER="uvicorn" or "uvicorn:2" (workers) to compare."""
+    choice = os.environ.get("BENCH_SERVER", "daphne")
+    if choice.startswith("uvicorn"):
+        workers = choice.partition(":")[2] or "1"
+        return [
+            sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port), "--workers", workers,
+            "--no-access-log", "--log-level", "warning", app,
+        ]  # fmt: skip
+    return [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), app]
+
+
 class Watch:
     """CPU and peak RSS of the servers: sampled every 0.25 s for RSS, snapshotted for CPU."""
 
@@ -224,22 +236,14 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         "PYTHONUNBUFFERED": "1",
     }
     web_port, hello_port = free_port(), free_port()
-    web = procs.start(
-        "web",
-        [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(web_port), "config.asgi:application"],
-        env,
-    )
+    web = procs.start("web", server_argv(web_port, "config.asgi:application"), env)
     relay = procs.start("relay", [sys.executable, "manage.py", "relay"], env)
-    hello = procs.start(
-        "hello",
-        [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(hello_port), "bench.hello:application"],
-        env,
-    )
+    hello = procs.start("hello", server_argv(hello_port, "bench.hello:application"), env)
     wait_http(web_port, "/api/v1/health", web, var / "web.log")
     wait_http(hello_port, "/hello", hello, var / "hello.log")
-    watch.add("web", web.pid)
+    watch.add("web", web.pid, children=True)  # children: uvicorn's workers
     watch.add("relay", relay.pid)
-    watch.add("hello", hello.pid)
+    watch.add("hello", hello.pid, children=True)
     pg_pid = int((var / "pg" / "postmaster.pid").read_text().split()[0])
     watch.add(
         "postgres", pg_pid, children=True
@@ -274,6 +278,7 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         "machine": machine(),
         "versions": versions(etcd_bin),
         "seconds_per_run": args.seconds,
+        "server": os.environ.get("BENCH_SERVER", "daphne"),
         "seeding_seconds": seeding,
         "results": [],
         "notes": [] if etcd_bin else ["etcd-server not installed: etcd baseline skipped"],
@@ -511,6 +516,7 @@ def explain_plans() -> list[dict]:
     from django.db import connection
 
     from memory_admin.models import Agent, Event, Fact, Namespace
+    from memory_admin.views.screens import DISTINCT_SQL
 
     ns = Namespace.objects.get(name=NS)
     agent = Agent.objects.get(ns=ns, name="agent-00042")
@@ -527,18 +533,15 @@ def explain_plans() -> list[dict]:
         ],
         "events by agent": Event.objects.filter(ns=ns, agent_id="agent-00042").order_by("id")[:51],
         "timeline newest": Event.objects.filter(ns=ns).order_by("-id")[:51],
-        "fact categories (facts page)": Fact.objects.filter(ns=ns)
-        .values_list("category", flat=True)
-        .distinct()[:200],
-        "event types (timeline page)": Event.objects.filter(ns=ns)
-        .values_list("type", flat=True)
-        .distinct()[:200],
     }
     plans = []
     with connection.cursor() as cursor:
         for name, qs in queries.items():
             sql, params = qs.query.sql_with_params()
             plans.append(_explain(cursor, name, sql, params))
+        for what, page in (("categories", "facts page"), ("types", "timeline page")):
+            sql = DISTINCT_SQL[what]
+            plans.append(_explain(cursor, f"distinct {what} ({page})", sql, {"ns": ns.pk, "limit": 200}))
         plans.append(
             _explain(
                 cursor,
