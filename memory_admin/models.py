@@ -189,11 +189,16 @@ class Conflict(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [
-            # The inbox (open conflicts of a namespace) and the auto-close on a later write.
-            models.Index(
-                fields=["ns", "key", "actor"], name="conflict_open_idx", condition=models.Q(status="open")
+        constraints = [
+            # One open conflict per key and writer: a losing retry loop refreshes it (an upsert)
+            # instead of filling the inbox; it also serves the auto-close on a later write.
+            models.UniqueConstraint(
+                fields=["ns", "key", "actor"],
+                name="conflict_one_open_uniq",
+                condition=models.Q(status="open"),
             ),
+        ]
+        indexes = [
             models.Index(fields=["ns", "status", "-id"], name="conflict_ns_status_idx"),
         ]
 

@@ -176,3 +176,12 @@ def test_a_refused_acquire_records_no_expiry_for_a_holder_that_renewed(ns, alpha
     with pytest.raises(LockHeld):
         acquire_lock(ns=ns, resource="r", actor=actor(beta))
     assert not Event.objects.filter(type="lock.expired").exists()
+
+
+@pytest.mark.django_db
+def test_a_fence_counts_only_for_the_agent_holding_the_lock(ns, alpha, beta):
+    lock = acquire_lock(ns=ns, resource="r", actor=actor(alpha), ttl_seconds=30)
+    with pytest.raises(StaleFence):
+        write_record(ns=ns, key="k", value="beta's", fence=Fence("r", lock.token), actor=actor(beta))
+    assert not Record.objects.filter(key="k").exists()
+    write_record(ns=ns, key="k", value="alpha's", fence=Fence("r", lock.token), actor=actor(alpha))

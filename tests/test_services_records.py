@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import threading
 import time
@@ -28,43 +29,57 @@ def _in_thread(fn):
     return run
 
 
-@pytest.mark.django_db(transaction=True)
-def test_concurrent_read_modify_write_loses_no_update(ns, alpha):
-    workers, rounds = 16, 50
-    write_record(ns=ns, key="counter", value={"n": 0}, expected_version=0, actor=actor(alpha))
-    versions_won: list[int] = []
-    lock = threading.Lock()
-
-    @_in_thread
-    def work(_):
-        conflicts = 0
+def _increment(ns, agent, rounds: int, results) -> None:
+    """One worker process: `rounds` read-modify-write increments with jittered backoff."""
+    won, conflicts = [], 0
+    try:
         for _ in range(rounds):
-            pause = 0.01
+            pause = 0.005
+            current = get_record(ns=ns, key="counter")
             while True:
-                current = get_record(ns=ns, key="counter")
                 try:
                     record, _ = write_record(
                         ns=ns, key="counter", value={"n": current.value["n"] + 1},
-                        expected_version=current.version, actor=actor(alpha),
+                        expected_version=current.version, actor=actor(agent),
                     )  # fmt: skip
-                except VersionConflict:
+                except VersionConflict as refused:
                     conflicts += 1
+                    # The refusal carries the record as it stands: modify that, no re-read.
+                    current = Record(**{k: refused.details["current"][k] for k in ("value", "version")})
                     time.sleep(random.uniform(0, pause))  # jittered backoff, as the client does
-                    pause = min(pause * 2, 0.3)
+                    pause = min(pause * 2, 0.2)
                     continue
-                with lock:
-                    versions_won.append(record.version)
+                won.append(record.version)
                 break
-        return conflicts
+    finally:
+        connection.close()
+        results.put((won, conflicts))
 
-    with ThreadPoolExecutor(workers) as pool:
-        conflicts = sum(pool.map(work, range(workers)))
 
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_read_modify_write_loses_no_update(ns, alpha):
+    # Processes, not threads: sixteen agents are sixteen programs, and one interpreter's lock
+    # would serialise their Python work and stretch every read-to-write window.
+    workers, rounds = 16, 50
+    write_record(ns=ns, key="counter", value={"n": 0}, expected_version=0, actor=actor(alpha))
+    connection.close()  # nothing open may be inherited: each forked worker opens its own
+    connection.close_pool()
+    forked = multiprocessing.get_context("fork")
+    results = forked.Queue()
+    procs = [forked.Process(target=_increment, args=(ns, alpha, rounds, results)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=100) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+        assert proc.exitcode == 0
+
+    versions_won = [version for won, _ in outcomes for version in won]
     final = get_record(ns=ns, key="counter")
     assert final.value == {"n": workers * rounds}
     assert final.version == workers * rounds + 1
     assert len(versions_won) == len(set(versions_won)) == workers * rounds, "two writes returned one version"
-    assert conflicts > 0, "the workers never raced; the test proved nothing"
+    assert sum(conflicts for _, conflicts in outcomes) > 0, "the workers never raced; the test proved nothing"
     assert RecordVersion.objects.filter(record__key="counter").count() == workers * rounds + 1
 
 

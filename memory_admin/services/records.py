@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils.timezone import now
 
 from memory_admin.errors import NotFound, StaleFence, VersionConflict
@@ -72,7 +72,7 @@ def write_record(
 @transaction.atomic
 def _write(*, ns, key, value, actor, expected_version, fence) -> tuple[Record, bool] | Conflict:
     if fence is not None:
-        check_fence(ns=ns, fence=fence)
+        check_fence(ns=ns, fence=fence, actor=actor)
     stamp = now()
     created = False
     if expected_version in (None, 0):
@@ -95,8 +95,16 @@ def _write(*, ns, key, value, actor, expected_version, fence) -> tuple[Record, b
         record = _update_if_version(
             ns=ns, key=key, value=value, actor=actor, expected=expected_version, stamp=stamp
         )
-        if record is None:
-            return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=expected_version)
+        if record is None or not record.written:
+            return _open_conflict(
+                ns=ns,
+                key=key,
+                value=value,
+                actor=actor,
+                expected=expected_version,
+                current=record,
+                known=True,
+            )
         _close_conflicts(ns=ns, key=key, actor=actor, version=record.version, ids=record.open_conflicts)
         _append_written(ns=ns, record=record, actor=actor, created=False)
         return record, False
@@ -109,7 +117,8 @@ def _write(*, ns, key, value, actor, expected_version, fence) -> tuple[Record, b
 
 
 # The hot path of optimistic locking in one round trip: the conditional UPDATE, the new
-# version's history row, and the writer's open conflicts on the key (to close them).
+# version's history row and the writer's open conflicts on the key (to close them) — or,
+# when the version did not match, the record as it stands (for the 409).
 _UPDATE_IF_VERSION = """
 WITH u AS (
     UPDATE memory_admin_record
@@ -120,16 +129,20 @@ WITH u AS (
     INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
     SELECT id, version, value, false, updated_by, updated FROM u
 )
-SELECT u.*, ARRAY(
+SELECT u.*, true AS written, ARRAY(
     SELECT id FROM memory_admin_conflict
     WHERE ns_id = %s AND key = %s AND actor = %s AND status = 'open'
 ) AS open_conflicts
 FROM u
+UNION ALL
+SELECT r.*, false, '{}'::bigint[] FROM memory_admin_record r
+WHERE r.ns_id = %s AND r.key = %s AND NOT EXISTS (SELECT 1 FROM u)
 """
 
 
 def _update_if_version(*, ns, key, value, actor, expected, stamp) -> Record | None:
-    params = [dumps(value), actor.name, stamp, ns.pk, key, expected, ns.pk, key, actor.name]
+    """The written record (`written` true), the unchanged one (`written` false), or None if absent."""
+    params = [dumps(value), actor.name, stamp, ns.pk, key, expected, ns.pk, key, actor.name, ns.pk, key]
     return next(iter(Record.objects.raw(_UPDATE_IF_VERSION, params)), None)
 
 
@@ -200,8 +213,8 @@ def _delete(*, ns, key, actor, expected_version) -> Record | Conflict:
         return record
 
 
-def check_fence(*, ns: Namespace, fence: Fence) -> None:
-    """Refuse a write whose fencing token is no longer the lock's current one.
+def check_fence(*, ns: Namespace, fence: Fence, actor: Actor) -> None:
+    """Refuse a write whose fencing token is no longer the lock's current one, or not the writer's.
 
     The fence row is share-locked until commit, so a new acquire (which updates it)
     orders after this write: the next holder never has its write overwritten.
@@ -213,7 +226,8 @@ def check_fence(*, ns: Namespace, fence: Fence) -> None:
         [ns.pk, fence.lock],
     )
     current = next(iter(found), None)
-    if current is None or current.token != fence.token or not current.held:
+    # A token only counts for the agent it was issued to: no writing behind another's lock.
+    if current is None or current.token != fence.token or not current.held or current.holder != actor.name:
         raise StaleFence(
             f"fencing token {fence.token} for lock {fence.lock!r} is no longer current",
             lock=fence.lock,
@@ -222,13 +236,29 @@ def check_fence(*, ns: Namespace, fence: Fence) -> None:
         )
 
 
-def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=False) -> Conflict:
-    """Keep a refused write for operators: one open conflict per (key, actor).
+# The writer's one open conflict on the key: created, or refreshed in place (conflict_one_open_uniq).
+_KEEP_CONFLICT = """
+INSERT INTO memory_admin_conflict AS c (
+    ns_id, key, agent_id, actor, expected_version, current_version, proposed_value, "delete",
+    status, resolution, resolved_by, resolved, created
+)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, 'open', '', '', NULL, %s)
+ON CONFLICT (ns_id, key, actor) WHERE status = 'open' DO UPDATE SET
+    agent_id = EXCLUDED.agent_id, expected_version = EXCLUDED.expected_version,
+    current_version = EXCLUDED.current_version, proposed_value = EXCLUDED.proposed_value,
+    "delete" = EXCLUDED."delete"
+RETURNING id, created, xmax = 0
+"""
+
+
+def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=False, known=False) -> Conflict:
+    """Keep a refused write for operators: one open conflict per (key, writer).
 
     A retry loop that keeps losing refreshes its open conflict instead of filling the
     inbox, and does so without an event, so it never queues behind the log's counter.
+    `known` says `current` is already the record as it stands (None: absent).
     """
-    if current is None:
+    if current is None and not known:
         current = Record.objects.filter(ns=ns, key=key).first()
     live = current if current is not None and not current.deleted else None
     fields = {
@@ -238,15 +268,15 @@ def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=Fals
         "proposed_value": value,
         "delete": delete,
     }
-    conflict = (
-        Conflict.objects.select_for_update().filter(ns=ns, key=key, actor=actor.name, status="open").first()
-    )
-    if conflict is not None:
-        for name, field_value in fields.items():
-            setattr(conflict, name, field_value)
-        conflict.save(update_fields=list(fields))
-    else:
-        conflict = Conflict.objects.create(ns=ns, key=key, actor=actor.name, **fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _KEEP_CONFLICT,
+            [ns.pk, key, actor.agent.pk if actor.agent else None, actor.name, expected,
+             fields["current_version"], dumps(value), delete, now()],
+        )  # fmt: skip
+        conflict_id, created, inserted = cursor.fetchone()
+    conflict = Conflict(pk=conflict_id, ns=ns, key=key, actor=actor.name, created=created, **fields)
+    if inserted:
         append_event(
             ns=ns,
             type="conflict.opened",
