@@ -191,12 +191,15 @@ def main() -> int:
     finally:
         watch.stop.set()
         procs.stop_all()
-        from django.db import connections
+        try:
+            from django.db import connections
 
-        for conn in connections.all(initialized_only=True):
-            conn.close()
-            if hasattr(conn, "close_pool"):
-                conn.close_pool()
+            for conn in connections.all(initialized_only=True):
+                conn.close()
+                if hasattr(conn, "close_pool"):
+                    conn.close_pool()
+        except Exception as exc:  # settings may have failed after starting the servers: stop them anyway
+            log(f"closing connections failed: {exc}")
         from config import embedded
 
         embedded.stop(var)
