@@ -414,7 +414,7 @@ async def live_latency(
                 latencies.append(seen[event_id] - start)
             else:
                 missed += 1
-    result = Result("6 live latency", "ours", consoles, elapsed, len(sent), errors, latencies)
+    result = Result(f"6 live latency {rate:g}/s", "ours", consoles, elapsed, len(sent), errors, latencies)
     result.extra = {"missed": missed, "events": len(sent), "rate": rate, "deliveries": len(latencies)}
     return result
 
