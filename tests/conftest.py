@@ -196,3 +196,13 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop the embedded servers this test session started; ones that were running stay."""
+    from config import embedded
+
+    if "postgres" in embedded.started:
+        embedded.stop_postgres(settings.VAR_DIR)
+    if "redis" in embedded.started:
+        embedded.stop_redis(settings.VAR_DIR)
