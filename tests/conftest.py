@@ -202,7 +202,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     """Stop the embedded servers this test session started; ones that were running stay."""
     from config import embedded
 
-    if "postgres" in embedded.started:
-        embedded.stop_postgres(settings.VAR_DIR)
-    if "redis" in embedded.started:
-        embedded.stop_redis(settings.VAR_DIR)
+    var = settings.VAR_DIR.resolve()
+    if ("postgres", var) in embedded.started:
+        embedded.stop_postgres(var)
+    if ("redis", var) in embedded.started:
+        embedded.stop_redis(var)
