@@ -2,7 +2,11 @@
 the middleware `startproject` gives, no database, no Redis.
 
     python -m daphne -p 8001 bench.hello:application
+
+HELLO_BARE=1 drops the middleware: how much of the floor is the middleware chain (bench/README.md).
 """
+
+import os
 
 import django
 from django.conf import settings
@@ -16,22 +20,22 @@ def hello(request):
 
 urlpatterns = [path("hello", hello)]
 
+STARTPROJECT_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
 settings.configure(
     DEBUG=False,
     SECRET_KEY="bench-hello-world-only",
     ALLOWED_HOSTS=["127.0.0.1", "localhost"],
     ROOT_URLCONF=__name__,
     INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django.contrib.sessions"],
-    MIDDLEWARE=[]
-    if __import__("os").environ.get("HELLO_BARE")
-    else [
-        "django.middleware.security.SecurityMiddleware",
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "django.middleware.common.CommonMiddleware",
-        "django.middleware.csrf.CsrfViewMiddleware",
-        "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    ],
+    MIDDLEWARE=[] if os.environ.get("HELLO_BARE") else STARTPROJECT_MIDDLEWARE,
     DATABASES={},
     USE_TZ=True,
 )
