@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 import redis
@@ -49,6 +50,17 @@ def unavailable_on_error(func: Callable[P, T]) -> Callable[P, T]:
             raise Unavailable("Redis is unreachable; retry shortly") from exc
 
     return wrapper
+
+
+# --- times: Redis keeps them as Unix milliseconds --------------------------------------
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: str | float) -> datetime:
+    return datetime.fromtimestamp(float(ms) / 1000, tz=UTC)
 
 
 # --- keys -----------------------------------------------------------------------------

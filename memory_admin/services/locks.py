@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from django.db import DatabaseError, transaction
 from django.utils.timezone import now
@@ -22,14 +22,6 @@ from memory_admin.models import HeldLock, LockFence, Namespace, iso
 from memory_admin.services import SYSTEM_ACTOR, Actor
 from memory_admin.services.events import append_event
 from memory_admin.validation import check_key
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _at(ms: str | int) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
 def acquire_lock(
@@ -51,7 +43,7 @@ def acquire_lock(
             raise LockHeld(
                 f"{resource!r} is held by {owner}",
                 held_by=owner,
-                expires_at=iso(_at(expires)) if expires else None,
+                expires_at=iso(r.from_ms(expires)) if expires else None,
             )
         time.sleep(pause * random.uniform(0.5, 1.5))
         pause = min(pause * 1.5, 0.25)
@@ -100,7 +92,7 @@ def _try_acquire(*, ns, resource, actor, ttl_seconds) -> HeldLock | tuple[str, s
             )
             result = r.script(r.ACQUIRE)(
                 keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)],
-                args=[actor.name, event.id, _ms(stamp), ttl_seconds * 1000, resource],
+                args=[actor.name, event.id, r.to_ms(stamp), ttl_seconds * 1000, resource],
             )
             if int(result[0]) == 0:
                 raise _Taken(result[1], result[3])
@@ -137,12 +129,16 @@ def renew_lock(*, ns: Namespace, resource: str, token: int, actor: Actor, ttl_se
     stamp = now()
     result = r.script(r.RENEW)(
         keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)],
-        args=[actor.name, token, _ms(stamp), ttl_seconds * 1000, resource],
+        args=[actor.name, token, r.to_ms(stamp), ttl_seconds * 1000, resource],
     )
     if int(result[0]) == 0:
         raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
     return HeldLock(
-        resource=resource, owner=actor.name, token=token, acquired=_at(result[1]), expires=_at(result[2])
+        resource=resource,
+        owner=actor.name,
+        token=token,
+        acquired=r.from_ms(result[1]),
+        expires=r.from_ms(result[2]),
     )
 
 
@@ -223,9 +219,9 @@ def list_locks(*, ns: Namespace, limit: int | None = None, owner: str | None = N
             LockFence.objects.filter(ns=ns, holder=owner, held=True).values_list("resource", flat=True)
         )
     elif limit:
-        resources = client.zrangebyscore(r.locks_index(ns.name), _ms(now()), "+inf", start=0, num=limit)
+        resources = client.zrangebyscore(r.locks_index(ns.name), r.to_ms(now()), "+inf", start=0, num=limit)
     else:
-        resources = client.zrangebyscore(r.locks_index(ns.name), _ms(now()), "+inf")
+        resources = client.zrangebyscore(r.locks_index(ns.name), r.to_ms(now()), "+inf")
     if not resources:
         return []
     pipe = client.pipeline(transaction=False)
@@ -240,7 +236,7 @@ def list_locks(*, ns: Namespace, limit: int | None = None, owner: str | None = N
 @r.unavailable_on_error
 def count_locks(*, ns: Namespace) -> int:
     """How many locks are held now, without loading them."""
-    return r.client().zcount(r.locks_index(ns.name), _ms(now()), "+inf")
+    return r.client().zcount(r.locks_index(ns.name), r.to_ms(now()), "+inf")
 
 
 def _held(resource: str, fields: dict[str, str]) -> HeldLock:
@@ -248,8 +244,8 @@ def _held(resource: str, fields: dict[str, str]) -> HeldLock:
         resource=resource,
         owner=fields["owner"],
         token=int(fields["token"]),
-        acquired=_at(fields["acquired"]),
-        expires=_at(fields["expires"]),
+        acquired=r.from_ms(fields["acquired"]),
+        expires=r.from_ms(fields["expires"]),
     )
 
 
@@ -261,7 +257,7 @@ def sweep_expired_locks(*, limit: int = 500) -> int:
     for fence in candidates:
         fields = client.hmget(r.lock_key(fence.ns.name, fence.resource), "token", "expires")
         if fields[0] == str(fence.token):  # renewed: learn the new expiry
-            LockFence.objects.filter(pk=fence.pk, token=fence.token).update(expires=_at(fields[1]))
+            LockFence.objects.filter(pk=fence.pk, token=fence.token).update(expires=r.from_ms(fields[1]))
             continue
         with transaction.atomic():
             if not LockFence.objects.filter(pk=fence.pk, token=fence.token, held=True).update(held=False):

@@ -7,7 +7,7 @@ The relay's sweep turns lapsed heartbeats into one `agent.stale` each.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils.timezone import now
@@ -19,14 +19,6 @@ from memory_admin.services import SYSTEM_ACTOR, Actor
 from memory_admin.services.events import append_event
 
 MIN_TTL, MAX_TTL = 5, 86400
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _at(ms: str | float) -> datetime:
-    return datetime.fromtimestamp(float(ms) / 1000, tz=UTC)
 
 
 @r.unavailable_on_error
@@ -44,7 +36,7 @@ def heartbeat(
     with transaction.atomic():
         prev_status, prev_detail, was_live = r.script(r.HEARTBEAT)(
             keys=[r.status_key(ns.name, agent.name), r.heartbeats_index(ns.name)],
-            args=[agent.name, status, detail, _ms(stamp), ttl_seconds * 1000],
+            args=[agent.name, status, detail, r.to_ms(stamp), ttl_seconds * 1000],
         )
         if not was_live or prev_status != status or (prev_detail or "") != detail:
             Agent.objects.filter(pk=agent.pk).update(
@@ -93,7 +85,7 @@ def count_agents(*, ns: Namespace) -> dict[str, int]:
     Live: heartbeats whose TTL has not lapsed (the Redis index); never seen: no heartbeat ever
     (Postgres); stale: the rest.
     """
-    live = r.client().zcount(r.heartbeats_index(ns.name), _ms(now()), "+inf")
+    live = r.client().zcount(r.heartbeats_index(ns.name), r.to_ms(now()), "+inf")
     total = Agent.objects.filter(ns=ns).count()
     never_seen = Agent.objects.filter(ns=ns, seen__isnull=True).count()
     live = min(live, total - never_seen)
@@ -113,8 +105,8 @@ def _status(agent: Agent, live: dict[str, str]) -> AgentStatus:
             agent=agent,
             status=live["status"],
             detail=live.get("detail", ""),
-            updated=_at(live["updated"]),
-            expires=_at(live["expires"]),
+            updated=r.from_ms(live["updated"]),
+            expires=r.from_ms(live["expires"]),
             state="live",
         )
     state = "never_seen" if agent.seen is None else "stale"
@@ -137,9 +129,9 @@ def sweep_stale_agents(*, limit: int = 500) -> int:
     lapsed: dict[tuple[int, str], datetime | None] = {}
     for ns in Namespace.objects.all():
         for name, score in client.zrangebyscore(
-            r.heartbeats_index(ns.name), "-inf", _ms(stamp), withscores=True
+            r.heartbeats_index(ns.name), "-inf", r.to_ms(stamp), withscores=True
         ):
-            lapsed[(ns.pk, name)] = _at(score)
+            lapsed[(ns.pk, name)] = r.from_ms(score)
     for agent in Agent.objects.filter(stale=False, expires__lte=stamp).select_related("ns")[:limit]:
         lapsed.setdefault((agent.ns_id, agent.name), None)
     for (ns_id, name), expired in list(lapsed.items())[:limit]:
@@ -148,7 +140,7 @@ def sweep_stale_agents(*, limit: int = 500) -> int:
             continue
         live = client.hget(r.status_key(agent.ns.name, name), "expires")
         if live is not None:  # heartbeating without a change: bring Postgres' copy up to date
-            Agent.objects.filter(pk=agent.pk).update(expires=_at(live))
+            Agent.objects.filter(pk=agent.pk).update(expires=r.from_ms(live))
             continue
         with transaction.atomic():
             marked = Agent.objects.filter(pk=agent.pk, stale=False).update(
