@@ -11,6 +11,15 @@ CONSOLE_HEALTH_SECONDS the consumer sends itself a tick through the layer; the t
 re-joins the group and catches up from the log. A tick that never comes back means the
 layer no longer reaches this socket: it closes with 1011, and the page's ws extension
 reconnects and resyncs from its cursor.
+
+Every doorbell reaches every socket, and the sockets of one process mostly sit at the same
+cursor on the same kind of page: they need the same events and the same fragments. So they
+ask their namespace's Feed (one per process) instead of the database: sockets at one cursor
+share one read of the log, and sockets with one page, filters and `operate` permission share
+one render of a batch. A socket behind the others (a reconnect, a resume) reads its own gap
+the same way, keyed by its own cursor. Messages for one socket are handled one at a time (the
+consumer awaits each handler), so a socket never has two catch-ups in flight, and doorbells
+that queue up behind one cost nothing once the catch-up has passed their id.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+import weakref
+from collections import OrderedDict
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -39,6 +51,126 @@ def health_seconds() -> float:
     return float(getattr(settings, "CONSOLE_HEALTH_SECONDS", 10))
 
 
+# Reads stay correct forever (the log is append-only), so only their number is bounded.
+KEEP_BATCHES = 16
+# Fragments are rendered from the current state, which also changes without events (a lock
+# renewed, a heartbeat's expiry): one render serves sockets for a moment, not for minutes.
+RENDER_SECONDS = 2.0
+KEEP_RENDERS = 64
+
+
+class Feed:
+    """One namespace's log reads and rendered batches, shared by the sockets of this process.
+
+    Each read and each render runs once as its own task; the sockets that want it await it
+    shielded, so a socket that disconnects meanwhile does not cancel it for the others.
+    """
+
+    def __init__(self, ns: Namespace) -> None:
+        self.ns = ns
+        self.loop = asyncio.get_running_loop()
+        self.batches: OrderedDict[int, live.Batch] = OrderedDict()  # by `after`
+        self.reading: dict[int, tuple[float, asyncio.Task]] = {}
+        self.renders: OrderedDict[tuple, tuple[float, str]] = OrderedDict()
+        self.rendering: dict[tuple, asyncio.Task] = {}
+
+    async def next(
+        self,
+        after: int,
+        view: View,
+        can_operate: bool,
+        *,
+        since: float | None = None,
+        need: int | None = None,
+    ) -> tuple[live.Batch, str]:
+        """The batch after `after` and its fragments for `view`: read after `since` (a hello
+        or a tick), or reaching at least event `need` (a doorbell)."""
+        batch = self.batches.get(after)
+        if batch is None or not batch.serves(since=since, need=need):
+            batch = await self._read(after, view, can_operate, since=since, need=need)
+        if not batch.events:
+            return batch, ""
+        return batch, await self._render(batch, view, can_operate)
+
+    async def _read(
+        self, after: int, view: View, can_operate: bool, *, since: float | None, need: int | None
+    ) -> live.Batch:
+        running = self.reading.get(after)
+        if running is not None and (since is None or running[0] >= since):
+            batch = await asyncio.shield(running[1])
+            if batch.serves(since=since, need=need):
+                return batch
+        # A read that begins now has everything committed before this socket asked.
+        started = time.monotonic()
+        task = asyncio.ensure_future(self._read_and_render(after, view, can_operate, started))
+        self.reading[after] = (started, task)
+        return await asyncio.shield(task)
+
+    async def _read_and_render(self, after: int, view: View, can_operate: bool, started: float) -> live.Batch:
+        try:
+            # The reader's own page is rendered in the same thread hop as the read.
+            batch, html = await database_sync_to_async(live.read_batch)(
+                self.ns, after, view, can_operate=can_operate, started=started
+            )
+        finally:
+            if self.reading.get(after, (0, None))[1] is asyncio.current_task():
+                del self.reading[after]
+        kept = self.batches.get(after)
+        if kept is None or kept.started < started:
+            self.batches[after] = batch
+            self.batches.move_to_end(after)
+            while len(self.batches) > KEEP_BATCHES:
+                self.batches.popitem(last=False)
+        if batch.events:
+            self._keep_render(self._render_key(batch, view, can_operate), started, html)
+        return batch
+
+    @staticmethod
+    def _render_key(batch: live.Batch, view: View, can_operate: bool) -> tuple:
+        # The fragments differ by page, filters and permission (can_operate shows the action
+        # buttons), never by user otherwise: they are rendered without a request.
+        return (view, can_operate, batch.events[0].id, batch.last)
+
+    def _keep_render(self, key: tuple, started: float, html: str) -> None:
+        self.renders[key] = (started, html)
+        self.renders.move_to_end(key)
+        while len(self.renders) > KEEP_RENDERS:
+            self.renders.popitem(last=False)
+
+    async def _render(self, batch: live.Batch, view: View, can_operate: bool) -> str:
+        key = self._render_key(batch, view, can_operate)
+        kept = self.renders.get(key)
+        if kept is not None and time.monotonic() - kept[0] < RENDER_SECONDS:
+            return kept[1]
+        task = self.rendering.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._render_once(key, batch, view, can_operate))
+            self.rendering[key] = task
+        return await asyncio.shield(task)
+
+    async def _render_once(self, key: tuple, batch: live.Batch, view: View, can_operate: bool) -> str:
+        started = time.monotonic()
+        try:
+            html = await database_sync_to_async(live.render_safely)(
+                self.ns, view, batch.events, can_operate=can_operate
+            )
+        finally:
+            del self.rendering[key]
+        self._keep_render(key, started, html)
+        return html
+
+
+# The Feed of each namespace with a console open in this process, gone with its last socket.
+_feeds: weakref.WeakValueDictionary[int, Feed] = weakref.WeakValueDictionary()
+
+
+def feed_for(ns: Namespace) -> Feed:
+    feed = _feeds.get(ns.pk)
+    if feed is None or feed.loop is not asyncio.get_running_loop():  # tests run one loop each
+        feed = _feeds[ns.pk] = Feed(ns)
+    return feed
+
+
 class ConsoleConsumer(AsyncWebsocketConsumer):
     ns: Namespace | None = None
     group: str | None = None
@@ -57,6 +189,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.view = View.parse(parse_qs(self.scope.get("query_string", b"").decode()))
         self.can_operate = await database_sync_to_async(user.has_perm)(OPERATE)
         self.cursor: int | None = None  # None until the page says where it is
+        self.feed = feed_for(self.ns)
         self.tick_returned = True
         self.group = live.group_name(self.ns.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -76,42 +209,41 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         except (ValueError, TypeError, KeyError):
             return  # not a hello; the page sends nothing else
         self.cursor = max(0, after)
-        await self.catch_up()
+        await self.catch_up(since=time.monotonic())
 
     async def memory_changed(self, message: live.Changed) -> None:
-        if self.cursor is None or message["event"]["id"] <= self.cursor:
+        event_id = message["event"]["id"]
+        if self.cursor is None or event_id <= self.cursor:
             return  # before the hello (the replay covers it), or already sent
-        await self.catch_up()
+        await self.catch_up(need=event_id)
 
     async def console_tick(self, message: dict) -> None:
         self.tick_returned = True
         await self.channel_layer.group_add(self.group, self.channel_name)
         if self.cursor is not None:
-            await self.catch_up()
+            await self.catch_up(since=time.monotonic())
 
-    async def catch_up(self) -> None:
-        """Send every event after the cursor (in batches); a page too far behind reloads."""
+    async def catch_up(self, *, since: float | None = None, need: int | None = None) -> None:
+        """Send every event after the cursor (in batches); a page too far behind reloads.
+
+        A hello or a tick wants everything committed before `since`; a doorbell wants at least
+        its event, `need` (committed before the relay rang, so any read begun later has it)."""
         sent = 0
         while True:
-            events, more = await database_sync_to_async(live.pending)(self.ns, self.cursor)
-            if not events:
+            # After a full batch, the next one must bring at least one more event.
+            floor = None if need is None else max(need, self.cursor + 1)
+            batch, html = await self.feed.next(
+                self.cursor, self.view, self.can_operate, since=since, need=floor
+            )
+            if not batch.events:
                 return
-            sent += len(events)
+            sent += len(batch.events)
             if sent > live.MAX_REPLAY:
                 await self.send(text_data=live.cursor_html(self.cursor, reload=True))
                 return
-            try:
-                html = await database_sync_to_async(live.render_changes)(
-                    self.ns, self.view, events, can_operate=self.can_operate
-                )
-            except Exception:
-                # A fragment that cannot render must not wedge the page in a replay loop:
-                # move its cursor on; the next page load shows the state.
-                log.exception("rendering events %s..%s failed", events[0].id, events[-1].id)
-                html = live.cursor_html(events[-1].id)
             await self.send(text_data=html)
-            self.cursor = events[-1].id
-            if not more:
+            self.cursor = batch.last
+            if not batch.more:
                 return
 
     async def _check_health(self) -> None:

@@ -10,6 +10,8 @@ rendered from the current state, so a batch of events renders each changed row o
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 from channels.layers import get_channel_layer
@@ -24,6 +26,8 @@ from memory_admin.services.records import record_versions
 from memory_admin.services.status import get_agent
 from memory_admin.views import screens
 from memory_admin.views.screens import View
+
+log = logging.getLogger("memory_admin.console")
 
 # A page further behind than this reloads instead of replaying (console.js).
 MAX_REPLAY = 1000
@@ -53,6 +57,49 @@ def pending(ns: Namespace, after: int) -> tuple[list[Event], bool]:
     """The next batch of events after `after`, and whether more follow it."""
     events = read_events(ns=ns, after=after, limit=BATCH + 1)
     return events[:BATCH], len(events) > BATCH
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A read of the log: the events after `after` (at most BATCH), begun at `started`
+    (time.monotonic). Ids are handed out gapless in commit order, so a batch holds every event
+    of its namespace from `after` through its last one, whenever it is reused."""
+
+    after: int
+    events: list[Event]
+    more: bool  # a full batch: more events follow it
+    started: float
+
+    @property
+    def last(self) -> int:
+        return self.events[-1].id if self.events else self.after
+
+    def serves(self, *, since: float | None = None, need: int | None = None) -> bool:
+        """Whether a socket at `after` may send this batch: it has events beyond what this read
+        saw only if the read began before `since`, and only through its last id."""
+        if self.more:
+            return True  # complete as far as it goes; the socket asks again after its last id
+        if since is not None and self.started >= since:
+            return True
+        return need is not None and self.last >= need
+
+
+def read_batch(
+    ns: Namespace, after: int, view: View, *, can_operate: bool, started: float
+) -> tuple[Batch, str]:
+    """Read the next batch and render it for `view` in one trip to the database thread."""
+    events, more = pending(ns, after)
+    return Batch(after, events, more, started), render_safely(ns, view, events, can_operate=can_operate)
+
+
+def render_safely(ns: Namespace, view: View, events: list[Event], *, can_operate: bool) -> str:
+    """render_changes, or only the new cursor if the fragments cannot render: a broken
+    fragment must not wedge the page in a replay loop; the next page load shows the state."""
+    try:
+        return render_changes(ns, view, events, can_operate=can_operate)
+    except Exception:
+        log.exception("rendering events %s..%s failed", events[0].id, events[-1].id)
+        return cursor_html(events[-1].id)
 
 
 def cursor_html(event_id: int, reload: bool = False) -> str:
