@@ -26,4 +26,5 @@ RUN useradd --system --no-create-home app
 USER app
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+ENV HOST=0.0.0.0 PORT=8000
+CMD ["python", "-m", "config.web"]

@@ -1,7 +1,7 @@
-"""The framework's floor: a Django hello-world view on the same ASGI server (Daphne), with
-the middleware `startproject` gives, no database, no Redis.
+"""The framework's floor: a Django hello-world view on the same ASGI server as ours (uvicorn, as
+many workers), with the middleware `startproject` gives, no database, no Redis.
 
-    python -m daphne -p 8001 bench.hello:application
+    python -m uvicorn --port 8001 bench.hello:application
 
 HELLO_BARE=1 drops the middleware: how much of the floor is the middleware chain (bench/README.md).
 """

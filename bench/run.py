@@ -2,8 +2,9 @@
 on this machine, in one run (issue 6). Prints one table and writes bench/results/.
 
 Everything runs in a fresh temp folder (MEMORY_ADMIN_VAR): its own embedded Postgres and
-Valkey, etcd when `/usr/bin/etcd` is there (Debian's etcd-server), Daphne for the API and
-for the hello-world floor, and the relay. Every process started here is stopped at the end.
+Valkey, etcd when `/usr/bin/etcd` is there (Debian's etcd-server), the production web command
+(config/web.py) for the API and for the hello-world floor, and the relay. Every process
+started here is stopped at the end.
 
     .venv/bin/python bench/run.py [--seconds 6] [--only 1,5,7] [--quick]
 """
@@ -30,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
+
+from config import web as config_web  # noqa: E402 - after the path is set
 
 NS = "bench"
 LIVE_NS = "bench-live"
@@ -93,15 +96,22 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, logfile: Path, timeo
 
 
 def server_argv(port: int, app: str) -> list[str]:
-    """Daphne, as in production; BENCH_SERVER="uvicorn" or "uvicorn:2" (workers) to compare."""
-    choice = os.environ.get("BENCH_SERVER", "daphne")
-    if choice.startswith("uvicorn"):
-        workers = choice.partition(":")[2] or "1"
-        return [
-            sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port), "--workers", workers,
-            "--no-access-log", "--log-level", "warning", app,
-        ]  # fmt: skip
-    return [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), app]
+    """The production web command (config/web.py: uvicorn, one worker per core), for ours and the
+    hello-world alike. BENCH_WORKERS=n changes the worker count of both; BENCH_SERVER=daphne runs
+    both in one Daphne process instead, for comparison (`pip install daphne` first)."""
+    if os.environ.get("BENCH_SERVER") == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), app]
+    return config_web.argv(HOST, port, server_workers(), app)
+
+
+def server_workers() -> int:
+    return int(os.environ.get("BENCH_WORKERS") or config_web.workers())
+
+
+def server_name() -> str:
+    if os.environ.get("BENCH_SERVER") == "daphne":
+        return "daphne, 1 process"
+    return f"uvicorn, {server_workers()} workers"
 
 
 class Watch:
@@ -281,7 +291,7 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         "machine": machine(),
         "versions": versions(etcd_bin),
         "seconds_per_run": args.seconds,
-        "server": os.environ.get("BENCH_SERVER", "daphne"),
+        "server": server_name(),
         "seeding_seconds": seeding,
         "results": [],
         "notes": [] if etcd_bin else ["etcd-server not installed: etcd baseline skipped"],
@@ -329,7 +339,8 @@ async def scenarios(ctx: dict) -> None:
         out = RESULTS / ("profile-" + "".join(c if c.isalnum() else "-" for c in name) + ".txt")
         subprocess.Popen(
             [spy, "record", "--pid", str(ctx["web_pid"]), "--duration", str(max(1, int(args.seconds))),
-             "--rate", "200", "--gil", "--format", "raw", "--output", str(out), "--nonblocking"],
+             "--rate", "200", "--gil", "--format", "raw", "--output", str(out), "--nonblocking",
+             "--subprocesses"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         log(f"     profiling the web process into {out}")
@@ -612,14 +623,15 @@ def machine() -> dict:
 
 
 def versions(etcd_bin: str | None) -> dict:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     import psycopg
     import redis as redis_py
 
     out = {"python": platform.python_version()}
-    for name in ("django", "daphne", "channels", "django-ninja", "psycopg", "redis"):
-        out[name] = version(name)
+    for name in ("django", "uvicorn", "daphne", "channels", "django-ninja", "psycopg", "redis"):
+        with contextlib.suppress(PackageNotFoundError):  # daphne only when installed to compare
+            out[name] = version(name)
     with psycopg.connect(os.environ.get("BENCH_DSN") or _dsn()) as conn:
         out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
     client = redis_py.Redis.from_url(_redis_url())

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config import embedded
+from config import embedded, web
 from config.env import database_config, env_bool, env_int, env_list, env_str, env_url, redis_url_with_db
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -22,6 +22,7 @@ elif SECRET_KEY == _DEV_SECRET and not DEBUG:
 
 HOST = env_str("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+WEB_WORKERS = web.workers()  # web processes of `make run` (config/web.py)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] + ([HOST] if HOST else []))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -43,7 +44,6 @@ _db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME", "test_memory_admin")}
 DATABASES = {"default": _db}
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -2,8 +2,8 @@
 
 Builders (`make_agent`, `make_token`) and three standing agents — `alpha` and `beta` in
 namespace `team`, `outsider` in namespace `other` — for permission checks.
-`web_server` runs the real ASGI app in Daphne on a free port (with `relay` alongside
-when a test asks for it), against the test database and the tests' Redis database.
+`web_server` runs the real ASGI app under uvicorn (config/web.py) on a free port (with `relay`
+alongside when a test asks for it), against the test database and the tests' Redis database.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import httpx
 import pytest
 from django.conf import settings
 
+from config import web
 from memory_admin import redis as r
 from memory_admin.models import Agent, Namespace
 from memory_admin.services import Actor
@@ -152,11 +153,11 @@ class LiveServer:
     process: Process
 
 
-def start_web(tmp: Path, port: int | None = None) -> LiveServer:
-    """Daphne on `port` (a free one by default; pass the old one to restart a stopped server)."""
+def start_web(tmp: Path, port: int | None = None, workers: int = 1) -> LiveServer:
+    """The web process (config/web.py) on `port` (a free one by default; pass the old one to
+    restart a stopped server), with `workers` processes."""
     port = port or free_port()
-    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
-    process = start_process(args, "web", tmp)
+    process = start_process(web.argv("127.0.0.1", port, workers), "web", tmp)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -173,7 +174,8 @@ def start_web(tmp: Path, port: int | None = None) -> LiveServer:
 
 @pytest.fixture(scope="session")
 def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[LiveServer]:
-    """Daphne serving config.asgi on a free port, for the whole session (tests use transactional db)."""
+    """The web process serving config.asgi on a free port, for the whole session (tests use
+    transactional db)."""
     server = start_web(tmp_path_factory.mktemp("web"))
     yield server
     server.process.stop()

@@ -1,6 +1,6 @@
 """`manage.py serve` (what `make run` runs) end to end: it migrates, prints the operator's
-password, serves /api/v1/health through daphne next to a relay, and on SIGTERM stops them all
-and exits 0.
+password, serves /api/v1/health through the web process (uvicorn, WEB_WORKERS worker processes)
+next to a relay, and on SIGTERM stops them all, workers included, and exits 0.
 
 With DATABASE_URL set, serve gets a throwaway database on that server (REDIS_URL is passed
 as is); with it unset, serve starts its own embedded Postgres and Valkey in a short folder
@@ -51,6 +51,13 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     """Running, and not a zombie that nobody has reaped yet."""
     try:
@@ -74,7 +81,7 @@ def health(port: int) -> int | None:
 @pytest.fixture
 def serve_env() -> Iterator[dict[str, str]]:
     """The environment for serve: a throwaway database on the given server, or a fresh var folder."""
-    env = {**os.environ, "PORT": str(free_port()), "HOST": "127.0.0.1"}
+    env = {**os.environ, "PORT": str(free_port()), "HOST": "127.0.0.1", "WEB_WORKERS": "2"}
     env.pop("DEBUG", None)
     given = os.environ.get("DATABASE_URL", "").strip()
     if given:
@@ -120,6 +127,9 @@ def test_serve_runs_web_and_relay_and_stops_them_all_on_sigterm(serve_env, tmp_p
         assert status == 200, log.read_text()
         children = children_of(serve.pid)
         assert len(children) == 2, f"expected web and relay, found {children}:\n{log.read_text()}"
+        # uvicorn's supervisor forks the workers; the relay has no children.
+        workers = [pid for child in children for pid in children_of(child) if "spawn_main" in cmdline(pid)]
+        assert len(workers) == 2, f"expected 2 web workers, found {workers}:\n{log.read_text()}"
 
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, log.read_text()
@@ -131,7 +141,7 @@ def test_serve_runs_web_and_relay_and_stops_them_all_on_sigterm(serve_env, tmp_p
     output = log.read_text()
     assert "Operator account: admin / " in output
     assert f"Memory Admin console: http://127.0.0.1:{port}/" in output
-    assert not [pid for pid in children if alive(pid)], output
+    assert not [pid for pid in children + workers if alive(pid)], output
     if "MEMORY_ADMIN_VAR" in serve_env:
         var = Path(serve_env["MEMORY_ADMIN_VAR"])
         assert not (var / "pg" / "postmaster.pid").exists(), "embedded Postgres still running"

@@ -8,7 +8,7 @@ without touching another engineer's servers or the rest of the test suite.
   not a clean shutdown.
 - Redis is a Valkey child process without persistence (`--save "" --appendonly no`) on a
   fixed port, so a kill and a start again is a Redis that lost every key.
-- web (Daphne) and relays are child processes pointed at both with DATABASE_URL/REDIS_URL.
+- web (uvicorn, config/web.py) and relays are child processes pointed at both with DATABASE_URL/REDIS_URL.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from config import embedded
+from config import web as config_web
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEF"
@@ -205,11 +206,7 @@ print("TOKENS=" + json.dumps(tokens))
         return f"http://127.0.0.1:{self.web_port}"
 
     def start_web(self) -> Child:
-        args = [
-            sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port),
-            "config.asgi:application",
-        ]  # fmt: skip
-        web = self._spawn("web", args)
+        web = self._spawn("web", config_web.argv("127.0.0.1", self.web_port))
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -1,9 +1,9 @@
 """`make run`: the whole service in one command.
 
 Migrates, makes sure an operator can log in, then runs the two processes of DESIGN.md
-(web: daphne; relay: manage.py relay) side by side until a stop signal or until either
-of them dies, and then stops both, plus the embedded Postgres / Valkey that settings
-started because DATABASE_URL / REDIS_URL were unset.
+(web: uvicorn in WEB_WORKERS processes, config/web.py; relay: manage.py relay) side by side
+until a stop signal or until either of them dies, and then stops both, plus the embedded
+Postgres / Valkey that settings started because DATABASE_URL / REDIS_URL were unset.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from config import embedded
+from config import embedded, web
 
 GRACE_SECONDS = 10  # after SIGTERM, how long a child gets before SIGKILL
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -39,7 +39,7 @@ class _Stop(BaseException):
 
 
 class Command(BaseCommand):
-    help = "Migrate, ensure the operator account, then run web (daphne) and relay until stopped."
+    help = "Migrate, ensure the operator account, then run web (uvicorn) and relay until stopped."
 
     def handle(self, *args, verbosity: int, **options) -> None:
         # Settings started (or reused) the embedded servers for each URL not given; those
@@ -107,8 +107,7 @@ class Command(BaseCommand):
         }
         base = Path(settings.BASE_DIR)
         commands = {
-            "web": [sys.executable, "-m", "daphne", "-b", settings.HOST, "-p", str(settings.PORT),
-                    "config.asgi:application"],
+            "web": web.argv(settings.HOST, settings.PORT, settings.WEB_WORKERS),
             "relay": [sys.executable, str(base / "manage.py"), "relay"],
         }  # fmt: skip
         children = {}

@@ -1,0 +1,48 @@
+"""The web process: `python -m config.web` serves config.asgi with uvicorn in WEB_WORKERS processes.
+
+Why uvicorn and several processes (measured, bench/README.md): one Python process tops out at
+one core, and an API request costs a few milliseconds of CPU in Django, so the web tier scales
+by processes. uvicorn forks its workers onto one listening socket, supervises them (a dead
+worker is replaced) and costs less CPU per request than Daphne did (httptools, uvloop). The
+Channels Redis layer carries doorbells to every worker, as it would across machines.
+
+HOST, PORT and WEB_WORKERS come from the environment, checked as the settings check them;
+this module does not import the settings (they would start embedded servers).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from config.env import env_int, env_str
+
+APP = "config.asgi:application"
+
+
+def workers() -> int:
+    """WEB_WORKERS, by default one per core: the API is CPU-bound in Python."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return env_int("WEB_WORKERS", cores, minimum=1, maximum=64)
+
+
+def argv(host: str, port: int, workers: int = 1, app: str = APP) -> list[str]:
+    """The command line of a web process serving `app` on host:port."""
+    return [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        "--lifespan", "off",  # Channels' router speaks http and websocket only
+        "--no-server-header",
+        "--timeout-graceful-shutdown", "5",  # open console websockets must not hold a stop up
+    ]  # fmt: skip
+
+
+def main() -> None:
+    host = env_str("HOST", "127.0.0.1")
+    port = env_int("PORT", 8000, minimum=1, maximum=65535)
+    command = argv(host, port, workers())
+    os.execv(command[0], command)  # the same pid: whoever started us signals uvicorn itself
+
+
+if __name__ == "__main__":
+    main()
