@@ -25,7 +25,15 @@ API_SKIPS = {
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 }
-API_MIDDLEWARE = [path for path in settings.MIDDLEWARE if path not in API_SKIPS]
+# The rest only set headers: their hooks run in the event loop, not in a thread each.
+API_INLINE = {
+    "django.middleware.security.SecurityMiddleware": "memory_admin.middleware.InlineSecurityMiddleware",
+    "django.middleware.common.CommonMiddleware": "memory_admin.middleware.InlineCommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": (
+        "memory_admin.middleware.InlineXFrameOptionsMiddleware"
+    ),
+}
+API_MIDDLEWARE = [API_INLINE.get(path, path) for path in settings.MIDDLEWARE if path not in API_SKIPS]
 
 
 class ApiHandler(ASGIHandler):

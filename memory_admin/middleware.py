@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware
+from django.middleware.security import SecurityMiddleware
 
 HEADER = "Content-Security-Policy"
 
@@ -59,3 +62,31 @@ class ContentSecurityPolicyMiddleware:
         if HEADER not in response:
             response[HEADER] = policy(request)
         return response
+
+
+class InlineHooks:
+    """For the async chain: call a MiddlewareMixin's process_request / process_response in the
+    event loop instead of handing each to a thread and back (Django's default for sync hooks).
+
+    Only for middleware whose hooks do no I/O — they read the request and set headers — so
+    they cannot block the loop. Two thread hops saved per hook per request (bench/README.md).
+    """
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class InlineSecurityMiddleware(InlineHooks, SecurityMiddleware):
+    pass
+
+
+class InlineCommonMiddleware(InlineHooks, CommonMiddleware):
+    pass
+
+
+class InlineXFrameOptionsMiddleware(InlineHooks, XFrameOptionsMiddleware):
+    pass
