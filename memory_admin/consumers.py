@@ -5,21 +5,23 @@ Protocol: the page connects to /ws/ns/<name>/?<View query>, then sends
 The consumer replays the log after that id, then answers each `memory.changed` doorbell
 the same way, deduplicating by id. Each message it sends ends with the page's new cursor.
 
+The sockets of one process share their namespace's Feed. It is the one member of the
+namespace's group in this process: a doorbell crosses the channel layer once per process,
+not once per socket, and the Feed rings its sockets in memory. They mostly sit at the same
+cursor on the same kind of page, so they need the same events and the same fragments: sockets
+at one cursor share one read of the log, and sockets with one page, filters and `operate`
+permission share one render of a batch. A socket behind the others (a reconnect, a resume)
+reads its own gap the same way, keyed by its own cursor. A socket runs one catch-up at a time;
+doorbells that ring meanwhile only ask for one more when it ends, so none is lost and a burst
+of them costs one catch-up. (20 consoles at 100 events/s were 2,000 reads, renders and layer
+deliveries a second in one process; bench scenario 6.)
+
 DESIGN.md warns that with channels-redis a Redis restart can leave a consumer deaf:
 its group membership is gone and group sends are silently dropped. So every
 CONSOLE_HEALTH_SECONDS the consumer sends itself a tick through the layer; the tick
-re-joins the group and catches up from the log. A tick that never comes back means the
-layer no longer reaches this socket: it closes with 1011, and the page's ws extension
-reconnects and resyncs from its cursor.
-
-Every doorbell reaches every socket, and the sockets of one process mostly sit at the same
-cursor on the same kind of page: they need the same events and the same fragments. So they
-ask their namespace's Feed (one per process) instead of the database: sockets at one cursor
-share one read of the log, and sockets with one page, filters and `operate` permission share
-one render of a batch. A socket behind the others (a reconnect, a resume) reads its own gap
-the same way, keyed by its own cursor. Messages for one socket are handled one at a time (the
-consumer awaits each handler), so a socket never has two catch-ups in flight, and doorbells
-that queue up behind one cost nothing once the catch-up has passed their id.
+re-joins its Feed to the group and catches up from the log. A tick that never comes back
+means the layer no longer reaches this process: the socket closes with 1011, and the page's
+ws extension reconnects and resyncs from its cursor.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ import contextlib
 import json
 import logging
 import time
-import weakref
 from collections import OrderedDict
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from memory_admin import live
@@ -60,7 +62,8 @@ KEEP_RENDERS = 64
 
 
 class Feed:
-    """One namespace's log reads and rendered batches, shared by the sockets of this process.
+    """One namespace's doorbells, log reads and rendered batches, shared by the sockets of
+    this process.
 
     Each read and each render runs once as its own task; the sockets that want it await it
     shielded, so a socket that disconnects meanwhile does not cancel it for the others.
@@ -69,10 +72,63 @@ class Feed:
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
         self.loop = asyncio.get_running_loop()
+        self.group = live.group_name(ns.pk)
+        self.sockets: set[ConsoleConsumer] = set()
+        self.subscribed: asyncio.Future | None = None
+        self.channel: str | None = None
+        self.listener: asyncio.Task | None = None
         self.batches: OrderedDict[int, live.Batch] = OrderedDict()  # by `after`
         self.reading: dict[int, tuple[float, asyncio.Task]] = {}
         self.renders: OrderedDict[tuple, tuple[float, str]] = OrderedDict()
         self.rendering: dict[tuple, asyncio.Task] = {}
+
+    async def join(self, socket: ConsoleConsumer) -> None:
+        """Add `socket`; returns once the Feed is in the group, so the socket's hello comes after."""
+        self.sockets.add(socket)
+        if self.subscribed is None or self.subscribed.cancelled() or self.subscribed.exception():
+            self.subscribed = asyncio.ensure_future(self._subscribe())
+        await asyncio.shield(self.subscribed)
+
+    async def _subscribe(self) -> None:
+        layer = get_channel_layer()
+        self.channel = await layer.new_channel()
+        await layer.group_add(self.group, self.channel)
+        if not self.sockets:  # its socket left meanwhile, and leave() found nothing to stop
+            await layer.group_discard(self.group, self.channel)
+            return
+        self.listener = asyncio.ensure_future(self._listen(layer, self.channel))
+
+    async def leave(self, socket: ConsoleConsumer) -> None:
+        self.sockets.discard(socket)
+        if self.sockets:
+            return
+        # The last socket: a new one starts a new Feed (the caches go with this one).
+        if _feeds.get(self.ns.pk) is self:
+            del _feeds[self.ns.pk]
+        if self.listener is not None:
+            self.listener.cancel()
+        if self.channel is not None:
+            with contextlib.suppress(Exception):  # the layer may be what failed
+                await get_channel_layer().group_discard(self.group, self.channel)
+
+    async def rejoin(self) -> None:
+        """(Re-)join the group: Redis may have lost it (a restart) without telling anyone."""
+        await get_channel_layer().group_add(self.group, self.channel)
+
+    async def _listen(self, layer, channel: str) -> None:
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The sockets' health ticks notice a layer that stays away and close them.
+                log.warning("console feed %s cannot receive; retrying", channel, exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == "memory.changed":
+                for socket in list(self.sockets):
+                    socket.ring(message["event"]["id"])
 
     async def next(
         self,
@@ -161,7 +217,7 @@ class Feed:
 
 
 # The Feed of each namespace with a console open in this process, gone with its last socket.
-_feeds: weakref.WeakValueDictionary[int, Feed] = weakref.WeakValueDictionary()
+_feeds: dict[int, Feed] = {}
 
 
 def feed_for(ns: Namespace) -> Feed:
@@ -173,8 +229,9 @@ def feed_for(ns: Namespace) -> Feed:
 
 class ConsoleConsumer(AsyncWebsocketConsumer):
     ns: Namespace | None = None
-    group: str | None = None
+    feed: Feed | None = None
     health: asyncio.Task | None = None
+    pump: asyncio.Task | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -189,39 +246,62 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.view = View.parse(parse_qs(self.scope.get("query_string", b"").decode()))
         self.can_operate = await database_sync_to_async(user.has_perm)(OPERATE)
         self.cursor: int | None = None  # None until the page says where it is
-        self.feed = feed_for(self.ns)
+        self.need = 0  # the newest event a doorbell rang for
+        self.rung = False  # a doorbell rang since the last catch-up began
+        self.busy = asyncio.Lock()  # one catch-up at a time: the cursor moves in order
         self.tick_returned = True
-        self.group = live.group_name(self.ns.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.feed = feed_for(self.ns)
+        await self.feed.join(self)
         await self.accept()
         self.health = asyncio.create_task(self._check_health())
 
     async def disconnect(self, code: int) -> None:
-        if self.health is not None:
-            self.health.cancel()
-        if self.group is not None:
-            with contextlib.suppress(Exception):  # the layer may be what failed
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+        for task in (self.health, self.pump):
+            if task is not None:
+                task.cancel()
+        if self.feed is not None:
+            await self.feed.leave(self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             after = int(json.loads(text_data or "")["after"])
         except (ValueError, TypeError, KeyError):
             return  # not a hello; the page sends nothing else
-        self.cursor = max(0, after)
-        await self.catch_up(since=time.monotonic())
+        asked = time.monotonic()
+        async with self.busy:
+            self.cursor = max(0, after)
+            await self.catch_up(since=asked)
 
-    async def memory_changed(self, message: live.Changed) -> None:
-        event_id = message["event"]["id"]
+    def ring(self, event_id: int) -> None:
+        """A doorbell from the Feed: catch up to `event_id`, now or right after the running catch-up."""
         if self.cursor is None or event_id <= self.cursor:
             return  # before the hello (the replay covers it), or already sent
-        await self.catch_up(need=event_id)
+        self.need = max(self.need, event_id)
+        self.rung = True
+        if self.pump is None or self.pump.done():
+            self.pump = asyncio.ensure_future(self._answer_doorbells())
+
+    async def _answer_doorbells(self) -> None:
+        try:
+            while self.rung:
+                async with self.busy:
+                    self.rung = False
+                    if self.need > self.cursor:
+                        await self.catch_up(need=self.need)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # As an exception in a handler would: the page reconnects and resyncs from its cursor.
+            log.exception("console socket %s failed to catch up; closing", self.channel_name)
+            await self.close(code=TRY_AGAIN)
 
     async def console_tick(self, message: dict) -> None:
         self.tick_returned = True
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.feed.rejoin()
         if self.cursor is not None:
-            await self.catch_up(since=time.monotonic())
+            asked = time.monotonic()
+            async with self.busy:
+                await self.catch_up(since=asked)
 
     async def catch_up(self, *, since: float | None = None, need: int | None = None) -> None:
         """Send every event after the cursor (in batches); a page too far behind reloads.
