@@ -5,7 +5,7 @@ from typing import Any, Literal
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
-from memory_admin.api.common import In, Key, actor_of, agent_of, errors, iso_ms, ns_of
+from memory_admin.api.common import In, Key, actor_of, agent_of, errors, iso_ms, list_response, ns_of
 from memory_admin.models import AgentStatus
 from memory_admin.services import status as statuses
 
@@ -60,7 +60,7 @@ def heartbeat(request: HttpRequest, body: StatusIn):
 @router.get("/agents", response={200: list[AgentOut], **errors()}, url_name="list_agents")
 def list_agents(request: HttpRequest):
     """Every agent of the namespace: `live`, `stale` (its TTL lapsed) or `never_seen`."""
-    return [status_body(found) for found in statuses.list_agents(ns=ns_of(request))]
+    return list_response(statuses.agent_items(ns=ns_of(request)))
 
 
 @router.get("/agents/{agent_id}", response={200: AgentOut, **errors(404)}, url_name="get_agent")

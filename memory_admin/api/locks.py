@@ -21,6 +21,7 @@ from memory_admin.api.common import (
     in_thread,
     iso_ms,
     json_response,
+    list_response,
     ns_of,
 )
 from memory_admin.api.once import once
@@ -70,7 +71,7 @@ def lock_body(lock: HeldLock) -> dict[str, Any]:
 @router.get("/locks", response={200: LockList, **errors()}, url_name="list_locks")
 def list_locks(request: HttpRequest):
     """Locks held now in the namespace, soonest to expire first."""
-    return {"items": [lock_body(lock) for lock in locks.list_locks(ns=ns_of(request))]}
+    return list_response({"items": locks.lock_items(ns=ns_of(request))})
 
 
 @router.post(

@@ -8,8 +8,10 @@ The relay's sweep turns lapsed heartbeats into one `agent.stale` each.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
+from django.db.models import BigIntegerField, Func
 from django.utils.timezone import now
 
 from memory_admin import redis as r
@@ -76,6 +78,55 @@ def list_agents(
     for agent in agents:
         pipe.hgetall(r.status_key(ns.name, agent.name))
     return [_status(agent, live) for agent, live in zip(agents, pipe.execute(), strict=True)]
+
+
+@r.unavailable_on_error
+def agent_items(*, ns: Namespace, after: str = "", limit: int | None = None) -> list[dict[str, Any]]:
+    """The items of GET /agents: every agent of `ns` by name (with `limit`, a page of them after
+    the name `after`), as `list_agents` gives them but as plain dicts with times as text, built
+    without a model object or a datetime per agent: 10,000 of them in tens of milliseconds."""
+    agents = Agent.objects.filter(ns=ns, **({"name__gt": after} if after else {})).order_by("name")
+    # Times as whole milliseconds: Django's loader of a timestamptz costs more than the rest of a row.
+    rows = agents.values_list("name", "status", "detail", _EpochMs("seen"), _EpochMs("expires"))
+    rows = list(rows[:limit] if limit else rows)
+    keys = [r.status_key(ns.name, row[0]) for row in rows]
+    lives = r.hmget_each(keys, "status", "detail", "updated", "expires")
+    iso = r.iso_from_ms
+    items = []
+    for (name, status, detail, seen, expires), (live, live_detail, updated, live_expires) in zip(
+        rows, lives, strict=True
+    ):
+        if live is not False:  # a heartbeat whose TTL has not lapsed
+            items.append(
+                {
+                    "agent_id": name,
+                    "status": live,
+                    "detail": live_detail or "",
+                    "updated_at": iso(updated),
+                    "expires_at": iso(live_expires),
+                    "state": "live",
+                }
+            )
+        else:
+            items.append(
+                {
+                    "agent_id": name,
+                    "status": status,
+                    "detail": detail,
+                    "updated_at": None if seen is None else iso(seen),
+                    "expires_at": None if expires is None else iso(expires),
+                    "state": "never_seen" if seen is None else "stale",
+                }
+            )
+    return items
+
+
+class _EpochMs(Func):
+    """A time as Unix milliseconds, the part below one cut (as the API shows times); exact, as
+    `extract` gives a numeric."""
+
+    template = "floor(extract(epoch from %(expressions)s) * 1000)::bigint"
+    output_field = BigIntegerField()
 
 
 @r.unavailable_on_error
