@@ -1,4 +1,5 @@
-"""The full lists GET /agents and GET /locks (API.md: every item, no paging).
+"""The full lists GET /agents and GET /locks (API.md: every item, no paging) and their keyset pages
+(`limit`, `after`: an addition to API.md, see docs/API.md).
 
 The shape tests pin the full lists byte for byte to what the documented shape gives, built here
 from the model objects (status_body, lock_body), so a faster way of building them cannot change a
@@ -9,18 +10,20 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.utils.timezone import now
 
 from memory_admin import redis as r
 from memory_admin.api.agents import status_body
+from memory_admin.api.common import iso_ms
 from memory_admin.api.locks import lock_body
 from memory_admin.models import Agent, LockFence
 from memory_admin.services import locks, status
 from tests.conftest import actor
-from tests.test_api_support import api_for
+from tests.test_api_support import api_for, error
 
 pytestmark = pytest.mark.django_db
 
@@ -195,3 +198,167 @@ def test_an_empty_namespace_lists_nothing(outsider):
         }
     ]
     assert api_for(outsider).get("/locks").content == b'{"items": []}'
+
+
+def test_times_read_back_from_redis_milliseconds_are_the_model_path_formats():
+    """The list's millisecond formatter agrees with iso_ms(from_ms(...)) (the model objects' path)."""
+    base = int(datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
+    samples = [0, 1, 999, 1000, 86_399_999, base, base + 1, base + 999, base + 1000, 4_102_444_799_999]
+    samples += [1_700_000_000_000 + i * 7_919 for i in range(2_000)]
+    for ms in samples:
+        assert r.iso_from_ms(str(ms)) == iso_ms(r.from_ms(str(ms))), ms
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+def _next_of(response) -> dict | None:
+    """The query of the `Link: <...>; rel="next"` header, or None on the last page."""
+    link = response.get("Link")
+    if link is None:
+        return None
+    match = re.fullmatch(r'<([^>]+)>; rel="next"', link)
+    assert match, link
+    url = urlsplit(match.group(1))
+    assert url.path == "/api/v1/agents"
+    return {name: values[0] for name, values in parse_qs(url.query).items()}
+
+
+def _walk_agents(api, limit: int) -> list[list[dict]]:
+    pages = []
+    query = f"?limit={limit}"
+    while True:
+        response = api.get("/agents" + query)
+        assert response.status_code == 200
+        pages.append(response.json())
+        following = _next_of(response)
+        if following is None:
+            return pages
+        assert following["limit"] == str(limit)
+        query = f"?limit={limit}&after={following['after']}"
+        assert len(pages) < 100
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4, 9, 10, 500])
+def test_agent_pages_walk_every_agent_once_in_order(alpha, crowd, limit):
+    api = api_for(alpha, read_only=True)
+    full = api.get("/agents").json()
+    pages = _walk_agents(api, limit)
+    assert all(len(page) == limit for page in pages[:-1])
+    assert 1 <= len(pages[-1]) <= limit or full == []
+    assert [agent for page in pages for agent in page] == full  # every agent once, in order, same items
+    assert {a["state"] for page in pages for a in page} == {"live", "stale", "never_seen"}
+
+
+def test_agent_page_has_no_link_when_nothing_follows(alpha, crowd):
+    api = api_for(alpha)
+    total = len(crowd)
+    assert _next_of(api.get(f"/agents?limit={total}")) is None
+    assert _next_of(api.get(f"/agents?limit={total - 1}")) is not None
+    last = api.get("/agents").json()[-1]["agent_id"]
+    response = api.get(f"/agents?limit=3&after={last}")
+    assert response.json() == [] and _next_of(response) is None
+
+
+def test_agent_page_after_a_name_that_is_not_an_agent_starts_after_where_it_would_be(alpha, crowd):
+    names = [a["agent_id"] for a in api_for(alpha).get("/agents").json()]
+    page = api_for(alpha).get("/agents?limit=50&after=beta0").json()
+    assert [a["agent_id"] for a in page] == names[names.index("beta") + 1 :]
+
+
+def _walk_locks(api, limit: int) -> list[dict]:
+    pages = []
+    query = f"?limit={limit}"
+    while True:
+        response = api.get("/locks" + query)
+        assert response.status_code == 200
+        body = response.json()
+        assert list(body) == ["items", "next"]
+        pages.append(body)
+        if body["next"] is None:
+            return pages
+        assert body["next"] == body["items"][-1]["resource"]
+        query = f"?limit={limit}&after={body['next']}"
+        assert len(pages) < 100
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 500])
+def test_lock_pages_walk_every_held_lock_once_by_resource(alpha, held, limit):
+    api = api_for(alpha, read_only=True)
+    full = api.get("/locks").json()["items"]
+    pages = _walk_locks(api, limit)
+    assert all(len(page["items"]) == limit for page in pages[:-1])  # lapsed/released do not thin a page
+    walked = [lock for page in pages for lock in page["items"]]
+    database_order = list(
+        LockFence.objects.filter(ns=alpha.ns, resource__in=held)
+        .order_by("resource")
+        .values_list("resource", flat=True)
+    )
+    assert [lock["resource"] for lock in walked] == database_order
+    assert sorted(walked, key=lambda lock: lock["resource"]) == sorted(
+        full, key=lambda lock: lock["resource"]
+    )
+
+
+def test_a_lock_acquired_after_the_cursor_shows_on_a_later_page_and_a_released_one_leaves(alpha, beta, held):
+    api = api_for(alpha)
+    first = api.get("/locks?limit=2").json()
+    locks.acquire_lock(ns=alpha.ns, resource="zz-new", actor=actor(beta), ttl_seconds=60)
+    z = locks.get_lock(ns=alpha.ns, resource="z.last")
+    locks.release_lock(ns=alpha.ns, resource="z.last", token=z.token, actor=actor(alpha))
+    rest = _walk_locks(api, 2)
+    after = api.get(f"/locks?limit=500&after={first['next']}").json()["items"]
+    assert "zz-new" in [lock["resource"] for lock in after]
+    assert "z.last" not in [lock["resource"] for page in rest for lock in page["items"]]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/agents?limit=0", "limit"),
+        ("/agents?limit=501", "limit"),
+        ("/agents?limit=ten", "limit"),
+        ("/agents?limit=-1", "limit"),
+        ("/agents?limit=5&after=bad%20name", "after"),
+        ("/agents?limit=5&after=", "after"),
+        ("/agents?limit=5&after=" + "a" * 201, "after"),
+        ("/agents?after=alpha", "limit"),
+        ("/locks?limit=0", "limit"),
+        ("/locks?limit=501", "limit"),
+        ("/locks?limit=1.5", "limit"),
+        ("/locks?limit=5&after=no%0Anewline", "after"),
+        ("/locks?limit=5&after=", "after"),
+        ("/locks?after=res/a", "limit"),
+    ],
+)
+def test_bad_paging_parameters_are_422_naming_the_field(alpha, path, field):
+    body = error(api_for(alpha).get(path), 422, "validation_error")
+    assert any(field in name for name in body["fields"]), body
+
+
+def test_a_token_pages_only_its_own_namespace(alpha, outsider, make_agent, crowd, held):
+    make_agent("zz-other", namespace="other")
+    locks.acquire_lock(ns=outsider.ns, resource="res/a", actor=actor(outsider), ttl_seconds=60)
+    api = api_for(outsider, read_only=True)
+    assert [a["agent_id"] for a in api.get("/agents").json()] == ["outsider", "zz-other"]
+    assert [a["agent_id"] for page in _walk_agents(api, 1) for a in page] == ["outsider", "zz-other"]
+    assert [a["agent_id"] for a in api.get("/agents?limit=50&after=alpha").json()] == ["outsider", "zz-other"]
+    their = [lock["resource"] for page in _walk_locks(api, 1) for lock in page["items"]]
+    assert their == ["res/a"]
+    assert [lock["owner"] for lock in api.get("/locks").json()["items"]] == ["outsider"]
+    mine = [a["agent_id"] for page in _walk_agents(api_for(alpha, read_only=True), 2) for a in page]
+    assert "outsider" not in mine and "zz-other" not in mine and len(mine) == len(crowd)
+
+
+def test_full_lists_are_unchanged_by_paging_parameters_other_endpoints_ignore(alpha, crowd, held):
+    """Unknown query parameters are ignored (API.md); without `limit` the lists are as before."""
+    api = api_for(alpha)
+    assert api.get("/agents?cursor=x").content == api.get("/agents").content
+    assert api.get("/agents").get("Link") is None
+    assert list(api.get("/locks?page=2").json()) == ["items"]
+
+
+def test_an_empty_namespace_has_one_empty_page(outsider):
+    assert api_for(outsider).get("/locks?limit=5").json() == {"items": [], "next": None}
+    response = api_for(outsider).get("/agents?limit=5&after=outsider")
+    assert response.json() == [] and response.get("Link") is None

@@ -1,11 +1,13 @@
 """Status and agents: who is alive and doing what."""
 
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from django.http import HttpRequest
-from ninja import Field, Router, Schema
+from ninja import Field, Query, Router, Schema
 
-from memory_admin.api.common import In, Key, actor_of, agent_of, errors, iso_ms, list_response, ns_of
+from memory_admin.api.common import In, Key, Limit, actor_of, agent_of, errors, iso_ms, list_response, ns_of
+from memory_admin.errors import Invalid
 from memory_admin.models import AgentStatus
 from memory_admin.services import status as statuses
 
@@ -28,6 +30,11 @@ class StatusOut(Schema):
 
 class AgentOut(StatusOut):
     state: Literal["live", "stale", "never_seen"]
+
+
+class PageQuery(Schema):
+    limit: Limit | None = Field(None, description="a page of at most this many, by name; none: every agent")
+    after: Key | None = Field(None, description="the last `agent_id` of the previous page (needs `limit`)")
 
 
 def status_body(found: AgentStatus) -> dict[str, Any]:
@@ -58,9 +65,21 @@ def heartbeat(request: HttpRequest, body: StatusIn):
 
 
 @router.get("/agents", response={200: list[AgentOut], **errors()}, url_name="list_agents")
-def list_agents(request: HttpRequest):
-    """Every agent of the namespace: `live`, `stale` (its TTL lapsed) or `never_seen`."""
-    return list_response(statuses.agent_items(ns=ns_of(request)))
+def list_agents(request: HttpRequest, query: Query[PageQuery]):
+    """Every agent of the namespace by `agent_id`: `live`, `stale` (its TTL lapsed) or
+    `never_seen`. With `limit`, a page of them after `after`; when more follow, the header
+    `Link: <...>; rel="next"` gives the next page's URL."""
+    ns = ns_of(request)
+    if query.limit is None:
+        if query.after is not None:
+            raise Invalid("after needs limit", {"limit": "required with after"})
+        return list_response(statuses.agent_items(ns=ns))
+    page = statuses.agent_items(ns=ns, after=query.after or "", limit=query.limit + 1)
+    response = list_response(page[: query.limit])
+    if len(page) > query.limit:
+        following = urlencode({"limit": query.limit, "after": page[query.limit - 1]["agent_id"]})
+        response["Link"] = f'<{request.path}?{following}>; rel="next"'
+    return response
 
 
 @router.get("/agents/{agent_id}", response={200: AgentOut, **errors(404)}, url_name="get_agent")

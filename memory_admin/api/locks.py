@@ -15,6 +15,7 @@ from memory_admin.api.common import (
     Id,
     In,
     Key,
+    Limit,
     actor_of,
     error_response,
     errors,
@@ -25,7 +26,7 @@ from memory_admin.api.common import (
     ns_of,
 )
 from memory_admin.api.once import once
-from memory_admin.errors import DomainError
+from memory_admin.errors import DomainError, Invalid
 from memory_admin.models import HeldLock
 from memory_admin.services import locks
 
@@ -56,6 +57,14 @@ class LockOut(Schema):
 
 class LockList(Schema):
     items: list[LockOut]
+    next: str | None = Field(
+        None, description="with `limit` only: pass as `after` for the next page; null on the last page"
+    )
+
+
+class PageQuery(Schema):
+    limit: Limit | None = Field(None, description="a page of at most this many, by resource; none: all")
+    after: Key | None = Field(None, description="the `next` of the previous page (needs `limit`)")
 
 
 def lock_body(lock: HeldLock) -> dict[str, Any]:
@@ -69,9 +78,18 @@ def lock_body(lock: HeldLock) -> dict[str, Any]:
 
 
 @router.get("/locks", response={200: LockList, **errors()}, url_name="list_locks")
-def list_locks(request: HttpRequest):
-    """Locks held now in the namespace, soonest to expire first."""
-    return list_response({"items": locks.lock_items(ns=ns_of(request))})
+def list_locks(request: HttpRequest, query: Query[PageQuery]):
+    """Locks held now in the namespace, soonest to expire first: `{"items"}`. With `limit`, a page
+    of them by resource after `after`: `{"items", "next"}`."""
+    ns = ns_of(request)
+    if query.limit is None:
+        if query.after is not None:
+            raise Invalid("after needs limit", {"limit": "required with after"})
+        return list_response({"items": locks.lock_items(ns=ns)})
+    page = locks.lock_items(ns=ns, after=query.after or "", limit=query.limit + 1)
+    more = len(page) > query.limit
+    page = page[: query.limit]
+    return list_response({"items": page, "next": page[-1]["resource"] if more else None})
 
 
 @router.post(
