@@ -8,6 +8,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils.timezone import now
 
+from memory_admin import rows
 from memory_admin.errors import NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
@@ -23,10 +24,18 @@ class Fence:
 
 def get_record(*, ns: Namespace, key: str) -> Record:
     """The live record at `key`; NotFound if absent or deleted."""
-    record = Record.objects.filter(ns=ns, key=key, deleted=False).first()
-    if record is None:
+    with connection.cursor() as cursor:  # the most frequent agent call: SQL written once (rows.py)
+        cursor.execute(_GET, [ns.pk, key])
+        row = cursor.fetchone()
+    if row is None:
         raise NotFound(f"no record {key!r}")
-    return record
+    return rows.load(Record, row)
+
+
+_GET = (
+    f"SELECT {rows.columns(Record, 'r')} FROM memory_admin_record r "
+    "WHERE r.ns_id = %s AND r.key = %s AND NOT r.deleted"
+)
 
 
 def list_records(*, ns: Namespace, prefix: str = "", after: str = "", limit: int = 50) -> list[Record]:
@@ -129,21 +138,28 @@ WITH u AS (
     INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
     SELECT id, version, value, false, updated_by, updated FROM u
 )
-SELECT u.*, true AS written, ARRAY(
+SELECT {columns_u}, true AS written, ARRAY(
     SELECT id FROM memory_admin_conflict
     WHERE ns_id = %s AND key = %s AND actor = %s AND status = 'open'
 ) AS open_conflicts
 FROM u
 UNION ALL
-SELECT r.*, false, '{}'::bigint[] FROM memory_admin_record r
+SELECT {columns_r}, false, '{{}}'::bigint[] FROM memory_admin_record r
 WHERE r.ns_id = %s AND r.key = %s AND NOT EXISTS (SELECT 1 FROM u)
-"""
+""".format(columns_u=rows.columns(Record, "u"), columns_r=rows.columns(Record, "r"))
 
 
 def _update_if_version(*, ns, key, value, actor, expected, stamp) -> Record | None:
     """The written record (`written` true), the unchanged one (`written` false), or None if absent."""
     params = [dumps(value), actor.name, stamp, ns.pk, key, expected, ns.pk, key, actor.name, ns.pk, key]
-    return next(iter(Record.objects.raw(_UPDATE_IF_VERSION, params)), None)
+    with connection.cursor() as cursor:
+        cursor.execute(_UPDATE_IF_VERSION, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    record = rows.load(Record, row)
+    record.written, record.open_conflicts = row[-2:]
+    return record
 
 
 def _append_written(*, ns, record, actor, created) -> None:

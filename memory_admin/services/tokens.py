@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import secrets
 
 from django.db import connection, transaction
 from django.utils.timezone import now
 
+from memory_admin import rows
 from memory_admin.errors import NotFound
 from memory_admin.models import Agent, Namespace, Token
 from memory_admin.services import SYSTEM_ACTOR, Actor
@@ -74,44 +74,29 @@ def authenticate(raw: str) -> Token | None:
     """The live token for a presented secret, with its agent and namespace, or None.
 
     Lookup is by the SHA-256 of the secret, so no secret is ever compared byte by byte.
-    Every API request runs it: the query is written once (_auth_query) rather than compiled by
-    the ORM per request, which the benchmark's profile showed at 30% of the web process's CPU.
+    Every API request runs it, so the query is written once (memory_admin/rows.py).
     """
     if not raw or len(raw) > 200:
         return None
-    sql, models = _auth_query()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [digest(raw)])
+        cursor.execute(_AUTH, [digest(raw)])
         row = cursor.fetchone()
     if row is None:
         return None
-    loaded, start = [], 0
-    for model in models:
-        names = [f.attname for f in model._meta.concrete_fields]
-        loaded.append(model.from_db(connection.alias, names, row[start : start + len(names)]))
-        start += len(names)
-    token, agent, ns = loaded
-    agent.ns = ns
-    token.agent = agent
+    token = rows.load(Token, row)
+    token.agent = agent = rows.load(Agent, row, rows.width(Token))
+    agent.ns = rows.load(Namespace, row, rows.width(Token) + rows.width(Agent))
     return token
 
 
-@functools.cache
-def _auth_query() -> tuple[str, tuple]:
-    """The join select_related("agent__ns") makes, every column of the three rows."""
-    models = (Token, Agent, Namespace)
-    columns = ", ".join(
-        f'{alias}."{field.column}"'
-        for model, alias in zip(models, ("t", "a", "n"), strict=True)
-        for field in model._meta.concrete_fields
-    )
-    sql = (
-        f"SELECT {columns} FROM {Token._meta.db_table} t "
-        f"JOIN {Agent._meta.db_table} a ON a.id = t.agent_id "
-        f"JOIN {Namespace._meta.db_table} n ON n.id = a.ns_id "
-        "WHERE t.digest = %s AND t.revoked IS NULL"
-    )
-    return sql, models
+# The join select_related("agent__ns") makes, every column of the three rows.
+_AUTH = (
+    f"SELECT {rows.columns(Token, 't')}, {rows.columns(Agent, 'a')}, {rows.columns(Namespace, 'n')} "
+    f"FROM {Token._meta.db_table} t "
+    f"JOIN {Agent._meta.db_table} a ON a.id = t.agent_id "
+    f"JOIN {Namespace._meta.db_table} n ON n.id = a.ns_id "
+    "WHERE t.digest = %s AND t.revoked IS NULL"
+)
 
 
 def find_token(*, prefix: str) -> Token:
