@@ -72,13 +72,17 @@ def iso_from_ms(ms: str | int) -> str:
         second, milli = divmod(int(ms), 1000)
     except ValueError:  # not a whole number of milliseconds: the part below one is cut
         second, milli = divmod(int(float(ms)), 1000)
-    prefix = _iso_second(second)
-    return f"{prefix}.{milli:03d}000Z" if milli else f"{prefix}Z"
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return prefix + _FRACTIONS[milli]
 
 
-@functools.lru_cache(maxsize=4096)  # heartbeats and leases of a namespace fall in few seconds
-def _iso_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+# Heartbeats and leases of a namespace fall in few distinct seconds: each is formatted once.
+_SECONDS: dict[int, str] = {}
+_FRACTIONS = ["Z"] + [f".{milli:03d}000Z" for milli in range(1, 1000)]
 
 
 # --- keys -----------------------------------------------------------------------------
