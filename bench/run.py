@@ -247,6 +247,9 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         "DATABASE_URL": settings.DATABASE_URL,
         "REDIS_URL": settings.REDIS_URL,
         "PYTHONUNBUFFERED": "1",
+        # The raw Postgres baseline opens 64 connections beside the web workers' pools, and
+        # the embedded server allows 100: 2 workers x 14 + 64 + the relay's and ours fit.
+        "DB_POOL_MAX": str(max(4, 28 // server_workers())),
     }
     web_port, hello_port = free_port(), free_port()
     web = procs.start("web", server_argv(web_port, "config.asgi:application"), env)
@@ -520,8 +523,12 @@ async def scale(target, cookie: str, token: str) -> tuple[list, list]:
         "/api/v1/events?after=500000&type=lock.acquired",
         "/api/v1/events?agent_id=agent-00042",
         "/api/v1/records?prefix=rec-0",
-        "/api/v1/agents",
+        "/api/v1/agents",  # the full lists: every one of 10,000 (API.md gives them no paging)
+        "/api/v1/agents?limit=50",  # keyset pages (an addition: docs/API.md)
+        "/api/v1/agents?limit=50&after=agent-05000",
         "/api/v1/locks",
+        "/api/v1/locks?limit=50",
+        "/api/v1/locks?limit=50&after=res-05000",
         "/api/v1/conflicts",
     ]
     conn = Http(target.host, target.port)
