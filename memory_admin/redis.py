@@ -212,11 +212,15 @@ return cjson.encode(out)
 """
 
 
-def hmget_each(keys: list[str], *fields: str) -> list[list[str | bool]]:
-    """Those fields of each hash, in one round trip; False for a field (or hash) that is not there."""
-    if not keys:
-        return []
-    return json.loads(script(HMGET_EACH)(keys=keys, args=list(fields)))
+def hmget_each(keys: list[str], *fields: str, chunk: int = 2000) -> list[list[str | bool]]:
+    """Those fields of each hash, False for a field (or hash) that is not there: a round trip per
+    `chunk` keys, so that no script holds Redis for long (2,000 hashes: a few milliseconds)."""
+    run = script(HMGET_EACH)
+    return [
+        values
+        for start in range(0, len(keys), chunk)
+        for values in json.loads(run(keys=keys[start : start + chunk], args=list(fields)))
+    ]
 
 
 def held_locks(ns: str, now_ms: int) -> list[list[str]]:
