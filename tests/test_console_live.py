@@ -4,7 +4,6 @@ away catches up from the log; a group Redis lost is re-joined."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pytest
@@ -17,7 +16,6 @@ from django.test import Client
 
 from config.asgi import application
 from memory_admin import live
-from memory_admin import redis as r
 from memory_admin.models import Event
 from memory_admin.services.facts import store_fact
 from memory_admin.services.locks import acquire_lock, force_release
@@ -184,32 +182,3 @@ def test_locks_page_adds_a_taken_lock_and_removes_a_force_released_one(ns, alpha
     lock, added, removed = async_to_sync(scenario)()
     assert f'<tr id="{lock.dom_id}"' in added and "db/migrate" in added and f">{lock.token}<" in added
     assert f'<tr id="{lock.dom_id}" data-remove></tr>' in removed
-
-
-def test_a_page_rejoins_a_group_that_redis_lost_and_catches_up(ns, alpha, session_cookie, settings):
-    settings.CONSOLE_HEALTH_SECONDS = 0.2
-
-    start = last_event_id(ns)
-
-    async def scenario():
-        page = await open_page("/ws/ns/team/?page=facts", session_cookie, start)
-        # What a Redis restart without persistence does to the layer: the group is gone, and
-        # group sends to it are dropped without an error.
-        await database_sync_to_async(r.client().delete)(f"ma:channels:group:{live.group_name(ns.pk)}")
-        fact = await database_sync_to_async(store_fact)(
-            ns=ns, fact="after the loss", category="c", actor=actor(alpha)
-        )
-        await publish(await database_sync_to_async(newest)("fact.stored"))
-        html = await page.receive_from(timeout=5)  # from the health tick's catch-up
-        # And the group works again for the next doorbell.
-        again = await database_sync_to_async(store_fact)(
-            ns=ns, fact="and later", category="c", actor=actor(alpha)
-        )
-        await publish(await database_sync_to_async(newest)("fact.stored"))
-        html2 = await asyncio.wait_for(page.receive_from(timeout=5), 6)
-        await page.disconnect()
-        return fact, html, again, html2
-
-    fact, html, again, html2 = async_to_sync(scenario)()
-    assert f'id="fact-{fact.pk}"' in html
-    assert f'id="fact-{again.pk}"' in html2
