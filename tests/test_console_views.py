@@ -243,6 +243,11 @@ def test_operator_force_release_needs_a_reason_and_fences_out_the_old_holder(as_
     url = reverse("force_release", args=[ns.name])
     as_operator.post(url, {"resource": "report/draft", "reason": "   "})
     assert get_lock(ns=ns, resource="report/draft").owner == "beta"
+    # From the page (htmx), the row comes back with the form's error, the lock still held.
+    refused = as_operator.post(url, {"resource": "report/draft", "reason": ""}, HTTP_HX_REQUEST="true")
+    assert refused.status_code == 422
+    assert "report/draft" in refused.content.decode() and "beta" in refused.content.decode()
+    assert get_lock(ns=ns, resource="report/draft").owner == "beta"
 
     response = as_operator.post(
         url, {"resource": "report/draft", "reason": "holder hung"}, HTTP_HX_REQUEST="true"

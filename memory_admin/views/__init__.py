@@ -25,7 +25,7 @@ from memory_admin.services import Actor
 from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import tokens as token_service
 from memory_admin.services.facts import get_fact, query_facts
-from memory_admin.services.locks import count_locks, list_locks
+from memory_admin.services.locks import count_locks, get_lock, list_locks
 from memory_admin.services.locks import force_release as force_release_lock
 from memory_admin.services.records import list_records, record_versions, write_record
 from memory_admin.services.status import get_agent, list_agents
@@ -403,7 +403,10 @@ def force_release(request: HttpRequest, ns: Namespace) -> HttpResponse:
     form = ForceReleaseForm(request.POST)
     if not form.is_valid():
         if request.htmx:
-            lock = next((lk for lk in list_locks(ns=ns) if lk.resource == request.POST.get("resource")), None)
+            try:
+                lock = get_lock(ns=ns, resource=request.POST.get("resource", ""))
+            except (NotFound, Invalid):  # released meanwhile, or no resource given
+                lock = None
             if lock is not None:
                 return render(
                     request,
