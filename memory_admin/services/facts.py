@@ -10,11 +10,10 @@ from django.db import transaction
 from memory_admin.errors import NotFound
 from memory_admin.models import Fact, Namespace
 from memory_admin.services import Actor
-from memory_admin.services.events import append_event
+from memory_admin.services.events import append_last_event, pipelined_commit
 from memory_admin.validation import check_category, check_json
 
 
-@transaction.atomic
 def store_fact(
     *, ns: Namespace, fact: str, category: str, actor: Actor, metadata: dict[str, Any] | None = None
 ) -> Fact:
@@ -22,16 +21,17 @@ def store_fact(
     check_category(category)
     check_json(fact, "fact")
     check_json(metadata or {}, "metadata")
-    stored = Fact.objects.create(
-        ns=ns, agent=actor.agent, fact=fact, category=category, metadata=metadata or {}
-    )
-    append_event(
-        ns=ns,
-        type="fact.stored",
-        actor=actor,
-        subject=str(stored.pk),
-        payload={"fact_id": stored.pk, "category": category},
-    )
+    with pipelined_commit(), transaction.atomic():
+        stored = Fact.objects.create(
+            ns=ns, agent=actor.agent, fact=fact, category=category, metadata=metadata or {}
+        )
+        append_last_event(
+            ns=ns,
+            type="fact.stored",
+            actor=actor,
+            subject=str(stored.pk),
+            payload={"fact_id": stored.pk, "category": category},
+        )
     return stored
 
 

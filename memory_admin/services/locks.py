@@ -21,7 +21,7 @@ from memory_admin import redis as r
 from memory_admin.errors import Invalid, LockHeld, NotFound, NotLockHolder
 from memory_admin.models import HeldLock, LockFence, Namespace, iso
 from memory_admin.services import SYSTEM_ACTOR, Actor
-from memory_admin.services.events import append_event
+from memory_admin.services.events import append_event, append_last_event, pipelined_commit
 from memory_admin.validation import check_key
 
 
@@ -147,17 +147,10 @@ def renew_lock(*, ns: Namespace, resource: str, token: int, actor: Actor, ttl_se
 def release_lock(*, ns: Namespace, resource: str, token: int, actor: Actor) -> None:
     """Release, if `actor` holds `resource` with `token` (compared in Redis, atomically)."""
     check_key(resource, "resource")
-    with transaction.atomic():
+    with pipelined_commit(), transaction.atomic():
         fence = LockFence.objects.select_for_update().filter(ns=ns, resource=resource).first()
         if fence is None:
             raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
-        append_event(
-            ns=ns,
-            type="lock.released",
-            actor=actor,
-            subject=resource,
-            payload={"resource": resource, "fencing_token": token},
-        )
         released = r.script(r.RELEASE)(
             keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)], args=[actor.name, token, resource]
         )
@@ -166,6 +159,14 @@ def release_lock(*, ns: Namespace, resource: str, token: int, actor: Actor) -> N
         if fence.token == token:
             fence.held = False
             fence.save(update_fields=["held"])
+        # Last, so the log's counter is not held across the Redis call (services/events.py).
+        append_last_event(
+            ns=ns,
+            type="lock.released",
+            actor=actor,
+            subject=resource,
+            payload={"resource": resource, "fencing_token": token},
+        )
 
 
 @r.unavailable_on_error

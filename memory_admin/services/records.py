@@ -12,7 +12,7 @@ from memory_admin import rows
 from memory_admin.errors import NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
-from memory_admin.services.events import append_event
+from memory_admin.services.events import append_event, append_last_event, pipelined_commit
 from memory_admin.validation import check_json, check_key, dumps
 
 
@@ -72,7 +72,10 @@ def write_record(
     """
     check_key(key)
     check_json(value)
-    outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version, fence=fence)
+    with pipelined_commit():  # record.written, last, pipelined with the COMMIT
+        outcome = _write(
+            ns=ns, key=key, value=value, actor=actor, expected_version=expected_version, fence=fence
+        )
     if isinstance(outcome, Conflict):
         raise _conflict_error(outcome)
     return outcome
@@ -163,7 +166,7 @@ def _update_if_version(*, ns, key, value, actor, expected, stamp) -> Record | No
 
 
 def _append_written(*, ns, record, actor, created) -> None:
-    append_event(
+    append_last_event(
         ns=ns,
         type="record.written",
         actor=actor,
