@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
 
 class HttpError(Exception):
     pass
@@ -43,9 +45,11 @@ class Http:
         self.base = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.reused = False  # whether a response came on this connection already
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.reused = False
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -72,12 +76,25 @@ class Http:
             if "Content-Type" not in extra:
                 head += "Content-Type: application/json\r\n"
             head += f"Content-Length: {len(raw)}\r\n"
-        self.writer.write(head.encode() + b"\r\n" + (raw or b""))
-        try:
-            return await self._read()
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            await self.close()
-            raise HttpError(f"connection lost: {exc!r}") from exc
+        message = head.encode() + b"\r\n" + (raw or b"")
+        for attempt in (1, 2):
+            reused = self.reused
+            self.writer.write(message)
+            try:
+                response = await self._read()
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                await self.close()
+                # A keep-alive connection the server closed while idle (uvicorn: after 5 s)
+                # fails the next request before any answer: send an idempotent one again on a
+                # new connection, as HTTP clients do.
+                nothing_read = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+                if attempt == 1 and reused and nothing_read and method in IDEMPOTENT:
+                    await self.connect()
+                    continue
+                raise HttpError(f"connection lost: {exc!r}") from exc
+            self.reused = self.writer is not None
+            return response
+        raise AssertionError("unreachable")
 
     async def _read(self) -> Response:
         head = await self.reader.readuntil(b"\r\n\r\n")
