@@ -156,3 +156,28 @@ def test_subscribe_across_a_server_restart_misses_nothing_and_repeats_nothing(se
         publisher.publish("tick", {"i": i})
     thread.join(30)
     assert got == list(range(30))
+
+
+def test_a_stream_from_now_that_drops_before_its_first_event_misses_nothing(server, alpha):
+    got: list[int] = []
+
+    def listen() -> None:
+        with client_for(server.url, alpha) as listener:
+            for event in listener.subscribe(types=["tick"]):  # from now: no cursor given
+                got.append(event["payload"]["i"])
+                if event["payload"]["i"] == 9:
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    # The stream is open once the web process has logged it (uvicorn logs a response as it starts).
+    wait_for(lambda: "/events/stream" in server.live.process.output(), timeout=20, message="the stream")
+    server.stop()
+    for i in range(5):  # while the stream is down, before it saw any event
+        publish_event(ns=alpha.ns, type="tick", payload={"i": i}, actor=actor(alpha))
+    server.start()
+    publisher = client_for(server.url, alpha)
+    for i in range(5, 10):
+        publisher.publish("tick", {"i": i})
+    thread.join(30)
+    assert got == list(range(10))

@@ -341,5 +341,13 @@ class SSEDecoder:
         return None
 
 
+def start_cursor(cursor: int | None, decoder: SSEDecoder) -> int | None:
+    """A stream started "from now" first says where it starts (an `id:` before any event):
+    until an event comes, a reconnect resumes from there, not from a later "now"."""
+    if cursor is None and decoder.id is not None and decoder.id.isdigit():
+        return int(decoder.id)
+    return cursor
+
+
 def stream_event(frame: dict[str, Any]) -> dict[str, Any]:
     return event_shape(json.loads(frame["data"]))

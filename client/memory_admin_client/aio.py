@@ -342,6 +342,7 @@ class AsyncMemoryClient(Base):
                         async for line in response.aiter_lines():
                             frame = decoder.feed(line)
                             if frame is None:
+                                cursor = core.start_cursor(cursor, decoder)
                                 continue
                             event = core.stream_event(frame)
                             if cursor is not None and event["id"] <= cursor:

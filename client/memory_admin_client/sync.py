@@ -330,8 +330,8 @@ class MemoryClient(Base):
         """Events as they happen, after `after` (an id; "0-0" replays all; None or "$": from now).
 
         A dropped connection (a server restart) is resumed with Last-Event-ID: no event is
-        missed and none is repeated. Until the first event arrives a stream started "from now"
-        has no cursor to resume from, so pass `after` when the first events matter.
+        missed and none is repeated, also for a stream started "from now" that has seen no
+        event yet (the server says where it started).
         """
         cursor = core.to_cursor(after if after is not None else last_id)
         params = {"type": ",".join(types)} if types else None
@@ -358,6 +358,7 @@ class MemoryClient(Base):
                         for line in response.iter_lines():
                             frame = decoder.feed(line)
                             if frame is None:
+                                cursor = core.start_cursor(cursor, decoder)
                                 continue
                             event = core.stream_event(frame)
                             if cursor is not None and event["id"] <= cursor:
