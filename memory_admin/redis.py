@@ -181,6 +181,16 @@ redis.call('ZADD', KEYS[2], expires, ARGV[1])
 return {prev[1], prev[2], live}
 """
 
+# KEYS: status, heartbeats index. ARGV: agent. Takes a lapsed agent out of the index, unless it
+# heartbeat meanwhile (its status is back): checked and removed in one step, so a heartbeat that
+# lands between the sweep's look and its removal is not dropped from the index.
+# Returns 1 when removed (the agent is stale), 0 when it is live.
+DROP_LAPSED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
 
 # Reads of thousands of hashes for the full lists. The reply is one JSON string: redis-py parses
 # a reply of 40,000 bulk strings in Python (150 ms for 10,000 hashes pipelined), one string

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils.timezone import now
 
+from memory_admin import redis as r
 from memory_admin.errors import Invalid
 from memory_admin.models import Event
 from memory_admin.services.status import get_agent, heartbeat, list_agents, sweep_stale_agents
@@ -56,3 +59,28 @@ def test_the_sweep_does_not_mark_an_agent_that_keeps_heartbeating(ns, alpha):
     heartbeat(agent=alpha, status="working", ttl_seconds=5, actor=actor(alpha))
     assert sweep_stale_agents() == 0
     assert get_agent(ns=ns, agent_id="alpha").state == "live"
+
+
+@pytest.mark.django_db
+def test_the_sweep_drops_an_agent_from_the_heartbeat_index_only_while_its_status_is_gone(ns, alpha):
+    """The sweep's removal checks and removes in one step: a heartbeat that lands between the
+    sweep's look at the index and its removal must keep the agent in the index."""
+    heartbeat(agent=alpha, status="working", ttl_seconds=5, actor=actor(alpha))
+    keys = [r.status_key(ns.name, "alpha"), r.heartbeats_index(ns.name)]
+    drop = r.script(r.DROP_LAPSED)
+    assert drop(keys=keys, args=["alpha"]) == 0  # heartbeating: stays
+    assert r.client().zscore(keys[1], "alpha") is not None
+    r.client().delete(keys[0])  # its TTL lapsed
+    assert drop(keys=keys, args=["alpha"]) == 1
+    assert r.client().zscore(keys[1], "alpha") is None
+
+
+@pytest.mark.django_db
+def test_the_sweep_leaves_an_agent_whose_heartbeat_brought_it_back_in_postgres(ns, alpha):
+    """The index said lapsed and the status was gone, but Postgres already has the heartbeat
+    that brought it back (a later expiry): no agent.stale for it."""
+    heartbeat(agent=alpha, status="working", ttl_seconds=5, actor=actor(alpha))
+    r.client().delete(r.status_key(ns.name, "alpha"))
+    r.client().zadd(r.heartbeats_index(ns.name), {"alpha": r.to_ms(now() - timedelta(seconds=1))})
+    assert sweep_stale_agents() == 0
+    assert not Event.objects.filter(type="agent.stale").exists()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import BigIntegerField, Func
+from django.db.models import BigIntegerField, Func, Q
 from django.utils.timezone import now
 
 from memory_admin import redis as r
@@ -194,10 +194,18 @@ def sweep_stale_agents(*, limit: int = 500) -> int:
             Agent.objects.filter(pk=agent.pk).update(expires=r.from_ms(live))
             continue
         with transaction.atomic():
-            marked = Agent.objects.filter(pk=agent.pk, stale=False).update(
-                stale=True, expires=expired or agent.expires or stamp
+            dropped = r.script(r.DROP_LAPSED)(
+                keys=[r.status_key(agent.ns.name, name), r.heartbeats_index(agent.ns.name)], args=[name]
             )
-            client.zrem(r.heartbeats_index(agent.ns.name), name)
+            if not dropped:  # it heartbeat since the look above
+                continue
+            # A heartbeat after the drop brings it back to life in Postgres with a later expiry:
+            # then this agent is not stale, whichever of the two commits first.
+            marked = (
+                Agent.objects.filter(pk=agent.pk, stale=False)
+                .filter(Q(expires__lte=stamp) | Q(expires__isnull=True))
+                .update(stale=True, expires=expired or agent.expires or stamp)
+            )
             if marked:
                 append_event(
                     ns=agent.ns,
