@@ -170,8 +170,10 @@ def test_a_stream_from_now_that_drops_before_its_first_event_misses_nothing(serv
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
-    # The stream is open once the web process has logged it (uvicorn logs a response as it starts).
+    # The stream is open once the web process has logged it (uvicorn logs a response as it
+    # starts); its opening line, the first thing it sends, then needs a moment to be read.
     wait_for(lambda: "/events/stream" in server.live.process.output(), timeout=20, message="the stream")
+    time.sleep(1)
     server.stop()
     for i in range(5):  # while the stream is down, before it saw any event
         publish_event(ns=alpha.ns, type="tick", payload={"i": i}, actor=actor(alpha))

@@ -119,12 +119,13 @@ async def _follow(ns: Namespace, cursor: int, types: list[str]) -> AsyncIterator
     loop = asyncio.get_running_loop()
     client = r.async_client()
     key = r.stream_key(ns.name)
-    wake_from = await _stream_top(client, key)  # taken before the replay: nothing falls between
-    last_write = loop.time()
     try:
-        # The start as the stream's last event id: a client that reconnects before the first
-        # event resumes from here, not from a later "now" (which would skip what came between).
+        # The start as the stream's last event id, sent first: a client that reconnects before
+        # the first event resumes from here, not from a later "now" (which would skip what came
+        # between).
         yield f"retry: 1000\nid: {cursor}\n\n"
+        wake_from = await _stream_top(client, key)  # taken before the replay: nothing falls between
+        last_write = loop.time()
         while True:
             try:
                 batch = await in_thread(events.read_events)(ns=ns, after=cursor, types=types, limit=BATCH)
