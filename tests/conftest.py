@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +188,57 @@ def relay(transactional_db, tmp_path) -> Iterator[Process]:
     process = start_relay(tmp_path)
     yield process
     process.stop()
+
+
+def api_clients(server: LiveServer, agents: list[Agent]) -> list[httpx.Client]:
+    """One API client per agent, each with a token of its own, against `server`."""
+    return [
+        httpx.Client(
+            base_url=server.url + "/api/v1",
+            headers={"Authorization": f"Bearer {issue_token(agent=agent)[1]}"},
+            timeout=60,
+        )
+        for agent in agents
+    ]
+
+
+def run_together(clients: list[httpx.Client], work) -> float:
+    """Run work(index, client) on every client at once; returns the seconds it took."""
+    barrier = threading.Barrier(len(clients))
+
+    def go(i):
+        barrier.wait()
+        return work(i, clients[i])
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(go, range(len(clients))))
+    return time.monotonic() - started
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def web_workers(pid: int) -> list[int]:
+    """uvicorn's worker processes under the web process `pid` (its resource tracker is a child too)."""
+    workers = []
+    for child in children_of(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+        except OSError:
+            continue
+    return workers
 
 
 def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):

@@ -6,13 +6,11 @@ Each prints its throughput (pytest -s) so a slowdown shows in the log.
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from memory_admin.models import Event
-from memory_admin.services.tokens import issue_token
+from tests.conftest import api_clients, run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,33 +18,8 @@ CLIENTS = 32
 ROUNDS = 1
 
 
-def _clients(web_server, agents) -> list[httpx.Client]:
-    return [
-        httpx.Client(
-            base_url=web_server.url + "/api/v1",
-            headers={"Authorization": f"Bearer {issue_token(agent=agent)[1]}"},
-            timeout=60,
-        )
-        for agent in agents
-    ]
-
-
-def _run(clients, work) -> float:
-    """Run work(index, client) on every client at once; returns the seconds it took."""
-    barrier = threading.Barrier(len(clients))
-
-    def go(i):
-        barrier.wait()
-        return work(i, clients[i])
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(len(clients)) as pool:
-        list(pool.map(go, range(len(clients))))
-    return time.monotonic() - started
-
-
 def test_32_clients_incrementing_one_record_lose_no_update(web_server, make_agent):
-    clients = _clients(web_server, [make_agent(f"inc{i}") for i in range(CLIENTS)])
+    clients = api_clients(web_server, [make_agent(f"inc{i}") for i in range(CLIENTS)])
     clients[0].put("/records/counter", json={"value": 0, "expected_version": 0})
     rounds, requests, conflicts = 1, [0], [0]
     lock = threading.Lock()
@@ -71,7 +44,7 @@ def test_32_clients_incrementing_one_record_lose_no_update(web_server, make_agen
                 attempt += 1
                 time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))  # back off, as a client should
 
-    seconds = _run(clients, increment)
+    seconds = run_together(clients, increment)
     final = clients[0].get("/records/counter").json()
     assert final["value"] == CLIENTS * rounds
     assert final["version"] == CLIENTS * rounds + 1
@@ -80,7 +53,7 @@ def test_32_clients_incrementing_one_record_lose_no_update(web_server, make_agen
 
 
 def test_32_clients_taking_one_lock_never_overlap_and_tokens_only_grow(web_server, make_agent):
-    clients = _clients(web_server, [make_agent(f"locker{i}") for i in range(CLIENTS)])
+    clients = api_clients(web_server, [make_agent(f"locker{i}") for i in range(CLIENTS)])
     holding, overlaps, tokens = [0], [0], []
     guard = threading.Lock()
 
@@ -99,7 +72,7 @@ def test_32_clients_taking_one_lock_never_overlap_and_tokens_only_grow(web_serve
             released = client.delete(f"/locks/mutex?fencing_token={token}")
             assert released.status_code == 204, released.text
 
-    seconds = _run(clients, critical_section)
+    seconds = run_together(clients, critical_section)
     assert overlaps[0] == 0
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens) == CLIENTS * ROUNDS
     pairs = CLIENTS * ROUNDS
@@ -107,8 +80,8 @@ def test_32_clients_taking_one_lock_never_overlap_and_tokens_only_grow(web_serve
 
 
 def test_a_reader_paging_events_while_32_clients_write_misses_none(web_server, make_agent):
-    writers = _clients(web_server, [make_agent(f"writer{i}") for i in range(CLIENTS)])
-    reader = _clients(web_server, [make_agent("reader")])[0]
+    writers = api_clients(web_server, [make_agent(f"writer{i}") for i in range(CLIENTS)])
+    reader = api_clients(web_server, [make_agent("reader")])[0]
     start = reader.get("/events?limit=500").json()["items"]
     cursor = start[-1]["id"] if start else 0
     per_writer, done = 8, threading.Event()
@@ -131,7 +104,7 @@ def test_a_reader_paging_events_while_32_clients_write_misses_none(web_server, m
 
     paging = threading.Thread(target=read_until_done)
     paging.start()
-    seconds = _run(writers, write)
+    seconds = run_together(writers, write)
     done.set()
     paging.join(30)
     expected = list(Event.objects.filter(ns__name="team", id__gt=seen[0] - 1).values_list("id", flat=True))

@@ -28,6 +28,7 @@ import psycopg
 import pytest
 
 from config import embedded
+from tests.conftest import children_of, web_workers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 90
@@ -37,25 +38,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def alive(pid: int) -> bool:
@@ -128,7 +110,7 @@ def test_serve_runs_web_and_relay_and_stops_them_all_on_sigterm(serve_env, tmp_p
         children = children_of(serve.pid)
         assert len(children) == 2, f"expected web and relay, found {children}:\n{log.read_text()}"
         # uvicorn's supervisor forks the workers; the relay has no children.
-        workers = [pid for child in children for pid in children_of(child) if "spawn_main" in cmdline(pid)]
+        workers = [pid for child in children for pid in web_workers(child)]
         assert len(workers) == 2, f"expected 2 web workers, found {workers}:\n{log.read_text()}"
 
         serve.send_signal(signal.SIGTERM)

@@ -12,9 +12,7 @@ import json
 import os
 import random
 import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -26,7 +24,7 @@ from websockets.sync.client import connect
 
 from memory_admin.services.tokens import issue_token
 from memory_admin.views.screens import last_event_id
-from tests.conftest import start_web, wait_for
+from tests.conftest import api_clients, run_together, start_web, wait_for, web_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,22 +36,9 @@ ROUNDS = 5
 def two_workers(tmp_path):
     server = start_web(tmp_path, workers=2)
     try:
-        yield server, wait_for(lambda: len(found := workers_of(server.process.proc.pid)) == 2 and found)
+        yield server, wait_for(lambda: len(found := web_workers(server.process.proc.pid)) == 2 and found)
     finally:
         server.process.stop()
-
-
-def workers_of(pid: int) -> list[int]:
-    """uvicorn's worker processes: spawned children (its resource tracker is a child too)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def established_on(pid: int, port: int) -> int:
@@ -94,19 +79,10 @@ def test_api_answers_of_the_real_server_carry_the_security_headers(web_server, a
 
 def test_two_workers_lose_no_update_to_one_record(two_workers, make_agent):
     server, _ = two_workers
-    clients = [
-        httpx.Client(
-            base_url=server.url + "/api/v1",
-            headers={"Authorization": f"Bearer {issue_token(agent=make_agent(f'w{i}'))[1]}"},
-            timeout=60,
-        )
-        for i in range(16)
-    ]
+    clients = api_clients(server, [make_agent(f"w{i}") for i in range(16)])
     clients[0].put("/records/count", json={"value": 0, "expected_version": 0}).raise_for_status()
-    barrier = threading.Barrier(len(clients))
 
-    def increment(client: httpx.Client) -> None:
-        barrier.wait()
+    def increment(_, client: httpx.Client) -> None:
         for _ in range(ROUNDS):
             attempt = 0
             while True:
@@ -121,8 +97,7 @@ def test_two_workers_lose_no_update_to_one_record(two_workers, make_agent):
                 attempt += 1
                 time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))  # back off, as agents should
 
-    with ThreadPoolExecutor(len(clients)) as pool:
-        list(pool.map(increment, clients))
+    run_together(clients, increment)
     final = clients[0].get("/records/count").json()
     assert final["value"] == 16 * ROUNDS and final["version"] == 16 * ROUNDS + 1
     for client in clients:
