@@ -70,8 +70,8 @@ api = AgentAPI(
     version="1",
     description=(
         "Shared facts, versioned records, fenced locks, status and an event log for agents. "
-        "Every call but `health` needs `Authorization: Bearer <token>`. Every error is "
-        '`{"error": {"code", "message", ...}}`. Request bodies are strict: unknown fields and '
+        "Every call but `health` needs `Authorization: Bearer <token>` (or `x-api-key: <token>`). "
+        'Every error is `{"error": {"code", "message", ...}}`. Request bodies are strict: unknown fields and '
         "wrong types are refused with 422 `validation_error` (no coercion); unknown query "
         "parameters are ignored. POST, PUT and DELETE accept `Idempotency-Key`."
     ),
@@ -172,7 +172,9 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespons
 
 @api.exception_handler(AuthenticationError)
 def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return error_response(Unauthenticated("a valid bearer token is required"))
+    return error_response(
+        Unauthenticated("a valid token is required: `Authorization: Bearer <token>` or `x-api-key: <token>`")
+    )
 
 
 @api.exception_handler(HttpError)

@@ -1,5 +1,8 @@
-"""Bearer tokens: who the caller is (agent and namespace come from the token only), whether
-it may write, and the per-token rate limit."""
+"""Agent tokens: who the caller is (agent and namespace come from the token only), whether
+it may write, and the per-token rate limit.
+
+A token comes as `Authorization: Bearer <token>` or as `x-api-key: <token>` (what
+langgraph-sdk and several MCP clients send); when both come, the Authorization header counts."""
 
 from __future__ import annotations
 
@@ -23,13 +26,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WINDOW = 60  # seconds: the rate limit is RATE_LIMIT_PER_MINUTE per token per fixed minute
 REDIS_DOWN_PAUSE = 5.0  # seconds without rate limiting after Redis failed to answer
 
+API_KEY_HEADER = "x-api-key"
+
 _redis_down_until = 0.0
 _MISSING = object()
 
 
 class BearerToken(HttpBearer):
-    """`Authorization: Bearer <token>`, looked up by its SHA-256 on every request, so a
-    revoked token is refused at once by every web process."""
+    """`Authorization: Bearer <token>` or `x-api-key: <token>`, looked up by its SHA-256 on
+    every request, so a revoked token is refused at once by every web process."""
 
     def __call__(self, request: HttpRequest) -> Token | None:
         # Memoized per request: the idempotency layer needs the token before ninja asks for it.
@@ -39,12 +44,21 @@ class BearerToken(HttpBearer):
                 raise cached
             return cached
         try:
-            result = super().__call__(request)
+            result = self._from_headers(request)
         except DomainError as exc:
             request._ma_auth = exc
             raise
         request._ma_auth = result
         return result
+
+    def _from_headers(self, request: HttpRequest) -> Token | None:
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return self.authenticate(request, credential)
+        api_key = request.headers.get(API_KEY_HEADER)
+        if api_key:
+            return self.authenticate(request, api_key)
+        return None
 
     def authenticate(self, request: HttpRequest, token: str) -> Token | None:
         found = tokens.authenticate(token.strip())
