@@ -181,6 +181,9 @@ class Conflict(models.Model):
     current_version = models.PositiveBigIntegerField(null=True)  # null: the key did not exist
     proposed_value = models.JSONField(null=True)
     delete = models.BooleanField(default=False)  # the rejected write was a delete
+    # The id of the aborted /txn whose writes were refused together (services/txn.py); blank for
+    # a single write. Operators resolve a group as one.
+    group = models.CharField(max_length=40, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     resolution = models.CharField(max_length=12, choices=Resolution.choices, blank=True)
     resolved_by = models.CharField(max_length=220, blank=True)
@@ -200,6 +203,8 @@ class Conflict(models.Model):
         ]
         indexes = [
             models.Index(fields=["ns", "status", "-id"], name="conflict_ns_status_idx"),
+            # A group's conflicts, for the console's resolve-together; single writes stay out of it.
+            models.Index(fields=["ns", "group"], name="conflict_group_idx", condition=~models.Q(group="")),
         ]
 
     @property

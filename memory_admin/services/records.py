@@ -259,23 +259,26 @@ def check_fence(*, ns: Namespace, fence: Fence, actor: Actor) -> None:
 _KEEP_CONFLICT = """
 INSERT INTO memory_admin_conflict AS c (
     ns_id, key, agent_id, actor, expected_version, current_version, proposed_value, "delete",
-    status, resolution, resolved_by, resolved, created
+    "group", status, resolution, resolved_by, resolved, created
 )
-VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, 'open', '', '', NULL, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, 'open', '', '', NULL, %s)
 ON CONFLICT (ns_id, key, actor) WHERE status = 'open' DO UPDATE SET
     agent_id = EXCLUDED.agent_id, expected_version = EXCLUDED.expected_version,
     current_version = EXCLUDED.current_version, proposed_value = EXCLUDED.proposed_value,
-    "delete" = EXCLUDED."delete"
+    "delete" = EXCLUDED."delete", "group" = EXCLUDED."group"
 RETURNING id, created, xmax = 0
 """
 
 
-def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=False, known=False) -> Conflict:
+def _open_conflict(
+    *, ns, key, value, actor, expected, current=None, delete=False, known=False, group=""
+) -> Conflict:
     """Keep a refused write for operators: one open conflict per (key, writer).
 
     A retry loop that keeps losing refreshes its open conflict instead of filling the
     inbox, and does so without an event, so it never queues behind the log's counter.
-    `known` says `current` is already the record as it stands (None: absent).
+    `known` says `current` is already the record as it stands (None: absent). `group` names
+    the aborted transaction whose writes were refused together (services/txn.py).
     """
     if current is None and not known:
         current = Record.objects.filter(ns=ns, key=key).first()
@@ -286,12 +289,13 @@ def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=Fals
         "current_version": live.version if live else None,
         "proposed_value": value,
         "delete": delete,
+        "group": group,
     }
     with connection.cursor() as cursor:
         cursor.execute(
             _KEEP_CONFLICT,
             [ns.pk, key, actor.agent.pk if actor.agent else None, actor.name, expected,
-             fields["current_version"], dumps(value), delete, now()],
+             fields["current_version"], dumps(value), delete, group, now()],
         )  # fmt: skip
         conflict_id, created, inserted = cursor.fetchone()
     conflict = Conflict(pk=conflict_id, ns=ns, key=key, actor=actor.name, created=created, **fields)
@@ -306,10 +310,42 @@ def _open_conflict(*, ns, key, value, actor, expected, current=None, delete=Fals
                 "key": key,
                 "expected_version": expected,
                 "current_version": conflict.current_version,
+                **({"group": group} if group else {}),
             },
         )
     conflict.current = live
     return conflict
+
+
+def keep_refused_write(
+    *,
+    ns: Namespace,
+    key: str,
+    value: Any,
+    actor: Actor,
+    expected_version: int | None,
+    delete: bool = False,
+    group: str = "",
+) -> Conflict:
+    """Keep a write that was refused with its transaction as an open conflict of `group`.
+
+    An unconditional write is kept as one over the version that stands now (what it would
+    have written over).
+    """
+    current = Record.objects.filter(ns=ns, key=key).first()
+    if expected_version is None:
+        expected_version = current.version if current is not None and not current.deleted else 0
+    return _open_conflict(
+        ns=ns,
+        key=key,
+        value=None if delete else value,
+        actor=actor,
+        expected=expected_version,
+        current=current,
+        delete=delete,
+        known=True,
+        group=group,
+    )
 
 
 def _conflict_error(conflict: Conflict) -> VersionConflict:

@@ -7,6 +7,7 @@ The relay's sweep turns lapsed heartbeats into one `agent.stale` each.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,9 +26,21 @@ MIN_TTL, MAX_TTL = 5, 86400
 
 @r.unavailable_on_error
 def heartbeat(
-    *, agent: Agent, status: str, detail: str = "", ttl_seconds: int = 60, actor: Actor
+    *,
+    agent: Agent,
+    status: str,
+    detail: str = "",
+    ttl_seconds: int = 60,
+    actor: Actor,
+    at_commit: bool = False,
 ) -> AgentStatus:
-    """Publish `agent`'s status for `ttl_seconds`; repeating it is the heartbeat."""
+    """Publish `agent`'s status for `ttl_seconds`; repeating it is the heartbeat.
+
+    With `at_commit` (an operation of /txn or /batch, inside their transaction) Redis is only
+    read now and written once that transaction commits: a rolled-back transaction leaves the
+    agent's live status as it was. Should Redis fail in the moment after the commit, the
+    heartbeat is as good as lost (logged); the next one repairs it.
+    """
     if not 1 <= len(status) <= 64 or not status.isprintable():
         raise Invalid("status must be 1-64 printable characters", {"status": "1-64 printable characters"})
     if not MIN_TTL <= ttl_seconds <= MAX_TTL:
@@ -35,11 +48,17 @@ def heartbeat(
     ns = agent.ns
     stamp = now()
     expires = stamp + timedelta(seconds=ttl_seconds)
+    keys = [r.status_key(ns.name, agent.name), r.heartbeats_index(ns.name)]
+    args = [agent.name, status, detail, r.to_ms(stamp), ttl_seconds * 1000]
     with transaction.atomic():
-        prev_status, prev_detail, was_live = r.script(r.HEARTBEAT)(
-            keys=[r.status_key(ns.name, agent.name), r.heartbeats_index(ns.name)],
-            args=[agent.name, status, detail, r.to_ms(stamp), ttl_seconds * 1000],
-        )
+        if at_commit:
+            pipe = r.client().pipeline(transaction=False)
+            pipe.hmget(keys[0], "status", "detail")
+            pipe.exists(keys[0])
+            (prev_status, prev_detail), was_live = pipe.execute()
+            transaction.on_commit(functools.partial(r.script(r.HEARTBEAT), keys=keys, args=args), robust=True)
+        else:
+            prev_status, prev_detail, was_live = r.script(r.HEARTBEAT)(keys=keys, args=args)
         if not was_live or prev_status != status or (prev_detail or "") != detail:
             Agent.objects.filter(pk=agent.pk).update(
                 status=status, detail=detail, seen=stamp, expires=expires, stale=False

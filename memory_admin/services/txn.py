@@ -1,0 +1,281 @@
+"""Several operations in one request: /txn (compares, then one branch, all or nothing) and
+/batch (independent operations, one result each). Both compose the nouns' own services inside
+one Postgres transaction, so every change still appends its own event and keeps its rules.
+
+Why one transaction for a batch too: a commit (a WAL flush) costs more than the operation,
+and each service already runs in a savepoint of its own (its `transaction.atomic`), so an
+operation that fails rolls back alone and the others commit together (measured in
+docs/API.md, "Transactions and batches").
+
+Rows are locked first, in key order (one statement): two transactions that write the same
+keys in a different order queue instead of deadlocking, and a compare on a record holds
+until the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from django.db import OperationalError, connection, transaction
+
+from memory_admin.errors import DomainError, Unavailable
+from memory_admin.models import Agent, LockFence, Namespace
+from memory_admin.services import Actor, events, facts, records, status
+
+log = logging.getLogger("memory_admin.txn")
+
+Kind = Literal["put", "delete", "get", "fact", "event", "status"]
+WRITES = frozenset({"put", "delete"})
+MAX_OPS = 128  # compares, and operations per branch or batch (as etcd's --max-txn-ops)
+ATTEMPTS = 3  # a deadlock or serialization failure rolls back everything; run it again
+
+
+class TxnAborted(DomainError):
+    """An operation of the branch that ran failed: nothing of the transaction was kept."""
+
+    status, code = 409, "txn_aborted"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: `kind` and its arguments as the single endpoint takes them."""
+
+    kind: Kind
+    args: dict[str, Any]
+
+    @property
+    def key(self) -> str | None:
+        return self.args.get("key") if self.kind in ("put", "delete", "get") else None
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One condition of a /txn: a record's version or existence, or a lock the caller holds."""
+
+    key: str | None = None
+    op: Literal["=", "!=", "<", ">"] = "="
+    version: int | None = None
+    exists: bool | None = None
+    lock: str | None = None
+    fencing_token: int | None = None
+
+
+@dataclass
+class Done:
+    """What an operation gave: its object (record, fact, event, status; None for a delete),
+    whether it created something, or the error it failed with."""
+
+    kind: Kind
+    value: Any = None
+    created: bool = False
+    error: DomainError | None = None
+
+
+@dataclass
+class TxnResult:
+    txn: str
+    succeeded: bool
+    results: list[Done] = field(default_factory=list)
+
+
+def run_txn(
+    *, ns: Namespace, agent: Agent, actor: Actor, compare: list[Compare], success: list[Op], failure: list[Op]
+) -> TxnResult:
+    """Check `compare`, then run `success` if every compare holds, else `failure`, all in one
+    transaction. If an operation of that branch fails, everything is rolled back, the branch's
+    record writes are kept as one conflict group (named by the txn id) and TxnAborted raised."""
+    txn = uuid.uuid4().hex
+    keys = {c.key for c in compare if c.key} | {op.key for op in (*success, *failure) if op.key}
+    for attempt in _attempts():
+        with attempt:
+            try:
+                with transaction.atomic(), _stamped(txn):
+                    versions = _lock_records(ns=ns, keys=keys)
+                    held = all(_holds(ns=ns, actor=actor, condition=c, versions=versions) for c in compare)
+                    branch = success if held else failure
+                    results = []
+                    for index, op in enumerate(branch):
+                        done = _run(ns=ns, agent=agent, actor=actor, op=op)
+                        # A get of an absent key is an answer (404), not a failure.
+                        if done.error is not None and not (op.kind == "get" and done.error.status == 404):
+                            raise _Failed(index, done.error, branch)
+                        results.append(done)
+            except _Failed as failed:
+                raise _aborted(ns=ns, actor=actor, txn=txn, failed=failed) from None
+            return TxnResult(txn=txn, succeeded=held, results=results)
+    raise AssertionError("unreachable: the last attempt raises")
+
+
+class _Failed(Exception):
+    def __init__(self, index: int, error: DomainError, branch: list[Op]) -> None:
+        self.index, self.error, self.branch = index, error, branch
+
+
+def _aborted(*, ns: Namespace, actor: Actor, txn: str, failed: _Failed) -> TxnAborted:
+    """After the rollback: the branch's record writes kept as one conflict group, in a
+    transaction of their own, and the error that says which operation failed and why."""
+    kept: dict[str, int] = {}
+    with transaction.atomic(), _stamped(txn):
+        for op in failed.branch:
+            if op.kind in WRITES:
+                conflict = records.keep_refused_write(
+                    ns=ns,
+                    key=op.key,
+                    value=op.args.get("value"),
+                    expected_version=op.args.get("expected_version"),
+                    delete=op.kind == "delete",
+                    actor=actor,
+                    group=txn,
+                )
+                kept[op.key] = conflict.pk
+    error = failed.error.body()["error"]
+    if "conflict_id" in error:  # the failing write's own conflict was rolled back: its kept one
+        error["conflict_id"] = kept.get(failed.branch[failed.index].key)
+    return TxnAborted(
+        f"operation {failed.index} ({failed.branch[failed.index].kind}) failed: {failed.error.message}; "
+        "nothing was changed",
+        failed_op=failed.index,
+        error=error,
+        txn=txn,
+        conflict_group=txn if kept else None,
+    )
+
+
+def run_batch(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> list[Done]:
+    """Run independent operations in one transaction, each in its own savepoint: one's failure
+    is its own result and the others are kept."""
+    keys = {op.key for op in ops if op.kind in WRITES}
+    for attempt in _attempts():
+        with attempt, transaction.atomic():
+            _lock_records(ns=ns, keys=keys)
+            return [_run(ns=ns, agent=agent, actor=actor, op=op) for op in ops]
+    raise AssertionError("unreachable: the last attempt raises")
+
+
+def _stamped(txn: str) -> contextlib.AbstractContextManager:
+    """The events appended inside carry the transaction's id (Event.txn)."""
+    return contextlib.nullcontext()
+
+
+def _attempts() -> Iterator[contextlib.AbstractContextManager]:
+    """Context managers for up to ATTEMPTS runs: a deadlock or serialization failure (the
+    whole transaction rolled back) lets the next one run; success or anything else ends it."""
+    for number in range(1, ATTEMPTS + 1):
+        retry = _Retry(last=number == ATTEMPTS)
+        yield retry
+        if not retry.failed:
+            return
+
+
+class _Retry:
+    def __init__(self, last: bool) -> None:
+        self.last, self.failed = last, False
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or self.last or connection.in_atomic_block:
+            return False  # inside someone's transaction the rollback is theirs to retry
+        sqlstate = getattr(getattr(exc, "__cause__", None), "sqlstate", None)
+        if isinstance(exc, OperationalError) and sqlstate in ("40P01", "40001"):
+            log.info("transaction retried after %s", sqlstate)
+            self.failed = True
+            return True
+        return False
+
+
+_LOCK = """
+SELECT key, CASE WHEN deleted THEN 0 ELSE version END FROM memory_admin_record
+WHERE ns_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE
+"""
+
+
+def _lock_records(*, ns: Namespace, keys: set[str]) -> dict[str, int]:
+    """Lock the records at `keys` (those that exist) in key order; their versions, 0 if deleted."""
+    if not keys:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK, [ns.pk, sorted(keys)])
+        return dict(cursor.fetchall())
+
+
+def _holds(*, ns: Namespace, actor: Actor, condition: Compare, versions: dict[str, int]) -> bool:
+    if condition.lock is not None:
+        # As records.check_fence: the fence row is share-locked until commit, so the lock
+        # cannot change hands before this transaction's writes are in.
+        found = LockFence.objects.raw(
+            "SELECT * FROM memory_admin_lockfence WHERE ns_id = %s AND resource = %s FOR SHARE",
+            [ns.pk, condition.lock],
+        )
+        fence = next(iter(found), None)
+        return (
+            fence is not None
+            and fence.held
+            and fence.holder == actor.name
+            and fence.token == condition.fencing_token
+        )
+    version = versions.get(condition.key, 0)  # absent and deleted are version 0
+    if condition.exists is not None:
+        return (version > 0) == condition.exists
+    target = condition.version
+    return {
+        "=": version == target,
+        "!=": version != target,
+        "<": version < target,
+        ">": version > target,
+    }[condition.op]
+
+
+def _run(*, ns: Namespace, agent: Agent, actor: Actor, op: Op) -> Done:
+    """One operation through its service; a domain error is its result."""
+    args = op.args
+    try:
+        if op.kind == "put":
+            record, created = records.write_record(
+                ns=ns,
+                key=args["key"],
+                value=args["value"],
+                expected_version=args.get("expected_version"),
+                actor=actor,
+            )
+            return Done(op.kind, record, created)
+        if op.kind == "delete":
+            records.delete_record(
+                ns=ns, key=args["key"], expected_version=args.get("expected_version"), actor=actor
+            )
+            return Done(op.kind)
+        if op.kind == "get":
+            return Done(op.kind, records.get_record(ns=ns, key=args["key"]))
+        if op.kind == "fact":
+            fact = facts.store_fact(
+                ns=ns,
+                fact=args["fact"],
+                category=args["category"],
+                metadata=args.get("metadata"),
+                actor=actor,
+            )
+            return Done(op.kind, fact, True)
+        if op.kind == "event":
+            event = events.publish_event(
+                ns=ns, type=args["type"], payload=args.get("payload") or {}, actor=actor
+            )
+            return Done(op.kind, event, True)
+        found = status.heartbeat(
+            agent=agent,
+            status=args["status"],
+            detail=args.get("detail", ""),
+            ttl_seconds=args.get("ttl_seconds", 60),
+            actor=actor,
+            at_commit=True,
+        )
+        return Done(op.kind, found)
+    except Unavailable:
+        raise  # a store is down: the whole request is refused, nothing half-done
+    except DomainError as exc:
+        return Done(op.kind, error=exc)
