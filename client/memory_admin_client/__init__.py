@@ -7,7 +7,7 @@ event log for multi-agent systems, with the method names of the three-class patt
     client = MemoryClient("http://127.0.0.1:8000", token, wal_path="research-1.wal")
 """
 
-from memory_admin_client._core import Backoff
+from memory_admin_client._core import Backoff, Op, Txn
 from memory_admin_client.aio import AsyncLock, AsyncMemoryClient
 from memory_admin_client.errors import (
     AgentMismatch,
@@ -22,6 +22,7 @@ from memory_admin_client.errors import (
     RateLimited,
     ServerError,
     StaleFence,
+    TxnAborted,
     Unauthenticated,
     Unavailable,
 )
@@ -45,10 +46,13 @@ __all__ = [
     "MemoryClient",
     "NotFound",
     "NotLockHolder",
+    "Op",
     "PayloadTooLarge",
     "RateLimited",
     "ServerError",
     "StaleFence",
+    "Txn",
+    "TxnAborted",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -284,6 +284,102 @@ def conflicts(status: str, limit: int) -> Call:
     return Call("GET", "/conflicts", params={"status": status, "limit": limit}, then=items)
 
 
+# --- transactions and batches (API.md: Transactions and batches) ---------------------------
+
+
+class Op:
+    """The operations of a transaction or a batch, in the API's wire shape (plain dicts, so
+    the shape itself may be passed too)."""
+
+    @staticmethod
+    def put(key: str, value: Any, expected_version: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": key, "value": value}
+        if expected_version is not None:
+            body["expected_version"] = int(expected_version)
+        return {"put": body}
+
+    @staticmethod
+    def delete(key: str, expected_version: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": key}
+        if expected_version is not None:
+            body["expected_version"] = int(expected_version)
+        return {"delete": body}
+
+    @staticmethod
+    def get(key: str) -> dict[str, Any]:
+        return {"get": {"key": key}}
+
+    @staticmethod
+    def fact(fact: str, category: str, metadata: dict | None = None) -> dict[str, Any]:
+        return {"fact": {"fact": fact, "category": category, "metadata": metadata or {}}}
+
+    @staticmethod
+    def event(type: str, payload: dict | None = None) -> dict[str, Any]:
+        return {"event": {"type": type, "payload": payload or {}}}
+
+    @staticmethod
+    def status(status: str, detail: str = "", ttl_seconds: int = 60) -> dict[str, Any]:
+        return {"status": {"status": status, "detail": detail, "ttl_seconds": int(ttl_seconds)}}
+
+
+class Txn:
+    """A /txn being built: compares, then the operations for when all hold (`then`) and for
+    when one does not (`otherwise`); `commit()` sends it (awaitable on the async client).
+
+        done = client.txn().if_version("a", 3).then(Op.put("a", 1, expected_version=3)).commit()
+    """
+
+    def __init__(self, commit: Callable[[Call], Any]) -> None:
+        self._commit = commit
+        self.compare: list[dict[str, Any]] = []
+        self.success: list[dict[str, Any]] = []
+        self.failure: list[dict[str, Any]] = []
+
+    def if_version(self, key: str, op_or_version: str | int, version: int | None = None) -> Txn:
+        """The record's version equals `version` (0: absent), or `if_version(key, "<", 5)`."""
+        if version is None:
+            self.compare.append({"key": key, "version": int(op_or_version)})
+        else:
+            self.compare.append({"key": key, "version": {"op": op_or_version, "value": int(version)}})
+        return self
+
+    def if_exists(self, key: str, exists: bool = True) -> Txn:
+        self.compare.append({"key": key, "exists": exists})
+        return self
+
+    def if_absent(self, key: str) -> Txn:
+        return self.if_exists(key, False)
+
+    def if_holding(self, lock: Any, fencing_token: int | None = None) -> Txn:
+        """The caller holds `lock` (a held Lock, or a resource with its `fencing_token`)."""
+        if fencing_token is None:
+            lock, fencing_token = lock.resource, lock.fencing_token
+        self.compare.append({"lock": lock, "fencing_token": int(fencing_token)})
+        return self
+
+    def then(self, *ops: dict[str, Any]) -> Txn:
+        self.success.extend(ops)
+        return self
+
+    def otherwise(self, *ops: dict[str, Any]) -> Txn:
+        self.failure.extend(ops)
+        return self
+
+    def call(self) -> Call:
+        body = {"compare": self.compare, "success": self.success, "failure": self.failure}
+        return Call("POST", "/txn", body=encode(body))
+
+    def commit(self) -> Any:
+        """`{"succeeded", "results": [{"status", "body"}], "txn"}`; TxnAborted if an operation
+        of the branch that ran failed (nothing was changed)."""
+        return self._commit(self.call())
+
+
+def batch(ops: Iterable[dict[str, Any]]) -> Call:
+    """Independent operations: one `{"status", "body"}` per operation, in order."""
+    return Call("POST", "/batch", body=encode({"ops": list(ops)}), then=lambda b: b["results"])
+
+
 # --- retries -------------------------------------------------------------------------------
 
 

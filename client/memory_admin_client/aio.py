@@ -418,6 +418,16 @@ class AsyncMemoryClient(Base):
     async def versions(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
         return await self._run(core.versions(key, limit))
 
+    def txn(self) -> core.Txn:
+        """A transaction to build and `await commit()`: compares, then operations (`Op`) for when
+        they all hold and for when not, all or nothing on the server (API.md)."""
+        return core.Txn(self._run)
+
+    async def batch(self, ops: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Independent operations (`Op.put(...)`, ...) in one request: a `{"status", "body"}` for
+        each, in order; one failing does not stop the others."""
+        return await self._run(core.batch(ops))
+
     async def conflicts(self, status: str = "open", limit: int = 50) -> list[dict[str, Any]]:
         return await self._run(core.conflicts(status, limit))
 

@@ -82,6 +82,30 @@ class ConflictError(MemoryAdminError):
         return self.details.get("conflict_id")
 
 
+class TxnAborted(MemoryAdminError):
+    """409 `txn_aborted`: an operation of the transaction's branch failed, so nothing of it was
+    kept. `failed_op` is its index, `error` what it failed with; the branch's record writes wait
+    in the conflict inbox as one group (`conflict_group`)."""
+
+    code = "txn_aborted"
+
+    @property
+    def failed_op(self) -> int | None:
+        return self.details.get("failed_op")
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return self.details.get("error") or {}
+
+    @property
+    def txn(self) -> str | None:
+        return self.details.get("txn")
+
+    @property
+    def conflict_group(self) -> str | None:
+        return self.details.get("conflict_group")
+
+
 class LockHeld(MemoryAdminError):
     """The lock was not free within the wait; `held_by` and `expires_at` say by whom and until when."""
 
@@ -141,6 +165,7 @@ _BY_CODE: dict[str, type[MemoryAdminError]] = {
     "forbidden": Forbidden,
     "not_found": NotFound,
     "version_conflict": ConflictError,
+    "txn_aborted": TxnAborted,
     "lock_held": LockHeld,
     "not_lock_holder": NotLockHolder,
     "stale_fencing_token": StaleFence,

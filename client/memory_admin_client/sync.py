@@ -439,6 +439,16 @@ class MemoryClient(Base):
         """The key's versions, newest first (a delete is a version with `deleted` true)."""
         return self._run(core.versions(key, limit))
 
+    def txn(self) -> core.Txn:
+        """A transaction to build and `commit()`: compares, then operations (`Op`) for when
+        they all hold and for when not, all or nothing on the server (API.md)."""
+        return core.Txn(self._run)
+
+    def batch(self, ops: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Independent operations (`Op.put(...)`, ...) in one request: a `{"status", "body"}` for
+        each, in order; one failing does not stop the others."""
+        return self._run(core.batch(ops))
+
     def conflicts(self, status: str = "open", limit: int = 50) -> list[dict[str, Any]]:
         """This agent's rejected writes: "open", "resolved" or "all"."""
         return self._run(core.conflicts(status, limit))
