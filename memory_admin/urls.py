@@ -34,6 +34,7 @@ urlpatterns = [
     path("ns/<ns:ns>/records/<path:key>", views.record, name="record"),
     path("ns/<ns:ns>/conflicts/", views.conflicts, name="conflicts"),
     path("ns/<ns:ns>/conflicts/<int:conflict_id>/", views.conflict, name="conflict"),
+    path("ns/<ns:ns>/conflicts/group/<str:group>/", views.resolve_group, name="resolve_group"),
     path("ns/<ns:ns>/locks/", views.locks, name="locks"),
     path("ns/<ns:ns>/locks/release/", views.force_release, name="force_release"),
     path("ns/<ns:ns>/timeline/", views.timeline, name="timeline"),

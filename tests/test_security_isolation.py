@@ -189,6 +189,29 @@ def row_ack_group(other, world):
     assert body(other.post("/events/groups/workers/ack", {"ids": team_ids}))["acked"] == 0
 
 
+def row_txn(other, world):
+    token = world["lock"]["fencing_token"]
+    response = other.post(
+        "/txn",
+        {
+            "compare": [{"lock": "printer", "fencing_token": token}],  # team's lock, team's token
+            "success": [{"put": {"key": "plan", "value": "hijack"}}],
+            "failure": [{"get": {"key": "plan"}}, {"get": {"key": "secret.note"}}],
+        },
+    )
+    assert response.status_code == 200 and body(response)["succeeded"] is False and not leaks(response)
+    aborted = other.post("/txn", {"success": [{"delete": {"key": "plan", "expected_version": 7}}]})
+    assert aborted.status_code == 409 and not leaks(aborted)
+
+
+def row_batch(other, world):
+    response = other.post(
+        "/batch",
+        {"ops": [{"get": {"key": "plan"}}, {"put": {"key": "plan", "value": "mine", "expected_version": 1}}]},
+    )
+    assert response.status_code == 200 and not leaks(response)
+
+
 ROWS = {
     ("GET", "/me"): row_get_me,
     ("POST", "/facts"): row_post_facts,
@@ -213,6 +236,8 @@ ROWS = {
     ("GET", "/events/stream"): row_event_stream,
     ("POST", "/events/groups/{group}/read"): row_read_group,
     ("POST", "/events/groups/{group}/ack"): row_ack_group,
+    ("POST", "/txn"): row_txn,
+    ("POST", "/batch"): row_batch,
 }
 
 

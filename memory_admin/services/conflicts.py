@@ -96,3 +96,31 @@ def resolve_conflict(
     if refused is not None:
         raise refused
     return record
+
+
+def group_conflicts(*, ns: Namespace, group: str) -> list[Conflict]:
+    """The conflicts of one aborted transaction (its refused writes), in the order it sent them."""
+    return list(Conflict.objects.filter(ns=ns, group=group).order_by("id")) if group else []
+
+
+def resolve_group(
+    *, ns: Namespace, group: str, action: str, actor: Actor, versions: dict[int, int | None]
+) -> list[Record | None]:
+    """Resolve a transaction's open conflicts together, all or nothing: accept writes every
+    proposed value (each over the version in `versions`, the one the operator saw), keep leaves
+    every record as it is. If one record moved meanwhile, nothing is written and VersionConflict
+    is raised; an already resolved member is skipped."""
+    if action not in ("accept", "keep"):
+        raise Invalid("a group is accepted or kept", {"action": "accept or keep"})
+    written = []
+    with transaction.atomic():
+        members = [c for c in group_conflicts(ns=ns, group=group) if c.status == Conflict.Status.OPEN]
+        if not members:
+            raise NotFound(f"no open conflicts in group {group!r}")
+        for conflict in members:
+            written.append(
+                resolve_conflict(
+                    conflict=conflict, action=action, actor=actor, expected_version=versions.get(conflict.pk)
+                )
+            )
+    return written

@@ -324,7 +324,7 @@ def _conflict_page(request, ns, found, form, status=200) -> HttpResponse:
         ns,
         "conflict.html",
         View("conflict", conflict=found.pk, key=found.key),
-        {"cursor": cursor, "form": form, **context},
+        {"cursor": cursor, "form": form, "group": _group_rows(ns, found.group), **context},
     )
     response.status_code = status
     return response
@@ -364,6 +364,49 @@ def _resolve(request, ns, found) -> HttpResponse:
     messages.success(request, f"Conflict #{found.pk} resolved: {done[action]}{version}.")
     if written is not None and not written.deleted:
         return redirect("record", ns.name, found.key)
+    return redirect("conflicts", ns.name)
+
+
+def _group_rows(ns: Namespace, group: str) -> list[dict]:
+    """The conflicts refused together with one (an aborted /txn), each with the version its
+    record is at now: what a resolve-together writes over."""
+    members = conflict_service.group_conflicts(ns=ns, group=group)
+    if not members:
+        return []
+    live = dict(
+        Record.objects.filter(ns=ns, key__in={c.key for c in members}, deleted=False).values_list(
+            "key", "version"
+        )
+    )
+    return [{"conflict": c, "write_over": live.get(c.key, 0)} for c in members]
+
+
+@operator
+def resolve_group(request: HttpRequest, ns: Namespace, group: str) -> HttpResponse:
+    """Accept or keep every open conflict of an aborted transaction at once, all or nothing."""
+    action = request.POST.get("action", "")
+    versions = {}
+    for name, value in request.POST.items():
+        if name.startswith("v") and name[1:].isdigit() and value.isdigit():
+            versions[int(name[1:])] = int(value)
+    members = conflict_service.group_conflicts(ns=ns, group=group)
+    back = redirect("conflict", ns.name, members[0].pk) if members else redirect("conflicts", ns.name)
+    try:
+        written = conflict_service.resolve_group(
+            ns=ns, group=group, action=action, actor=Actor.of_operator(request.user), versions=versions
+        )
+    except VersionConflict as exc:
+        messages.error(
+            request,
+            f"Refused: {exc.message} — a record of the group moved while you looked. "
+            "Nothing was written; the group stays open.",
+        )
+        return back
+    except (Invalid, NotFound) as exc:
+        messages.error(request, exc.message)
+        return back
+    done = "accepted its writes" if action == "accept" else "kept the current values"
+    messages.success(request, f"Transaction {group[:8]}: {len(written)} conflicts resolved together, {done}.")
     return redirect("conflicts", ns.name)
 
 
