@@ -250,7 +250,10 @@ def _round(value: float | None) -> float | None:
 
 
 class Op:
-    """What a client does in one iteration. `setup` makes its per-client state."""
+    """What a client does in one iteration. `setup` makes its per-client state; an iteration
+    counts as `per_run` operations (a request that carries several)."""
+
+    per_run = 1
 
     async def setup(self, index: int) -> Any:
         return None
@@ -296,7 +299,7 @@ async def closed_loop(
             if measuring:
                 if ok:
                     latencies.append(time.perf_counter() - start)
-                    counts["ops"] += 1
+                    counts["ops"] += op.per_run
                 else:
                     counts["errors"] += 1
 

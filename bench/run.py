@@ -172,7 +172,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds = 1.0
-    only = {int(x) for x in args.only.split(",") if x.strip()} or set(range(1, 9))
+    only = {int(x) for x in args.only.split(",") if x.strip()} or set(range(1, 10))
 
     var = Path(tempfile.mkdtemp(prefix="mab-", dir="/tmp"))  # short: Postgres' socket path limit
     password = secrets.token_urlsafe(16)
@@ -477,6 +477,9 @@ async def scenarios(ctx: dict) -> None:
                     100 * (after_cpu[name] - before[name]) / result.seconds, 1
                 )
             add(result)
+    if 9 in only:
+        log("9. 50 versioned writes a request: /batch and /txn, beside etcd's CAS and Txn (16 clients)")
+        await s.many_keys(measure, ours, tokens, s.Target(HOST, ctx["etcd"]) if ctx["etcd"] else None)
     if 7 in only:
         log("7. scale: console pages and API lists (1M facts, 1M events, 10k agents, 10k locks)")
         await quiesce(watch)

@@ -325,6 +325,102 @@ class EtcdCas(Op):
         await state["conn"].close()
 
 
+# --- 9. many keys a request: 50 versioned writes per /batch and per /txn, beside etcd -----
+
+PER_REQUEST = 50
+
+
+class BatchWrites(Api):
+    """50 versioned writes (each over its key's version) in one POST /batch; an op is one write."""
+
+    per_run = PER_REQUEST
+    prefix = "s9b"
+
+    def ops(self, state: dict) -> list[dict]:
+        return [
+            {"put": {"key": key, "value": {"n": version}, "expected_version": version}}
+            for key, version in state["versions"].items()
+        ]
+
+    async def setup(self, index: int) -> dict:
+        state = await super().setup(index)
+        keys = [f"{self.prefix}-c{index}-{k:02d}" for k in range(PER_REQUEST)]
+        body = {"ops": [{"put": {"key": key, "value": {"n": 0}}} for key in keys]}
+        resp = await state["conn"].request("POST", "/api/v1/batch", body)
+        state["versions"] = {
+            key: result["body"]["version"] for key, result in zip(keys, resp.json()["results"], strict=True)
+        }
+        return state
+
+    async def send(self, state: dict) -> list[dict] | None:
+        resp = await state["conn"].request("POST", "/api/v1/batch", {"ops": self.ops(state)})
+        return resp.json()["results"] if resp.status == 200 else None
+
+    async def run(self, state: dict) -> bool:
+        results = await self.send(state)
+        if results is None or any(result["status"] != 200 for result in results):
+            return False
+        for result in results:
+            state["versions"][result["body"]["key"]] = result["body"]["version"]
+        return True
+
+
+class TxnWrites(BatchWrites):
+    """The same 50 versioned writes as one all-or-nothing POST /txn."""
+
+    prefix = "s9t"
+
+    async def send(self, state: dict) -> list[dict] | None:
+        resp = await state["conn"].request("POST", "/api/v1/txn", {"success": self.ops(state)})
+        return resp.json()["results"] if resp.status == 200 else None
+
+
+class EtcdTxn(Op):
+    """etcd's own Txn with 50 operations: 50 mod_revision compares and 50 puts, all or nothing."""
+
+    per_run = PER_REQUEST
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    async def setup(self, index: int) -> dict:
+        conn = Http(self.target.host, self.target.port)
+        keys = [_b64(f"bench/t{index}-{k:02d}") for k in range(PER_REQUEST)]
+        body = {"success": [{"request_put": {"key": key, "value": _b64('{"n": 0}')}} for key in keys]}
+        resp = await conn.request("POST", "/v3/kv/txn", body)
+        return {"conn": conn, "keys": keys, "rev": resp.json()["header"]["revision"]}
+
+    async def run(self, state: dict) -> bool:
+        rev = state["rev"]
+        txn = {
+            "compare": [
+                {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": rev} for key in state["keys"]
+            ],
+            "success": [
+                {"request_put": {"key": key, "value": _b64(f'{{"n": "{rev}"}}')}} for key in state["keys"]
+            ],
+        }
+        resp = await state["conn"].request("POST", "/v3/kv/txn", txn)
+        body = resp.json()
+        if resp.status != 200 or not body.get("succeeded"):
+            return False
+        state["rev"] = body["header"]["revision"]
+        return True
+
+    async def teardown(self, state: dict) -> None:
+        await state["conn"].close()
+
+
+async def many_keys(measure, ours: Target, tokens: list[str], etcd: Target | None, clients: int = 16) -> None:
+    """Scenario 9: operations a second (not requests) at `clients`, ours and etcd's."""
+    scenario = f"9 {PER_REQUEST} writes/request"
+    await measure(BatchWrites(ours, tokens), clients=clients, scenario=scenario, system="ours batch")
+    await measure(TxnWrites(ours, tokens), clients=clients, scenario=scenario, system="ours txn")
+    if etcd is not None:
+        await measure(EtcdCas(etcd), clients=clients, scenario=scenario, system="etcd 1-op CAS")
+        await measure(EtcdTxn(etcd), clients=clients, scenario=scenario, system="etcd txn")
+
+
 # --- 6. live latency -------------------------------------------------------------------
 
 _ROW = re.compile(r'id="event-(\d+)"')
