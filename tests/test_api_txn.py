@@ -177,6 +177,8 @@ def test_a_version_conflict_in_success_aborts_all_and_keeps_the_writes_as_one_co
         ("c", 0, None, 1),
     ]
     assert failed["conflict_group"] == failed["txn"]
+    listed = api.get("/conflicts").json()["items"]
+    assert sorted(c["key"] for c in listed if c["group"] == failed["txn"]) == ["a", "b", "c"]
     assert failed["error"]["conflict_id"] == group.get(key="b").pk
     after = everything_but_idempotency()
     assert after["records"] == before["records"] and after["versions"] == before["versions"]

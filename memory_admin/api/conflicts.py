@@ -20,6 +20,7 @@ class ConflictOut(Schema):
     delete: bool
     status: Literal["open", "resolved"]
     resolution: str
+    group: str | None  # the txn id of an aborted /txn whose writes were refused together
     created_at: str
 
 
@@ -55,5 +56,6 @@ def conflict_body(conflict: Conflict) -> dict[str, Any]:
         "delete": conflict.delete,
         "status": conflict.status,
         "resolution": conflict.resolution,
+        "group": conflict.group or None,
         "created_at": iso(conflict.created),
     }
