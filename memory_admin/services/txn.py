@@ -7,7 +7,7 @@ and each service already runs in a savepoint of its own (its `transaction.atomic
 operation that fails rolls back alone and the others commit together (measured in
 docs/API.md, "Transactions and batches").
 
-Rows are locked first, in key order (one statement): two transactions that write the same
+The keys a request names are locked first, in one order: two requests that write the same
 keys in a different order queue instead of deadlocking, and a compare on a record holds
 until the commit.
 """
@@ -190,18 +190,32 @@ class _Retry:
         return False
 
 
-_LOCK = """
+# Every key of the request, present or not, by a transaction-level advisory lock taken in one
+# order (of the lock ids): two requests over the same keys queue, they never deadlock, also when
+# they create them. The two-number form keeps these apart from any one-number advisory lock.
+KEY_LOCKS = 0x7478  # "tx"
+_LOCK_KEYS = """
+SELECT pg_advisory_xact_lock(%s, h) FROM (
+    SELECT DISTINCT hashtext(%s || ':' || k) AS h FROM unnest(%s::text[]) AS k ORDER BY h
+) AS ids
+"""
+# The records that exist, row-locked: single writes (which take no advisory lock) wait for the
+# commit too, so a compare on an existing record still holds when the writes are in.
+_LOCK_ROWS = """
 SELECT key, CASE WHEN deleted THEN 0 ELSE version END FROM memory_admin_record
 WHERE ns_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE
 """
 
 
 def _lock_records(*, ns: Namespace, keys: set[str]) -> dict[str, int]:
-    """Lock the records at `keys` (those that exist) in key order; their versions, 0 if deleted."""
+    """Lock `keys` (the advisory lock of each, then the records that exist, in key order); the
+    records' versions, 0 if deleted."""
     if not keys:
         return {}
+    ordered = sorted(keys)
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK, [ns.pk, sorted(keys)])
+        cursor.execute(_LOCK_KEYS, [KEY_LOCKS, str(ns.pk), ordered])
+        cursor.execute(_LOCK_ROWS, [ns.pk, ordered])
         return dict(cursor.fetchall())
 
 
