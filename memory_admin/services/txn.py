@@ -4,8 +4,8 @@ one Postgres transaction, so every change still appends its own event and keeps 
 
 Why one transaction for a batch too: a commit (a WAL flush) costs more than the operation,
 and each service already runs in a savepoint of its own (its `transaction.atomic`), so an
-operation that fails rolls back alone and the others commit together (measured in
-docs/API.md, "Transactions and batches").
+operation that fails rolls back alone and the others commit together (measured: docs/DESIGN.md,
+"Transactions and batches").
 
 The keys a request names are locked first, in one order: two requests that write the same
 keys in a different order queue instead of deadlocking, and a compare on a record holds
@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from django.db import OperationalError, connection, transaction
 
@@ -28,6 +28,7 @@ from memory_admin.models import Agent, LockFence, Namespace
 from memory_admin.services import Actor, events, facts, records, status
 
 log = logging.getLogger("memory_admin.txn")
+T = TypeVar("T")
 
 Kind = Literal["put", "delete", "get", "fact", "event", "status"]
 WRITES = frozenset({"put", "delete"})
@@ -91,24 +92,25 @@ def run_txn(
     record writes are kept as one conflict group (named by the txn id) and TxnAborted raised."""
     txn = uuid.uuid4().hex
     keys = {c.key for c in compare if c.key} | {op.key for op in (*success, *failure) if op.key}
-    for attempt in _attempts():
-        with attempt:
-            try:
-                with transaction.atomic(), _stamped(txn):
-                    versions = _lock_records(ns=ns, keys=keys)
-                    held = all(_holds(ns=ns, actor=actor, condition=c, versions=versions) for c in compare)
-                    branch = success if held else failure
-                    results = []
-                    for index, op in enumerate(branch):
-                        done = _run(ns=ns, agent=agent, actor=actor, op=op)
-                        # A get of an absent key is an answer (404), not a failure.
-                        if done.error is not None and not (op.kind == "get" and done.error.status == 404):
-                            raise _Failed(index, done.error, branch)
-                        results.append(done)
-            except _Failed as failed:
-                raise _aborted(ns=ns, actor=actor, txn=txn, failed=failed) from None
-            return TxnResult(txn=txn, succeeded=held, results=results)
-    raise AssertionError("unreachable: the last attempt raises")
+
+    def once() -> TxnResult:
+        with transaction.atomic(), _stamped(txn):
+            versions = _lock_records(ns=ns, keys=keys)
+            held = all(_holds(ns=ns, actor=actor, condition=c, versions=versions) for c in compare)
+            branch = success if held else failure
+            results = []
+            for index, op in enumerate(branch):
+                done = _run(ns=ns, agent=agent, actor=actor, op=op)
+                # A get of an absent key is an answer (404), not a failure.
+                if done.error is not None and not (op.kind == "get" and done.error.status == 404):
+                    raise _Failed(index, done.error, branch)
+                results.append(done)
+        return TxnResult(txn=txn, succeeded=held, results=results)
+
+    try:
+        return _retrying(once)
+    except _Failed as failed:
+        raise _aborted(ns=ns, actor=actor, txn=txn, failed=failed) from None
 
 
 class _Failed(Exception):
@@ -147,14 +149,16 @@ def _aborted(*, ns: Namespace, actor: Actor, txn: str, failed: _Failed) -> TxnAb
 
 
 def run_batch(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> list[Done]:
-    """Run independent operations in one transaction, each in its own savepoint: one's failure
-    is its own result and the others are kept."""
+    """Run independent operations in one transaction: one's failure is its own result and the
+    others are kept."""
     keys = {op.key for op in ops if op.kind in WRITES}
-    for attempt in _attempts():
-        with attempt, transaction.atomic():
+
+    def once() -> list[Done]:
+        with transaction.atomic():
             _lock_records(ns=ns, keys=keys)
             return [_run(ns=ns, agent=agent, actor=actor, op=op) for op in ops]
-    raise AssertionError("unreachable: the last attempt raises")
+
+    return _retrying(once)
 
 
 def _stamped(txn: str) -> contextlib.AbstractContextManager:
@@ -162,32 +166,22 @@ def _stamped(txn: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _attempts() -> Iterator[contextlib.AbstractContextManager]:
-    """Context managers for up to ATTEMPTS runs: a deadlock or serialization failure (the
-    whole transaction rolled back) lets the next one run; success or anything else ends it."""
-    for number in range(1, ATTEMPTS + 1):
-        retry = _Retry(last=number == ATTEMPTS)
-        yield retry
-        if not retry.failed:
-            return
+RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
 
-class _Retry:
-    def __init__(self, last: bool) -> None:
-        self.last, self.failed = last, False
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is None or self.last or connection.in_atomic_block:
-            return False  # inside someone's transaction the rollback is theirs to retry
-        sqlstate = getattr(getattr(exc, "__cause__", None), "sqlstate", None)
-        if isinstance(exc, OperationalError) and sqlstate in ("40P01", "40001"):
-            log.info("transaction retried after %s", sqlstate)
-            self.failed = True
-            return True
-        return False
+def _retrying(once: Callable[[], T]) -> T:
+    """`once()`, run again (up to ATTEMPTS in all) when Postgres rolled it back for a deadlock or
+    a serialization failure. Inside someone else's transaction the rollback, and so the retry,
+    is theirs."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return once()
+        except OperationalError as exc:
+            sqlstate = getattr(exc.__cause__, "sqlstate", None)
+            if attempt == ATTEMPTS or connection.in_atomic_block or sqlstate not in RETRYABLE:
+                raise
+            log.info("transaction retried after %s (attempt %d)", sqlstate, attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 # Every key of the request, present or not, by a transaction-level advisory lock taken in one
