@@ -53,5 +53,15 @@ class ForceReleaseForm(forms.Form):
         return reason
 
 
+class ReleaseAgentForm(forms.Form):
+    reason = forms.CharField(max_length=500)
+
+    def clean_reason(self):
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("A reason is required.")
+        return reason
+
+
 class IssueTokenForm(forms.Form):
     read_only = forms.BooleanField(required=False)

@@ -21,6 +21,7 @@ from memory_admin.errors import NotFound
 from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record
 from memory_admin.services.conflicts import list_conflicts
 from memory_admin.services.events import read_events
+from memory_admin.services.leftovers import agent_leftovers, stale_with_leftovers
 from memory_admin.services.locks import get_lock, list_locks
 from memory_admin.services.records import record_versions
 from memory_admin.services.status import get_agent
@@ -160,6 +161,8 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
             part("overview.html#open-conflicts", conflicts=list_conflicts(ns=ns, limit=5))
         if "lock" in kinds:
             part("overview.html#expiring-locks", expiring=list_locks(ns=ns, limit=5))
+        if kinds & {"lock", "agent", "group"}:
+            part("overview.html#stale-leftovers", stale_leftovers=stale_with_leftovers(ns=ns))
     elif page == "agents":
         rows("agent-rows", agent_fragments("agents.html#agent-row"), "beforeend")
     elif page == "agent":
@@ -178,6 +181,13 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
                 part("agent.html#agent-records", agent=agent, agent_records=panels["agent_records"])
             if any(e.type.startswith("agent.token_") for e in mine):
                 part("agent.html#token-list", agent=agent, tokens=panels["tokens"])
+    elif page == "leftovers":
+        agent = Agent.objects.filter(ns=ns, name=view.agent).first()
+        concerned = any(
+            view.agent in (e.agent_id, e.actor, e.subject) or e.type.startswith("group.") for e in events
+        )
+        if agent is not None and concerned:
+            part("leftovers.html#cascade", agent=agent, left=agent_leftovers(ns=ns, agent=agent))
     elif page == "facts":
         new_facts = _facts([e for e in events if e.type == "fact.stored"])
         rows("fact-rows", [_fact_row(ctx, f) for f in new_facts if view.shows_fact(f)])

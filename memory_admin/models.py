@@ -318,11 +318,40 @@ class ConsumerGroup(models.Model):
     ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="groups")
     name = models.CharField(max_length=200)
     floor = models.BigIntegerField(default=0)
+    # An event delivered this many times without an ack is parked instead of delivered again
+    # (null: never parked).
+    max_deliveries = models.PositiveIntegerField(null=True, blank=True)
     created = models.DateTimeField(default=now)
 
     class Meta:
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["ns", "name"], name="consumergroup_ns_name_uniq")]
+
+    @property
+    def dom_id(self) -> str:
+        return f"group-{self.pk}"
+
+
+class ParkedEvent(models.Model):
+    """An event a group's consumers failed `max_deliveries` times, taken out of delivery
+    (acked in Redis) until an operator replays or discards it."""
+
+    group = models.ForeignKey(ConsumerGroup, on_delete=models.CASCADE, related_name="parked")
+    event = models.BigIntegerField()  # the event's id in the namespace's log
+    body = models.JSONField()  # the event as consumers got it
+    consumer = models.CharField(max_length=200)  # the consumer that had it last
+    deliveries = models.PositiveIntegerField()
+    parked = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-parked", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "event"], name="parkedevent_group_event_uniq")
+        ]
+
+    @property
+    def dom_id(self) -> str:
+        return f"parked-{self.pk}"
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,16 @@ def stream_key(ns: str) -> str:
     return f"{_tag(ns)}:events"
 
 
+def group_consumers_key(ns: str, group: str) -> str:
+    """Hash of a consumer group's consumers: consumer name -> the agent that read as it."""
+    return f"{_tag(ns)}:group:{group}:consumers"
+
+
+def group_replays_key(ns: str, group: str) -> str:
+    """Hash of a group's replayed events: event id -> the stream entry that carries the replay."""
+    return f"{_tag(ns)}:group:{group}:replays"
+
+
 def rate_key(ns: str, token_id: int, window: int) -> str:
     return f"{_tag(ns)}:rate:{token_id}:{window}"
 
@@ -189,6 +199,41 @@ DROP_LAPSED = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
+"""
+
+
+# KEYS: stream, the group's replays hash. ARGV: event JSON, event id, group.
+# Appends a replay of an event right after the stream's newest entry (<ms>-<seq + 1>: the relay's
+# next `<id>-0` still sorts after it), marked with the one group it is for, and remembers which
+# entry carries it so that acking the event's id acks the replay. Returns the entry id.
+REPLAY = """
+local last = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+end
+local dash = string.find(last, '-', 1, true)
+local id = string.sub(last, 1, dash - 1) .. '-' .. (tonumber(string.sub(last, dash + 1)) + 1)
+redis.call('XADD', KEYS[1], id, 'event', ARGV[1], 'group', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], id)
+return id
+"""
+
+# KEYS: stream, the group's replays hash. ARGV: group, event ids. Acks each event's entry
+# (`<id>-0`) and its replay, if one is out. Returns how many were pending.
+ACK = """
+local acked = 0
+for i = 2, #ARGV do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i] .. '-0')
+  local replay = redis.call('HGET', KEYS[2], ARGV[i])
+  if replay then
+    acked = acked + redis.call('XACK', KEYS[1], ARGV[1], replay)
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+return acked
 """
 
 

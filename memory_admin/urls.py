@@ -26,6 +26,7 @@ urlpatterns = [
     path("ns/<ns:ns>/", views.overview, name="overview"),
     path("ns/<ns:ns>/agents/", views.agents, name="agents"),
     path("ns/<ns:ns>/agents/<path:name>", views.agent, name="agent"),
+    path("ns/<ns:ns>/leftovers/<path:name>", views.leftovers, name="leftovers"),
     path("ns/<ns:ns>/tokens/issue/<path:name>", views.issue_token, name="issue_token"),
     path("ns/<ns:ns>/tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke_token"),
     path("ns/<ns:ns>/facts/", views.facts, name="facts"),

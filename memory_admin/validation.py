@@ -11,7 +11,16 @@ from memory_admin.errors import Invalid
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,200}$")
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-RESERVED_EVENT_PREFIXES = ("fact.", "record.", "conflict.", "lock.", "status.", "agent.", "operator.")
+RESERVED_EVENT_PREFIXES = (
+    "fact.",
+    "record.",
+    "conflict.",
+    "lock.",
+    "status.",
+    "agent.",
+    "operator.",
+    "group.",
+)
 MAX_JSON_DEPTH = 64
 
 

@@ -8,7 +8,18 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router, Schema
 
 from memory_admin import redis as r
-from memory_admin.api.common import Id, In, Key, error_response, errors, in_thread, json_response, ns_of
+from memory_admin.api.common import (
+    Id,
+    In,
+    Key,
+    actor_of,
+    agent_of,
+    error_response,
+    errors,
+    in_thread,
+    json_response,
+    ns_of,
+)
 from memory_admin.api.events import EventOut
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError
@@ -43,6 +54,32 @@ class AckOut(Schema):
     acked: int
 
 
+class ConfigureIn(In):
+    max_deliveries: int | None = Field(
+        ...,
+        ge=1,
+        le=groups.MAX_DELIVERIES,
+        description="park an event after this many failed deliveries (null: never)",
+    )
+
+
+class ConsumerOut(Schema):
+    name: str
+    agent_id: str | None
+    pending: int
+    idle_ms: int | None
+
+
+class GroupOut(Schema):
+    group: str
+    cursor: int = Field(description="the last event id delivered to the group")
+    lag: int = Field(description="events after the cursor")
+    pending: int
+    max_deliveries: int | None
+    parked: int
+    consumers: list[ConsumerOut]
+
+
 @router.post(
     "/events/groups/{path:group}/read", response={200: ReadOut, **errors(403)}, url_name="read_group"
 )
@@ -50,6 +87,7 @@ async def read_group(request: HttpRequest, group: Key, body: ReadIn):
     """Up to `count` events for `consumer`, waiting up to `block_ms` for one. Ack them; an
     event not acked within `reclaim_after_ms` goes to another consumer of the group."""
     ns = ns_of(request)
+    agent_id = agent_of(request).name
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.block_ms / 1000
     batches: list[groups.Batch] = []
@@ -63,6 +101,7 @@ async def read_group(request: HttpRequest, group: Key, body: ReadIn):
                 count=body.count,
                 start=body.start,
                 reclaim_after_ms=body.reclaim_after_ms,
+                agent_id=agent_id,
             )
         except DomainError as exc:
             return error_response(exc)
@@ -100,3 +139,42 @@ async def _wait_for_entry(client, key: str, after: str, deadline: float) -> None
 def ack_group(request: HttpRequest, group: Key, body: AckIn):
     """Acknowledge events read from the group; `acked` counts those that were pending."""
     return {"acked": groups.ack_group(ns=ns_of(request), group=group, ids=body.ids)}
+
+
+def _group_body(state: groups.GroupState) -> dict:
+    return {
+        "group": state.row.name,
+        "cursor": state.cursor,
+        "lag": state.lag,
+        "pending": state.pending,
+        "max_deliveries": state.row.max_deliveries,
+        "parked": state.parked,
+        "consumers": [
+            {"name": c.name, "agent_id": c.agent or None, "pending": c.pending, "idle_ms": c.idle_ms}
+            for c in state.consumers
+        ],
+    }
+
+
+def _state(request: HttpRequest, group: str) -> dict:
+    ns = ns_of(request)
+    groups.get_group(ns=ns, group=group)  # 404 for a group nobody read
+    return _group_body(next(s for s in groups.list_groups(ns=ns) if s.row.name == group))
+
+
+# Registered after /read and /ack: `{path:group}` would take their suffix as part of the name.
+@router.get("/events/groups/{path:group}", response={200: GroupOut, **errors(404)}, url_name="get_group")
+def get_group(request: HttpRequest, group: Key):
+    """The group's cursor, lag, unacked deliveries per consumer and how many events are parked."""
+    return _state(request, group)
+
+
+@router.put(
+    "/events/groups/{path:group}", response={200: GroupOut, **errors(403)}, url_name="configure_group"
+)
+def configure_group(request: HttpRequest, group: Key, body: ConfigureIn):
+    """Set after how many failed deliveries the group parks an event (creating the group if new)."""
+    groups.configure_group(
+        ns=ns_of(request), group=group, max_deliveries=body.max_deliveries, actor=actor_of(request)
+    )
+    return _state(request, group)

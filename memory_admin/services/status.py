@@ -83,11 +83,18 @@ def heartbeat(
 
 @r.unavailable_on_error
 def list_agents(
-    *, ns: Namespace, agent_id: str | None = None, after: str = "", limit: int | None = None
+    *,
+    ns: Namespace,
+    agent_id: str | None = None,
+    after: str = "",
+    limit: int | None = None,
+    names: list[str] | None = None,
 ) -> list[AgentStatus]:
-    """The agents of `ns` by name (or one), with their live status from Redis where they have one;
-    with `limit`, a page of them after the name `after`."""
+    """The agents of `ns` by name (or one, or those of `names`), with their live status from Redis
+    where they have one; with `limit`, a page of them after the name `after`."""
     agents = Agent.objects.filter(ns=ns, **({"name": agent_id} if agent_id else {})).select_related("ns")
+    if names is not None:
+        agents = agents.filter(name__in=names)
     if after:
         agents = agents.filter(name__gt=after)
     agents = list(agents.order_by("name")[:limit] if limit else agents)

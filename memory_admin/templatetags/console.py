@@ -59,6 +59,11 @@ def duration(seconds: float | int | None) -> str:
 
 
 @register.filter
+def ms_duration(ms: int | None) -> str:
+    return "" if ms is None else duration(ms / 1000)
+
+
+@register.filter
 def since(moment: datetime | None) -> str:
     return "" if moment is None else duration((now() - moment).total_seconds())
 

@@ -19,12 +19,13 @@ from django.template.loader import get_template
 from django.views.decorators.http import require_POST
 
 from memory_admin.errors import Invalid, NotFound, Unavailable, VersionConflict
-from memory_admin.forms import ForceReleaseForm, IssueTokenForm, RecordEditForm, ResolveForm
+from memory_admin.forms import ForceReleaseForm, IssueTokenForm, RecordEditForm, ReleaseAgentForm, ResolveForm
 from memory_admin.models import Agent, Namespace, Record, RecordVersion, Token
 from memory_admin.services import Actor
 from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import tokens as token_service
 from memory_admin.services.facts import get_fact, query_facts
+from memory_admin.services.leftovers import agent_leftovers, release_and_reassign
 from memory_admin.services.locks import count_locks, get_lock, list_locks
 from memory_admin.services.locks import force_release as force_release_lock
 from memory_admin.services.records import list_records, record_versions, write_record
@@ -45,7 +46,13 @@ from memory_admin.views.screens import (
 
 OPERATE = "memory_admin.operate"
 # The header's tab for each screen.
-SECTIONS = {"agent": "agents", "fact": "facts", "record": "records", "conflict": "conflicts"}
+SECTIONS = {
+    "agent": "agents",
+    "leftovers": "agents",
+    "fact": "facts",
+    "record": "records",
+    "conflict": "conflicts",
+}
 
 
 def can_operate(user) -> bool:
@@ -171,6 +178,53 @@ def _agent_page(request, ns, agent, **extra) -> HttpResponse:
         **extra,
     }
     return screen(request, ns, "agent.html", view, context)
+
+
+@console
+def leftovers(request: HttpRequest, ns: Namespace, name: str) -> HttpResponse:
+    """The cascade of an agent that stopped: what it still holds, and one action to free it all."""
+    found = get_object_or_404(Agent, ns=ns, name=name)
+    if request.method == "POST":
+        return _release_agent(request, ns, found)
+    return _leftovers_page(request, ns, found)
+
+
+def _leftovers_context(ns, agent, form=None) -> dict:
+    return {"agent": agent, "left": agent_leftovers(ns=ns, agent=agent), "form": form}
+
+
+def _leftovers_page(request, ns, agent, form=None, status=200) -> HttpResponse:
+    context = {"cursor": last_event_id(ns), **_leftovers_context(ns, agent, form)}
+    response = screen(request, ns, "leftovers.html", View("leftovers", agent=agent.name), context)
+    response.status_code = status
+    return response
+
+
+def _release_agent(request, ns, agent) -> HttpResponse:
+    if not can_operate(request.user):
+        raise PermissionDenied("operators only")
+    form = ReleaseAgentForm(request.POST)
+    base = {"ns": ns, "view": View("leftovers", agent=agent.name), "can_operate": True}
+    if not form.is_valid():
+        if request.htmx:
+            context = {**base, **_leftovers_context(ns, agent, form)}
+            return render(request, "memory_admin/leftovers.html#cascade", context, status=422)
+        return _leftovers_page(request, ns, agent, form, status=422)
+    done = release_and_reassign(
+        ns=ns, agent=agent, reason=form.cleaned_data["reason"], actor=Actor.of_operator(request.user)
+    )
+    locks = ", ".join(f"{h.resource} (token {h.token})" for h in done.locks) or "no locks"
+    note = (
+        f"Released {locks} from {agent.name}; "
+        f"{done.deliveries} unacknowledged deliver{'y' if done.deliveries == 1 else 'ies'} handed back."
+    )
+    if request.htmx:
+        context = {**base, **_leftovers_context(ns, agent)}
+        html = get_template("memory_admin/leftovers.html#cascade").render(context, request)
+        html += get_template("memory_admin/locks.html#released").render({"note": note}, request)
+        return HttpResponse(html)
+    messages.info(request, note)
+    return redirect("leftovers", ns.name, agent.name)
 
 
 @console

@@ -21,6 +21,7 @@ from django.utils.timezone import now
 
 from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, RecordVersion
 from memory_admin.services.conflicts import list_conflicts
+from memory_admin.services.leftovers import stale_with_leftovers
 from memory_admin.services.locks import count_locks, list_locks
 from memory_admin.services.status import count_agents, list_agents
 
@@ -159,6 +160,7 @@ def overview_context(ns: Namespace) -> dict[str, Any]:
         "latest": list(Event.objects.filter(ns=ns).order_by("-id")[:15]),
         "conflicts": list_conflicts(ns=ns, limit=5),
         "expiring": list_locks(ns=ns, limit=5),  # soonest to expire first
+        "stale_leftovers": stale_with_leftovers(ns=ns),
     }
 
 
