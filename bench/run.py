@@ -516,6 +516,8 @@ async def scale(target, cookie: str, token: str) -> tuple[list, list]:
         f"/ns/{NS}/locks/",
         f"/ns/{NS}/timeline/",
         f"/ns/{NS}/timeline/?type=lock.acquired",
+        f"/ns/{NS}/leftovers/agent-00042",  # an agent's cascade: locks, deliveries, conflicts
+        f"/ns/{NS}/groups/",
     ]
     lists = [
         "/api/v1/facts",

@@ -188,6 +188,9 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
         )
         if agent is not None and concerned:
             part("leftovers.html#cascade", agent=agent, left=agent_leftovers(ns=ns, agent=agent))
+    elif page == "groups":
+        if kinds & {"group"}:
+            part("groups.html#groups", **screens.groups_context(ns))
     elif page == "facts":
         new_facts = _facts([e for e in events if e.type == "fact.stored"])
         rows("fact-rows", [_fact_row(ctx, f) for f in new_facts if view.shows_fact(f)])

@@ -39,4 +39,9 @@ urlpatterns = [
     path("ns/<ns:ns>/locks/", views.locks, name="locks"),
     path("ns/<ns:ns>/locks/release/", views.force_release, name="force_release"),
     path("ns/<ns:ns>/timeline/", views.timeline, name="timeline"),
+    path("ns/<ns:ns>/groups/", views.groups, name="groups"),
+    path("ns/<ns:ns>/groups/parked/<int:parked_id>/replay/", views.replay_parked, name="replay_parked"),
+    path("ns/<ns:ns>/groups/parked/<int:parked_id>/discard/", views.discard_parked, name="discard_parked"),
+    path("ns/<ns:ns>/groups/reset/", views.reset_group, name="reset_group"),
+    path("ns/<ns:ns>/groups/configure/", views.configure_group, name="configure_group"),
 ]

@@ -153,3 +153,28 @@ def test_group_and_consumer_names_follow_the_key_rules(alpha):
     assert not ConsumerGroup.objects.exists()
     assert api.post("/events/groups/unknown/ack", {"ids": [1]}).json() == {"acked": 0}
     assert Event.objects.filter(type__startswith="group").count() == 0
+
+
+def test_a_groups_park_limit_is_set_through_the_api_and_bad_limits_are_refused(web_server, alpha):
+    client = _client(web_server, alpha)
+    assert client.get("/events/groups/nobody").status_code == 404
+    for bad in (0, 1001, "two"):
+        response = client.put("/events/groups/g", json={"max_deliveries": bad})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "validation_error"
+    assert not ConsumerGroup.objects.filter(name="g").exists()
+    body = client.put("/events/groups/g", json={"max_deliveries": 3}).json()
+    assert (body["group"], body["max_deliveries"], body["parked"], body["consumers"]) == ("g", 3, 0, [])
+    assert client.get("/events/groups/g").json()["max_deliveries"] == 3
+    assert client.put("/events/groups/g", json={"max_deliveries": None}).json()["max_deliveries"] is None
+    assert list(
+        Event.objects.filter(type="group.configured").values_list("payload__max_deliveries", flat=True)
+    ) == [
+        3,
+        None,
+    ]
+
+
+def test_agents_cannot_publish_group_events(web_server, alpha):
+    response = _client(web_server, alpha).post("/events", json={"type": "group.parked", "payload": {}})
+    assert response.status_code == 422

@@ -55,6 +55,7 @@ def every_console_url() -> list[str]:
         "fact_id": "1",
         "conflict_id": "1",
         "token_id": "1",
+        "parked_id": "1",
     }
     urls = []
     for pattern in get_resolver("memory_admin.urls").url_patterns:

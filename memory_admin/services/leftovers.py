@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils.timezone import now
 
 from memory_admin import positions
@@ -68,33 +68,40 @@ CANDIDATES = 100
 
 def stale_with_leftovers(*, ns: Namespace, limit: int = 10) -> list[StaleAgent]:
     """Agents whose heartbeat lapsed that still hold locks or unacked deliveries, most held first."""
-    # Candidates from Postgres: holders of fences marked held whose last known expiry passed.
-    # (A live agent whose Postgres copy lags is ruled out by Redis below.)
-    holders = LockFence.objects.filter(ns=ns, held=True).values("holder")
-    candidates = set(
-        Agent.objects.filter(ns=ns, name__in=holders, expires__lte=now())
-        .order_by("-expires")
-        .values_list("name", flat=True)[:CANDIDATES]
+    # Candidates from Postgres: holders of fences marked held whose last known expiry passed,
+    # with how many (a fence may still say held for a lease that lapsed: Redis decides below).
+    lapsed = Agent.objects.filter(ns=ns, expires__lte=now()).values("name")
+    fences = dict(
+        LockFence.objects.filter(ns=ns, held=True, holder__in=lapsed)
+        .values("holder")
+        .annotate(n=Count("id"))
+        .order_by("-n")
+        .values_list("holder", "n")[:CANDIDATES]
     )
     pending = groups.pending_by_agent(ns=ns, agents=None)
-    candidates |= {name for name, n in pending.items() if n}
+    candidates = sorted(
+        set(fences) | {name for name, n in pending.items() if n},
+        key=lambda name: (-(fences.get(name, 0) + pending.get(name, 0)), name),
+    )[:CANDIDATES]
     if not candidates:
         return []
-    names = sorted(candidates)
-    alive = r.client().pipeline(transaction=False)
-    for name in names:
-        alive.exists(r.status_key(ns.name, name))
-    names = [name for name, live in zip(names, alive.execute(), strict=True) if not live]
+    # A live agent whose Postgres copy lags (heartbeats that change nothing touch only Redis) is out.
+    pipe = r.client().pipeline(transaction=False)
+    for name in candidates:
+        pipe.exists(r.status_key(ns.name, name))
+    quiet = [name for name, live in zip(candidates, pipe.execute(), strict=True) if not live]
+    statuses = {s.agent.name: s for s in list_agents(ns=ns, names=quiet)} if quiet else {}
     out = []
-    for status in list_agents(ns=ns, names=names[:CANDIDATES]) if names else []:
-        if status.state != "stale":  # never seen: nothing says it stopped
+    for name in quiet:
+        status = statuses.get(name)
+        if status is None or status.state != "stale":  # never seen: nothing says it stopped
             continue
-        held = len(list_locks(ns=ns, owner=status.agent.name))
-        waiting = pending.get(status.agent.name, 0)
-        if held or waiting:
-            out.append(StaleAgent(status=status, locks=held, deliveries=waiting))
-    out.sort(key=lambda s: (-(s.locks + s.deliveries), s.status.agent.name))
-    return out[:limit]
+        held = len(list_locks(ns=ns, owner=name)) if fences.get(name) else 0
+        if held or pending.get(name):
+            out.append(StaleAgent(status=status, locks=held, deliveries=pending.get(name, 0)))
+        if len(out) == limit:
+            break
+    return out
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from memory_admin.forms import ForceReleaseForm, IssueTokenForm, RecordEditForm,
 from memory_admin.models import Agent, Namespace, Record, RecordVersion, Token
 from memory_admin.services import Actor
 from memory_admin.services import conflicts as conflict_service
+from memory_admin.services import groups as group_service
 from memory_admin.services import tokens as token_service
 from memory_admin.services.facts import get_fact, query_facts
 from memory_admin.services.leftovers import agent_leftovers, release_and_reassign
@@ -37,6 +38,7 @@ from memory_admin.views.screens import (
     agent_panels,
     conflict_context,
     distinct_values,
+    groups_context,
     last_event_id,
     line_diff,
     open_conflict_count,
@@ -140,7 +142,7 @@ def switch(request: HttpRequest) -> HttpResponse:
     """The header's namespace switcher: the same screen in another namespace."""
     ns = get_object_or_404(Namespace, name=request.GET.get("ns", ""))
     section = request.GET.get("section", "overview")
-    if section not in ("overview", "agents", "facts", "records", "conflicts", "locks", "timeline"):
+    if section not in ("overview", "agents", "facts", "records", "conflicts", "locks", "groups", "timeline"):
         section = "overview"
     return redirect(section, ns.name)
 
@@ -492,7 +494,79 @@ def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
     return screen(request, ns, "timeline.html", view, context)
 
 
+@console
+def groups(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    context = {"cursor": last_event_id(ns), **groups_context(ns)}
+    return screen(request, ns, "groups.html", View("groups"), context)
+
+
 # --- actions ----------------------------------------------------------------------------
+
+
+def _group_action(request: HttpRequest, ns: Namespace, act) -> HttpResponse:
+    """Run one consumer-group action; answer htmx with the groups fragment and a note."""
+    try:
+        note = act(Actor.of_operator(request.user))
+        level = messages.INFO
+    except (NotFound, Invalid) as exc:
+        note, level = exc.message, messages.ERROR
+    if request.htmx:
+        base = {"ns": ns, "view": View("groups"), "can_operate": True, **groups_context(ns)}
+        html = get_template("memory_admin/groups.html#groups").render(base, request)
+        html += get_template("memory_admin/locks.html#released").render({"note": note}, request)
+        return HttpResponse(html)
+    messages.add_message(request, level, note)
+    return redirect("groups", ns.name)
+
+
+@operator
+def replay_parked(request: HttpRequest, ns: Namespace, parked_id: int) -> HttpResponse:
+    def act(actor):
+        parked = group_service.replay_parked(ns=ns, parked_id=parked_id, actor=actor)
+        return f"Event #{parked.event} replayed to {parked.group.name}."
+
+    return _group_action(request, ns, act)
+
+
+@operator
+def discard_parked(request: HttpRequest, ns: Namespace, parked_id: int) -> HttpResponse:
+    def act(actor):
+        parked = group_service.discard_parked(ns=ns, parked_id=parked_id, actor=actor)
+        return f"Event #{parked.event} discarded for {parked.group.name}."
+
+    return _group_action(request, ns, act)
+
+
+@operator
+def reset_group(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    group, after = request.POST.get("group", ""), _int(request.POST.get("after"))
+
+    def act(actor):
+        if after is None:
+            raise Invalid("give the event id the group should continue after")
+        group_service.reset_group(ns=ns, group=group, after=after, actor=actor)
+        return f"{group} continues after event #{after}."
+
+    return _group_action(request, ns, act)
+
+
+@operator
+def configure_group(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    group, raw = request.POST.get("group", ""), request.POST.get("max_deliveries", "").strip()
+
+    def act(actor):
+        limit = _int(raw) if raw else None
+        if raw and limit is None:
+            raise Invalid("max deliveries must be a number from 1 to 1000, or empty for never")
+        group_service.get_group(ns=ns, group=group)
+        group_service.configure_group(ns=ns, group=group, max_deliveries=limit, actor=actor)
+        return (
+            f"{group} parks events after {limit} failed deliveries."
+            if limit is not None
+            else f"{group} never parks events."
+        )
+
+    return _group_action(request, ns, act)
 
 
 @operator

@@ -19,7 +19,9 @@ from django.db import connection
 from django.db.models import Q
 from django.utils.timezone import now
 
+from memory_admin import positions
 from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, RecordVersion
+from memory_admin.services import groups as group_service
 from memory_admin.services.conflicts import list_conflicts
 from memory_admin.services.leftovers import stale_with_leftovers
 from memory_admin.services.locks import count_locks, list_locks
@@ -162,6 +164,34 @@ def overview_context(ns: Namespace) -> dict[str, Any]:
         "expiring": list_locks(ns=ns, limit=5),  # soonest to expire first
         "stale_leftovers": stale_with_leftovers(ns=ns),
     }
+
+
+def groups_context(ns: Namespace) -> dict[str, Any]:
+    """The consumer-groups page: each group with its first unacked deliveries and parked events."""
+    states = group_service.list_groups(ns=ns)
+    parked = group_service.list_parked(ns=ns, limit=500)
+    shown = []
+    for state in states:
+        shown.append(
+            GroupView(
+                state=state,
+                deliveries=group_service.pending_deliveries(ns=ns, group=state.row.name, limit=20)
+                if state.pending
+                else [],
+                parked_events=[p for p in parked if p.group_id == state.row.pk][:50],
+            )
+        )
+    return {"groups": shown, "head": positions.head(ns)}
+
+
+@dataclass(frozen=True)
+class GroupView:
+    state: group_service.GroupState
+    deliveries: list
+    parked_events: list
+
+    def __getattr__(self, name: str) -> Any:  # the template reads the state's fields directly
+        return getattr(self.state, name)
 
 
 def agent_panels(ns: Namespace, agent: Agent) -> dict[str, Any]:

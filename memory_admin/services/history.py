@@ -1,0 +1,150 @@
+"""Time travel: a record's old version restored as a new versioned write, and a namespace as it
+was at an event of its log (records from their versions, agents' status from the log)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+
+from memory_admin import positions
+from memory_admin.errors import Invalid, NotFound
+from memory_admin.models import Event, Namespace, Record, RecordVersion
+from memory_admin.services import Actor
+from memory_admin.services.records import write_record
+
+
+def restore_version(
+    *, ns: Namespace, key: str, version: int, expected_version: int, actor: Actor
+) -> tuple[Record, RecordVersion]:
+    """Write version `version` of `key` again, as a new version over `expected_version` (the one
+    the operator saw): if the record moved since, the write is refused and kept as a conflict."""
+    old = RecordVersion.objects.filter(record__ns=ns, record__key=key, version=version).first()
+    if old is None:
+        raise NotFound(f"no version {version} of {key!r}")
+    if old.deleted:
+        raise Invalid(f"version {version} of {key!r} is a delete; there is no value to restore")
+    record, _ = write_record(ns=ns, key=key, value=old.value, expected_version=expected_version, actor=actor)
+    return record, old
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A point of the log: event `event` (0: before the first), committed at `at`."""
+
+    event: int
+    at: datetime | None
+
+
+def moment(*, ns: Namespace, event: int | None = None, at: datetime | None = None) -> Moment:
+    """Event `event`, or the last event committed at or before `at`."""
+    if event is not None:
+        if event <= 0:
+            return Moment(0, None)
+        found = positions.at(ns, event)
+        if found is None:
+            raise NotFound(f"no event #{event} in {ns.name}")
+        return Moment(event, found.created)
+    if at is None:
+        raise Invalid("give an event id or a time")
+    # Creation times follow the log's order closely but not exactly (they are taken before the
+    # commit): the last event by position among those created by `at`.
+    last = positions.newest_first(positions.log(ns).filter(created__lte=at)).first()
+    return Moment(positions.of(last), last.created) if last is not None else Moment(0, None)
+
+
+@dataclass(frozen=True)
+class PastRecord:
+    key: str
+    version: int
+    value: Any
+    updated_by: str
+    updated: datetime
+    current: int  # its version now
+
+
+# The newest version of each record written by `at`, a page of records by key: one probe of the
+# (record, version) index per record, newest version first.
+_RECORDS_AT = """
+SELECT r.key, v.version, v.value, v.updated_by, v.updated, r.version
+FROM memory_admin_record r
+CROSS JOIN LATERAL (
+    SELECT version, value, deleted, updated_by, updated FROM memory_admin_recordversion
+    WHERE record_id = r.id AND updated <= %(at)s ORDER BY version DESC LIMIT 1
+) v
+WHERE r.ns_id = %(ns)s AND r.created <= %(at)s AND r.key > %(after)s AND NOT v.deleted
+ORDER BY r.key
+LIMIT %(limit)s
+"""
+
+
+def records_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50) -> list[PastRecord]:
+    """The live records at `when` and their values then, by key after `after`."""
+    if when.at is None:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORDS_AT, {"ns": ns.pk, "at": when.at, "after": after, "limit": limit})
+        rows = cursor.fetchall()
+    return [
+        PastRecord(key, version, _json(value), by, updated, current)
+        for key, version, value, by, updated, current in rows
+    ]
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class PastStatus:
+    agent: str
+    status: str
+    detail: str
+    state: str  # live / stale, as the log said then
+    since: datetime
+    event: int
+
+
+# The last status event of each agent up to event n: one backward probe of the
+# (ns, agent_id, position) index per agent, a page of agents by name.
+_STATUS_AT = f"""
+SELECT a.name, e.type, e.payload, e.created, e.{positions.FIELD}
+FROM memory_admin_agent a
+CROSS JOIN LATERAL (
+    SELECT type, payload, created, {positions.FIELD} FROM memory_admin_event
+    WHERE ns_id = a.ns_id AND agent_id = a.name AND {positions.FIELD} <= %(n)s
+      AND type IN ('status.changed', 'agent.stale')
+    ORDER BY {positions.FIELD} DESC LIMIT 1
+) e
+WHERE a.ns_id = %(ns)s AND a.name > %(after)s
+ORDER BY a.name
+LIMIT %(limit)s
+"""
+
+
+def statuses_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50) -> list[PastStatus]:
+    """Each agent's status as the log had it at `when` (agents without one yet are left out)."""
+    if not when.event:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_STATUS_AT, {"ns": ns.pk, "n": when.event, "after": after, "limit": limit})
+        rows = cursor.fetchall()
+    out = []
+    for name, type, payload, created, event in rows:
+        payload = _json(payload)
+        if type == "agent.stale":
+            out.append(PastStatus(name, payload.get("last_status", ""), "", "stale", created, event))
+        else:
+            out.append(
+                PastStatus(name, payload.get("status", ""), payload.get("detail", ""), "live", created, event)
+            )
+    return out
+
+
+def events_around(*, ns: Namespace, when: Moment, count: int = 10) -> list[Event]:
+    """The events leading up to `when`, newest first."""
+    return list(positions.newest_first(positions.through(ns, when.event))[:count]) if when.event else []

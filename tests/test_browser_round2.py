@@ -1,0 +1,167 @@
+"""The console's second round in a real Chromium against the web server, the relay, Postgres
+and Redis: an operator clears what a killed agent left behind, and parks and replays an event
+of a consumer group."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.utils.timezone import now
+from playwright.sync_api import expect
+
+from memory_admin import redis as r
+from memory_admin.models import Agent, LockFence
+from tests.conftest import server_env, wait_for
+from tests.test_browser_console import (  # noqa: F401 - fixtures
+    allow_orm_beside_playwright,
+    api,
+    browser,
+    context,
+    live,
+    operator,
+    page,
+    shoot,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+AGENT = textwrap.dedent(
+    """
+    import sys, time, httpx
+    url, token = sys.argv[1], sys.argv[2]
+    api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": "Bearer " + token})
+    api.put("/status", json={"status": "crunching", "ttl_seconds": 30}).raise_for_status()
+    for resource in ("report-draft", "dataset"):
+        api.post("/locks/" + resource, json={"ttl_seconds": 600}).raise_for_status()
+    got = []
+    while not got:
+        read = api.post("/events/groups/workers/read", json={"consumer": "worker-1", "count": 10})
+        got = [e for e in read.json()["items"] if e["type"] == "job"]
+        others = [e["id"] for e in read.json()["items"] if e["type"] != "job"]
+        api.post("/events/groups/workers/ack", json={"ids": others})
+    print("holding", got[0]["id"], flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _client(web_server, token: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{web_server.url}/api/v1", headers={"Authorization": f"Bearer {token}"})
+
+
+def _jobs(client: httpx.Client, consumer: str, **options) -> list[int]:
+    items = client.post(
+        "/events/groups/workers/read", json={"consumer": consumer, "count": 20, **options}
+    ).json()["items"]
+    others = [e["id"] for e in items if e["type"] != "job"]
+    if others:
+        client.post("/events/groups/workers/ack", json={"ids": others})
+    return [e["id"] for e in items if e["type"] == "job"]
+
+
+def test_an_operator_releases_what_a_killed_agent_left_and_another_consumer_gets_its_delivery(
+    page,  # noqa: F811 - the fixture
+    web_server,
+    alpha,
+    beta,
+    make_token,
+    tmp_path,
+):
+    other = _client(web_server, make_token(beta))
+    assert _jobs(other, "worker-2") == []  # the group starts here
+    job = other.post("/events", json={"type": "job", "payload": {"n": 1}}).json()["id"]
+    log = tmp_path / "agent.log"
+    with open(log, "w") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-c", AGENT, web_server.url, make_token(alpha)], env=server_env(), stdout=out
+        )
+    try:
+        wait_for(lambda: "holding" in log.read_text(), timeout=30, message="the agent to take its work")
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    assert f"holding {job}" in log.read_text()
+    tokens = dict(LockFence.objects.filter(holder="alpha").values_list("resource", "token"))
+
+    live(page, "/ns/team/")
+    # Its heartbeat lapses (the clock moved, not waited out): the relay's sweep marks it stale.
+    r.client().delete(r.status_key("team", "alpha"))
+    r.client().zadd(r.heartbeats_index("team"), {"alpha": 1})
+    Agent.objects.filter(name="alpha").update(expires=now() - timedelta(seconds=1))
+    panel = page.locator("#stale-leftovers")
+    expect(panel).to_contain_text("alpha")
+    expect(panel).to_contain_text("2 locks · 1 unacked delivery")
+    shoot(page, "overview-leftovers")
+
+    panel.get_by_role("link", name="alpha").click()
+    page.wait_for_url("**/ns/team/leftovers/alpha")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    locks = page.locator("#cascade-locks")
+    for resource, token in tokens.items():
+        expect(locks).to_contain_text(resource)
+        expect(locks).to_contain_text(str(token))
+    expect(page.locator("#cascade-deliveries")).to_contain_text(f"#{job}")
+    expect(page.locator("#cascade-status .pill")).to_have_text("stale")
+    shoot(page, "leftovers")
+
+    page.fill("input[name=reason]", "alpha was killed mid-report")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#release-all")
+    expect(page.locator("#release-notes")).to_contain_text("1 unacknowledged delivery handed back")
+    expect(locks).to_contain_text("None.")
+    expect(page.locator("#cascade-deliveries")).to_contain_text("None.")
+    expect(page.locator("#nothing-left")).to_be_visible()
+    expect(page.locator("#cascade-events")).to_contain_text("agent.released")
+    assert not LockFence.objects.filter(holder="alpha", held=True).exists()
+    # The other consumer's next read takes the delivery over, without waiting out reclaim_after_ms.
+    assert _jobs(other, "worker-2", reclaim_after_ms=86_400_000) == [job]
+
+    page.goto("/ns/team/agents/alpha")
+    expect(page.locator("#leftovers-link")).to_have_attribute("href", "/ns/team/leftovers/alpha")
+
+
+def _age(group: str, ms: int) -> None:
+    """Move the clock for a group's deliveries: each looks `ms` old."""
+    client, key = r.client(), r.stream_key("team")
+    for p in client.xpending_range(key, group, min="-", max="+", count=100):
+        client.xclaim(key, group, p["consumer"], 0, [p["message_id"]], idle=ms, justid=True)
+
+
+def test_an_event_failed_twice_is_parked_live_and_the_operator_replays_it(
+    page,  # noqa: F811 - the fixture
+    web_server,
+    alpha,
+    make_token,
+):
+    worker = _client(web_server, make_token(alpha))
+    configured = worker.put("/events/groups/workers", json={"max_deliveries": 2})
+    assert configured.status_code == 200, configured.text
+    job = worker.post("/events", json={"type": "job", "payload": {"n": 7}}).json()["id"]
+    wait_for(lambda: _jobs(worker, "c1") == [job], message="the first delivery")  # never acked
+    live(page, "/ns/team/groups/")
+    card = page.locator(".group-card", has_text="workers")
+    expect(card).to_contain_text("Parks an event after 2 failed deliveries")
+    _age("workers", 120_000)
+    assert _jobs(worker, "c2") == [job]  # the second delivery, never acked either
+    _age("workers", 120_000)
+    assert _jobs(worker, "c3") == []  # parked instead of a third
+    parked = card.locator(".parked", has_text=f"#{job}")
+    expect(parked).to_contain_text("2 deliveries")  # pushed live by group.parked
+    expect(card.locator(".group-parked")).to_have_text("1")
+    parked.locator("summary").click()
+    expect(parked.locator("pre")).to_contain_text('"n": 7')
+    shoot(page, "groups")
+
+    parked.get_by_role("button", name="Replay").click()
+    expect(page.locator("#release-notes")).to_contain_text(f"Event #{job} replayed to workers")
+    expect(card.locator(".parked")).to_have_count(0)
+    assert _jobs(worker, "c3") == [job]
+    assert worker.post("/events/groups/workers/ack", json={"ids": [job]}).json() == {"acked": 1}
+    state = worker.get("/events/groups/workers").json()
+    assert state["parked"] == 0 and state["max_deliveries"] == 2
