@@ -139,6 +139,18 @@
       sel.addRange(range);
     }
   });
+  // The as-of picker: the slider and the number box show the same event.
+  document.addEventListener("input", function (e) {
+    var form = e.target.form;
+    if (!form) return;
+    if (e.target.dataset.mirror) {
+      var box = document.getElementById(e.target.dataset.mirror);
+      if (box) box.value = e.target.value;
+    } else if (e.target.dataset.mirrorOf) {
+      var slider = form.elements[e.target.dataset.mirrorOf];
+      if (slider) slider.value = e.target.value;
+    }
+  });
   document.addEventListener("change", function (e) {
     if (e.target.matches("[data-autosubmit]")) e.target.form.submit();
   });

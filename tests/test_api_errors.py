@@ -275,6 +275,7 @@ def test_the_openapi_document_describes_every_path_and_its_errors(alpha):
         "/api/v1/events/groups/{group}/ack": {"post"},
         "/api/v1/txn": {"post"},
         "/api/v1/batch": {"post"},
+        "/api/v1/events/groups/{group}": {"get", "put"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     error_ref = "#/components/schemas/Error"

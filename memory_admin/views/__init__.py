@@ -16,12 +16,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import TemplateDoesNotExist
 from django.template.loader import get_template
+from django.utils.dateparse import parse_datetime
+from django.utils.timezone import is_naive, make_aware
 from django.views.decorators.http import require_POST
 
 from memory_admin.errors import Invalid, NotFound, Unavailable, VersionConflict
 from memory_admin.forms import ForceReleaseForm, IssueTokenForm, RecordEditForm, ReleaseAgentForm, ResolveForm
 from memory_admin.models import Agent, Namespace, Record, RecordVersion, Token
-from memory_admin.services import Actor
+from memory_admin.services import Actor, history
 from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import groups as group_service
 from memory_admin.services import tokens as token_service
@@ -44,6 +46,7 @@ from memory_admin.views.screens import (
     open_conflict_count,
     overview_context,
     record_panels,
+    three_way,
 )
 
 OPERATE = "memory_admin.operate"
@@ -54,6 +57,7 @@ SECTIONS = {
     "fact": "facts",
     "record": "records",
     "conflict": "conflicts",
+    "asof": "timeline",
 }
 
 
@@ -295,10 +299,20 @@ def _record_page(request, ns, record, form, status=200) -> HttpResponse:
     diff = None
     if older in chosen and newer in chosen:
         diff = line_diff(chosen[older].value, chosen[newer].value)
+    then = None
+    at = _int(request.GET.get("at"))
+    if at:
+        then = RecordVersion.objects.filter(record=record, version=at, deleted=False).first()
+    then_lines = now_lines = None
+    if then is not None:
+        then_lines, now_lines, _ = three_way(then.value, None if record.deleted else record.value, None)
     context = {
         "cursor": cursor,
         "record": record,
         "versions": versions,
+        "then": then,
+        "then_lines": then_lines,
+        "now_lines": now_lines,
         "diff": diff,
         "diff_a": older,
         "diff_b": newer,
@@ -335,6 +349,57 @@ def _edit_record(request, ns, record) -> HttpResponse:
         return _record_page(request, ns, record, form, status=422)
     messages.success(request, f"Saved {written.key} as version {written.version}.")
     return redirect("record", ns.name, written.key)
+
+
+@operator
+def restore_version(request: HttpRequest, ns: Namespace, key: str) -> HttpResponse:
+    """Write an old version of a record again, over the version the operator saw."""
+    version, expected = _int(request.POST.get("version")), _int(request.POST.get("expected_version"))
+    if version is None or expected is None:
+        messages.error(request, "Restore needs the version to restore and the version it replaces.")
+        return redirect("record", ns.name, key)
+    try:
+        written, old = history.restore_version(
+            ns=ns, key=key, version=version, expected_version=expected, actor=Actor.of_operator(request.user)
+        )
+    except VersionConflict as exc:
+        messages.error(
+            request,
+            f"Restore refused: {exc.message}. It is kept as conflict #{exc.details['conflict_id']}.",
+        )
+        return redirect("conflict", ns.name, exc.details["conflict_id"])
+    except Invalid as exc:
+        messages.error(request, exc.message)
+        return redirect("record", ns.name, key)
+    messages.success(request, f"Restored v{old.version} of {key} as version {written.version}.")
+    return redirect("record", ns.name, key)
+
+
+@console
+def as_of(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    """The namespace as it was at an event (or a time): records and agents' status then."""
+    head = last_event_id(ns)
+    event = _int(request.GET.get("event"))
+    try:
+        at = parse_datetime(request.GET.get("at", "").strip())
+    except ValueError:  # well formed but not a time (a 31st of February)
+        at = None
+    if at is not None and is_naive(at):
+        at = make_aware(at)
+    if event is None and at is None:
+        event = head
+    if at is not None:  # the time box wins over the slider, which always sends a number
+        event = None
+    when = history.moment(ns=ns, event=min(event, head) if event is not None else None, at=at)
+    context = {
+        "cursor": head,
+        "head": head,
+        "when": when,
+        "records": history.records_at(ns=ns, when=when, after=request.GET.get("after", ""), limit=PAGE_SIZE),
+        "statuses": history.statuses_at(ns=ns, when=when, limit=PAGE_SIZE),
+        "around": history.events_around(ns=ns, when=when),
+    }
+    return screen(request, ns, "asof.html", View("asof"), context)
 
 
 @console
