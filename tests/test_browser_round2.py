@@ -165,3 +165,56 @@ def test_an_event_failed_twice_is_parked_live_and_the_operator_replays_it(
     assert worker.post("/events/groups/workers/ack", json={"ids": [job]}).json() == {"acked": 1}
     state = worker.get("/events/groups/workers").json()
     assert state["parked"] == 0 and state["max_deliveries"] == 2
+
+
+def test_an_operator_restores_an_old_version_and_sees_the_new_version_and_its_event(
+    page,  # noqa: F811 - the fixture
+    api,  # noqa: F811 - the fixture
+):
+    for step in (1, 2, 3):
+        written = api.put("/records/plan", json={"value": {"step": step, "note": f"draft {step}"}})
+        assert written.status_code in (200, 201)
+    live(page, "/ns/team/records/plan")
+    page.locator("a.view-version[href*='at=1']").click()
+    side = page.locator("#then-and-now")
+    expect(side.locator("pre.then")).to_contain_text('"step": 1')
+    expect(side.locator("pre.now")).to_contain_text('"step": 3')
+    expect(side.locator("pre.then .l-del")).to_have_count(2)  # the lines that differ now
+    shoot(page, "record-then-and-now")
+    page.click("#restore")
+    page.wait_for_url("**/ns/team/records/plan")
+    expect(page.locator("#messages")).to_contain_text("Restored v1 of plan as version 4")
+    expect(page.locator("#record-value .version")).to_have_text("v4")
+    expect(page.locator("#record-value pre")).to_contain_text('"step": 1')
+
+    live(page, "/ns/team/timeline/")
+    expect(page.locator("#event-rows li").first).to_contain_text("record.written")
+    expect(page.locator("#event-rows li").first).to_contain_text("operator:otto")
+
+    # The record moved after the page opened: the restore is refused and kept as a conflict.
+    page.goto("/ns/team/records/plan?at=2")
+    api.put("/records/plan", json={"value": {"step": 5}})
+    page.click("#restore")
+    page.wait_for_url("**/ns/team/conflicts/*/")
+    expect(page.locator("#messages")).to_contain_text("Restore refused")
+
+
+def test_the_timeline_picker_opens_the_namespace_as_it_was_at_an_event(
+    page,  # noqa: F811 - the fixture
+    api,  # noqa: F811 - the fixture
+):
+    api.put("/records/plan", json={"value": {"step": 1}})
+    api.put("/status", json={"status": "drafting", "ttl_seconds": 60})
+    then = api.get("/events?after=0&limit=100").json()["items"][-1]["id"]
+    api.put("/records/plan", json={"value": {"step": 2}})
+    api.put("/status", json={"status": "reviewing", "ttl_seconds": 60})
+    live(page, "/ns/team/timeline/")
+    page.fill("#asof-number", str(then))
+    expect(page.locator("input[name=event]")).to_have_value(str(then))  # the slider follows the box
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(f"**/ns/team/as-of/?event={then}*")
+    expect(page.locator("h1")).to_contain_text(f"as of event #{then}")
+    expect(page.locator("#asof-records")).to_contain_text("v1")
+    expect(page.locator("#asof-records")).to_contain_text('"step": 1')
+    expect(page.locator("#asof-agents")).to_contain_text("drafting")
+    shoot(page, "as-of")

@@ -305,7 +305,10 @@ def _record_page(request, ns, record, form, status=200) -> HttpResponse:
         then = RecordVersion.objects.filter(record=record, version=at, deleted=False).first()
     then_lines = now_lines = None
     if then is not None:
-        then_lines, now_lines, _ = three_way(then.value, None if record.deleted else record.value, None)
+        current = None if record.deleted else record.value
+        then_lines, now_lines, _ = three_way(
+            then.value, current, current
+        )  # two ways
     context = {
         "cursor": cursor,
         "record": record,
