@@ -518,6 +518,8 @@ async def scale(target, cookie: str, token: str) -> tuple[list, list]:
         f"/ns/{NS}/timeline/?type=lock.acquired",
         f"/ns/{NS}/leftovers/agent-00042",  # an agent's cascade: locks, deliveries, conflicts
         f"/ns/{NS}/groups/",
+        f"/ns/{NS}/as-of/?event=500000",  # records and status as of an event, from versions and the log
+        f"/ns/{NS}/search/?q=budget",
     ]
     lists = [
         "/api/v1/facts",

@@ -161,6 +161,7 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
             part("overview.html#open-conflicts", conflicts=list_conflicts(ns=ns, limit=5))
         if "lock" in kinds:
             part("overview.html#expiring-locks", expiring=list_locks(ns=ns, limit=5))
+        part("overview.html#charts", charts=screens.overview_charts(ns, sample=False))
         if kinds & {"lock", "agent", "group"}:
             part("overview.html#stale-leftovers", stale_leftovers=stale_with_leftovers(ns=ns))
     elif page == "agents":
@@ -172,6 +173,8 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
             if any(e.type.startswith(("status.", "agent.")) and e.agent_id == agent.name for e in mine):
                 part("agent.html#agent-status", status=get_agent(ns=ns, agent_id=agent.name))
             rows("agent-events", event_rows(mine))
+            if mine:
+                part("agent.html#agent-activity", agent=agent, activity=screens.agent_activity(ns, agent))
             new_facts = _facts([e for e in mine if e.type == "fact.stored"])
             rows("agent-facts", [_fact_row(ctx, f) for f in new_facts if f.agent_id == agent.pk])
             panels = screens.agent_panels(ns, agent)

@@ -114,6 +114,11 @@ def stream_key(ns: str) -> str:
     return f"{_tag(ns)}:events"
 
 
+def activity_key(ns: str, agent: str = "") -> str:
+    """Hash of finished minutes' activity counts (services/activity.py), of the namespace or one agent."""
+    return f"{_tag(ns)}:activity:{agent}"
+
+
 def group_consumers_key(ns: str, group: str) -> str:
     """Hash of a consumer group's consumers: consumer name -> the agent that read as it."""
     return f"{_tag(ns)}:group:{group}:consumers"

@@ -42,6 +42,7 @@ urlpatterns = [
     path("ns/<ns:ns>/timeline/", views.timeline, name="timeline"),
     path("ns/<ns:ns>/as-of/", views.as_of, name="as_of"),
     path("ns/<ns:ns>/groups/", views.groups, name="groups"),
+    path("ns/<ns:ns>/search/", views.search, name="search"),
     path("ns/<ns:ns>/groups/parked/<int:parked_id>/replay/", views.replay_parked, name="replay_parked"),
     path("ns/<ns:ns>/groups/parked/<int:parked_id>/discard/", views.discard_parked, name="discard_parked"),
     path("ns/<ns:ns>/groups/reset/", views.reset_group, name="reset_group"),

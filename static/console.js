@@ -139,6 +139,69 @@
       sel.addRange(range);
     }
   });
+  // Keyboard: "/" focuses the search box (unless typing somewhere already); Escape leaves it.
+  document.addEventListener("keydown", function (e) {
+    var box = document.getElementById("search-box");
+    if (!box) return;
+    var t = e.target;
+    var typing = t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName));
+    if (e.key === "/" && !typing && !e.ctrlKey && !e.metaKey && !e.altKey) {
+      e.preventDefault();
+      box.focus();
+      box.select();
+    } else if (e.key === "Escape" && t === box) {
+      box.blur();
+    }
+  });
+
+  // Saved timeline filters: a name and the filter's URL, kept in this browser.
+  var SAVED = "memory-admin:saved-filters";
+  function savedFilters() {
+    try { return JSON.parse(localStorage.getItem(SAVED) || "[]"); } catch (err) { return []; }
+  }
+  function showSavedFilters() {
+    var list = document.getElementById("saved-filters");
+    if (!list) return;
+    list.textContent = "";
+    savedFilters().forEach(function (f, i) {
+      var li = document.createElement("li");
+      var a = document.createElement("a");
+      a.href = f.url;
+      a.textContent = f.name;
+      var drop = document.createElement("button");
+      drop.type = "button";
+      drop.className = "link small";
+      drop.dataset.dropFilter = String(i);
+      drop.textContent = "×";
+      drop.setAttribute("aria-label", "forget " + f.name);
+      li.appendChild(a);
+      li.appendChild(drop);
+      list.appendChild(li);
+    });
+    list.hidden = list.children.length === 0;
+  }
+  document.addEventListener("DOMContentLoaded", showSavedFilters);
+  document.addEventListener("submit", function (e) {
+    if (!e.target.matches("[data-save-filter]")) return;
+    e.preventDefault();
+    var name = e.target.elements.name.value.trim();
+    if (!name) return;
+    var url = window.location.pathname + window.location.search;
+    var all = savedFilters().filter(function (f) { return f.name !== name; });
+    all.push({ name: name, url: url });
+    localStorage.setItem(SAVED, JSON.stringify(all));
+    e.target.reset();
+    showSavedFilters();
+  });
+  document.addEventListener("click", function (e) {
+    var drop = e.target.closest("[data-drop-filter]");
+    if (!drop) return;
+    var all = savedFilters();
+    all.splice(parseInt(drop.dataset.dropFilter, 10), 1);
+    localStorage.setItem(SAVED, JSON.stringify(all));
+    showSavedFilters();
+  });
+
   // The as-of picker: the slider and the number box show the same event.
   document.addEventListener("input", function (e) {
     var form = e.target.form;

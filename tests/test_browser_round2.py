@@ -218,3 +218,44 @@ def test_the_timeline_picker_opens_the_namespace_as_it_was_at_an_event(
     expect(page.locator("#asof-records")).to_contain_text('"step": 1')
     expect(page.locator("#asof-agents")).to_contain_text("drafting")
     shoot(page, "as-of")
+
+
+def test_slash_focuses_the_search_box_and_a_saved_timeline_filter_is_a_link(
+    page,  # noqa: F811 - the fixture
+    api,  # noqa: F811 - the fixture
+):
+    api.post("/facts", json={"fact": "Latency doubled after the upgrade", "category": "ops"})
+    live(page, "/ns/team/timeline/?type=fact.stored")
+    page.keyboard.press("/")
+    expect(page.locator("#search-box")).to_be_focused()
+    page.keyboard.type("latency")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/ns/team/search/?q=latency")
+    expect(page.locator("#found-facts")).to_contain_text("Latency doubled after the upgrade")
+    shoot(page, "search")
+
+    live(page, "/ns/team/timeline/?type=fact.stored")
+    page.fill("[data-save-filter] input[name=name]", "new facts")
+    page.click("[data-save-filter] button")
+    saved = page.locator("#saved-filters a", has_text="new facts")
+    expect(saved).to_have_attribute("href", "/ns/team/timeline/?type=fact.stored")
+    page.goto("/ns/team/timeline/")
+    page.locator("#saved-filters a", has_text="new facts").click()
+    page.wait_for_url("**/ns/team/timeline/?type=fact.stored")
+    expect(page.locator("select[name=type]")).to_have_value("fact.stored")
+
+
+def test_the_overview_charts_move_as_agents_work(
+    page,  # noqa: F811 - the fixture
+    api,  # noqa: F811 - the fixture
+):
+    live(page, "/ns/team/")
+    events = page.locator("#chart-events .last")
+    before = int(events.inner_text().replace("—", "0"))
+    for n in range(5):
+        api.put("/records/plan", json={"value": {"n": n}})
+    expect(events).not_to_have_text(str(before))  # pushed with the events, no reload
+    assert int(events.inner_text()) >= before + 5
+    expect(page.locator("#chart-writes .last[data-series=writes]")).to_have_text("5")
+    assert page.locator("#chart-events polyline").get_attribute("points")
+    shoot(page, "overview-charts")

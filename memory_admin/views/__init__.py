@@ -37,6 +37,7 @@ from memory_admin.views.screens import (
     LIST_PAGE,
     PAGE_SIZE,
     View,
+    agent_activity,
     agent_panels,
     conflict_context,
     distinct_values,
@@ -46,6 +47,7 @@ from memory_admin.views.screens import (
     open_conflict_count,
     overview_context,
     record_panels,
+    search_results,
     three_way,
 )
 
@@ -179,6 +181,7 @@ def _agent_page(request, ns, agent, **extra) -> HttpResponse:
         "status": get_agent(ns=ns, agent_id=agent.name),
         "facts": facts,
         "events": list(view.events(ns)[:30]),
+        "activity": agent_activity(ns, agent),
         "token_form": IssueTokenForm(),
         **agent_panels(ns, agent),
         **extra,
@@ -306,9 +309,7 @@ def _record_page(request, ns, record, form, status=200) -> HttpResponse:
     then_lines = now_lines = None
     if then is not None:
         current = None if record.deleted else record.value
-        then_lines, now_lines, _ = three_way(
-            then.value, current, current
-        )  # two ways
+        then_lines, now_lines, _ = three_way(then.value, current, current)  # two ways
     context = {
         "cursor": cursor,
         "record": record,
@@ -560,6 +561,14 @@ def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
         "agent_names": agent_choices(ns),
     }
     return screen(request, ns, "timeline.html", view, context)
+
+
+@console
+def search(request: HttpRequest, ns: Namespace) -> HttpResponse:
+    """One box over facts (full text), record keys (by prefix) and agents (by name)."""
+    q = request.GET.get("q", "").strip()[:200]
+    context = {"cursor": last_event_id(ns), "q": q, **search_results(ns, q)}
+    return screen(request, ns, "search.html", View("search", q=q), context)
 
 
 @console

@@ -21,6 +21,7 @@ from django.utils.timezone import now
 
 from memory_admin import positions
 from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, RecordVersion
+from memory_admin.services import activity
 from memory_admin.services import groups as group_service
 from memory_admin.services.conflicts import list_conflicts
 from memory_admin.services.leftovers import stale_with_leftovers
@@ -163,7 +164,43 @@ def overview_context(ns: Namespace) -> dict[str, Any]:
         "conflicts": list_conflicts(ns=ns, limit=5),
         "expiring": list_locks(ns=ns, limit=5),  # soonest to expire first
         "stale_leftovers": stale_with_leftovers(ns=ns),
+        "charts": overview_charts(ns),
     }
+
+
+def overview_charts(ns: Namespace, *, sample: bool = True) -> dict[str, Any]:
+    """The overview's charts of the last hour; `sample` records the live agents now."""
+    live_now = count_agents(ns=ns)["live"] if sample else None
+    buckets = activity.last_hour(ns, sample_agents=live_now)
+    return {
+        "events": activity.chart(buckets, ("events",)),
+        "writes": activity.chart(buckets, ("writes", "conflicts")),
+        "locks": activity.chart(buckets, ("locks",)),
+        "agents": activity.chart(buckets, ("agents",)),
+    }
+
+
+def agent_activity(ns: Namespace, agent: Agent) -> dict[str, Any]:
+    return activity.chart(activity.last_hour(ns, agent=agent.name), ("events",))
+
+
+SEARCH_LIMIT = 20
+
+
+def search_results(ns: Namespace, q: str) -> dict[str, Any]:
+    """Facts matching `q` as full text (newest first), records whose key starts with it and agents
+    whose name contains it; each list cut at SEARCH_LIMIT."""
+    if not q:
+        return {"facts": [], "records": [], "agents": []}
+    facts = list(
+        Fact.objects.filter(ns=ns, search=_search(q)).select_related("agent").order_by("-id")[:SEARCH_LIMIT]
+    )
+    # Keys sort bytewise (collation C): a prefix is a range of the (ns, key) index.
+    records = list(
+        Record.objects.filter(ns=ns, key__startswith=q, deleted=False).order_by("key")[:SEARCH_LIMIT]
+    )
+    agents = list(Agent.objects.filter(ns=ns, name__icontains=q).order_by("name")[:SEARCH_LIMIT])
+    return {"facts": facts, "records": records, "agents": agents}
 
 
 def groups_context(ns: Namespace) -> dict[str, Any]:
