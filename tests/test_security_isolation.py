@@ -212,6 +212,17 @@ def row_batch(other, world):
     assert response.status_code == 200 and not leaks(response)
 
 
+def row_get_group(other, world):
+    assert world["team"].put("/events/groups/team-only", {"max_deliveries": 3}).status_code == 200
+    same_answer(lambda group: other.get(f"/events/groups/{group}"), "team-only", "nobody-group")
+
+
+def row_put_group(other, world):
+    mine = other.put("/events/groups/team-only", {"max_deliveries": 5})
+    assert mine.status_code == 200 and not leaks(mine) and body(mine)["consumers"] == []
+    assert body(world["team"].get("/events/groups/team-only"))["max_deliveries"] == 3
+
+
 ROWS = {
     ("GET", "/me"): row_get_me,
     ("POST", "/facts"): row_post_facts,
@@ -238,6 +249,8 @@ ROWS = {
     ("POST", "/events/groups/{group}/ack"): row_ack_group,
     ("POST", "/txn"): row_txn,
     ("POST", "/batch"): row_batch,
+    ("GET", "/events/groups/{group}"): row_get_group,
+    ("PUT", "/events/groups/{group}"): row_put_group,  # after GET made team's group
 }
 
 

@@ -28,7 +28,7 @@ from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import groups as group_service
 from memory_admin.services import tokens as token_service
 from memory_admin.services.facts import get_fact, query_facts
-from memory_admin.services.leftovers import agent_leftovers, release_and_reassign
+from memory_admin.services.leftovers import agent_leftovers, release_and_reassign, stale_with_leftovers
 from memory_admin.services.locks import count_locks, get_lock, list_locks
 from memory_admin.services.locks import force_release as force_release_lock
 from memory_admin.services.records import list_records, record_versions, write_record
@@ -45,6 +45,7 @@ from memory_admin.views.screens import (
     last_event_id,
     line_diff,
     open_conflict_count,
+    overview_charts,
     overview_context,
     record_panels,
     search_results,
@@ -140,7 +141,15 @@ def overview(request: HttpRequest, ns: str | None = None) -> HttpResponse:
 def _overview(request: HttpRequest, ns: Namespace) -> HttpResponse:
     view = View("overview")
     cursor = last_event_id(ns)
-    return screen(request, ns, "overview.html", view, {"cursor": cursor, **overview_context(ns)})
+    # The panels that refresh themselves ask for their fragment only: build only its context.
+    fragment = request.GET.get("fragment", "")
+    if fragment == "charts":
+        context = {"charts": overview_charts(ns)}
+    elif fragment == "stale-leftovers":
+        context = {"stale_leftovers": stale_with_leftovers(ns=ns)}
+    else:
+        context = overview_context(ns)
+    return screen(request, ns, "overview.html", view, {"cursor": cursor, **context})
 
 
 @login_required
