@@ -56,6 +56,7 @@ def every_console_url() -> list[str]:
         "conflict_id": "1",
         "token_id": "1",
         "parked_id": "1",
+        "group": "g1",
     }
     urls = []
     for pattern in get_resolver("memory_admin.urls").url_patterns:
