@@ -102,3 +102,20 @@ def test_one_search_finds_facts_by_words_records_by_key_prefix_and_agents_by_nam
     assert "planner-2" in page and ">alpha<" not in page
     for q in ("", "&&!!", "'", "a" * 500, "\\"):
         assert viewer.get("/ns/team/search/", {"q": q}).status_code == 200
+
+
+def test_a_busy_hour_is_counted_over_several_loads_newest_minutes_first(alpha, monkeypatch):
+    ns = alpha.ns
+    for i in range(30):
+        publish_event(ns=ns, type="note", payload={"i": i}, actor=actor(alpha))
+    ordered = list(positions.log(ns).order_by(positions.FIELD))
+    for i, event in enumerate(ordered):  # three events a minute over the last ten minutes or so
+        Event.objects.filter(pk=event.pk).update(created=now() - timedelta(minutes=10 - i // 3, seconds=-1))
+    monkeypatch.setattr(activity, "BUDGET", 6)  # a page load counts about six events
+    first = activity.last_hour(ns)
+    assert first[-1].events is not None and any(b.events is None for b in first)
+    for _ in range(20):
+        buckets = activity.last_hour(ns)
+        if all(b.events is not None for b in buckets):
+            break
+    assert sum(b.events for b in buckets) == len(ordered)

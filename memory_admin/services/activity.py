@@ -12,7 +12,7 @@ in the log: each count of the overview samples them into the same minute buckets
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db import connection
 from django.utils.timezone import now
@@ -28,10 +28,10 @@ KINDS = ("events", "writes", "conflicts", "locks")
 @dataclass(frozen=True)
 class Bucket:
     minute: datetime
-    events: int
-    writes: int
-    conflicts: int
-    locks: int
+    events: int | None  # None: not counted yet
+    writes: int | None
+    conflicts: int | None
+    locks: int | None
     agents: int | None  # live agents sampled in that minute (None: nobody looked)
 
 
@@ -63,65 +63,84 @@ SELECT floor(extract(epoch from created) / 60)::bigint AS minute,
        count(*) FILTER (WHERE type = 'conflict.opened'),
        count(*) FILTER (WHERE type = 'lock.acquired')
 FROM {_TABLE}
-WHERE ns_id = %s AND {positions.FIELD} >= %s {{agent}}
+WHERE ns_id = %s AND {positions.FIELD} >= %s AND {positions.FIELD} < %s {{agent}}
 GROUP BY 1
 """
+# A page load counts at most about this many events of the log (the newest minutes first, then
+# one stretch of older ones): at the benchmark's rate the first hour fills over a few loads
+# instead of one load counting 360,000 events.
+BUDGET = 40_000
+
+
+def _minute_start(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, tz=UTC)
+
+
+def _count(ns: Namespace, agent: str, lo: int, hi: int, end: int | None = None) -> dict[int, tuple]:
+    """Counts of the minutes lo..hi (inclusive), each minute present (zeros where quiet)."""
+    start = first_position_since(ns, _minute_start(lo))
+    if end is None:
+        end = first_position_since(ns, _minute_start(hi + 1))
+    sql = _COUNTS.format(agent="AND agent_id = %s" if agent else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ns.pk, start, end, *([agent] if agent else [])])
+        counted = {m: tuple(rest) for m, *rest in cursor.fetchall()}
+    return {m: counted.get(m, (0, 0, 0, 0)) for m in range(lo, hi + 1)}
+
+
+def _minute_of(ns: Namespace, position: int) -> int | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_FIRST_AT_OR_AFTER, [ns.pk, position])
+        row = cursor.fetchone()
+    return None if row is None else int(row[1].timestamp() // 60)
 
 
 def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = None) -> list[Bucket]:
     """The last MINUTES minutes, oldest first (the current minute so far last); of one agent's
-    events with `agent`. `sample_agents` records the live agents now into the current minute."""
+    events with `agent`. `sample_agents` records the live agents now into the current minute.
+    Minutes not counted yet (over the budget of this load) have None counts."""
     client, key = r.client(), r.activity_key(ns.name, agent)
     current = int(now().timestamp() // 60)
     first = current - MINUTES + 1
-    kept = {int(m): v for m, v in client.hgetall(key).items()}
-    missing = next((m for m in range(first, current) if m not in kept), current)
-    start = first_position_since(ns, datetime.fromtimestamp(missing * 60, tz=now().tzinfo))
-    sql = _COUNTS.format(agent="AND agent_id = %s" if agent else "")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [ns.pk, start, *([agent] if agent else [])])
-        counted = {m: rest for m, *rest in cursor.fetchall()}
-    agents_now = {}
+    stored = client.hgetall(key)
+    kept = {int(m): v for m, v in stored.items() if not m.startswith("a")}
+    samples = {int(m[1:]): int(v) for m, v in stored.items() if m.startswith("a")}
     if sample_agents is not None:
-        agents_now[current] = sample_agents
-    fresh = {}
-    for m in range(missing, current + 1):
-        counts = counted.get(m, (0, 0, 0, 0))
-        sampled = agents_now.get(m, _agents(kept.get(m)))
-        fresh[m] = ",".join(str(c) for c in counts) + ("" if sampled is None else f",{sampled}")
-    done = {m: v for m, v in fresh.items() if m < current}
+        samples[current] = sample_agents
+    missing = sorted(m for m in range(first, current) if m not in kept)
+    counted: dict[int, tuple] = {}
+    # The newest minutes: from the oldest missing one within the budget through the current one.
+    head = positions.head(ns)
+    floor = (_minute_of(ns, head - BUDGET) or first) + 1 if head > BUDGET and not agent else first
+    recent = [m for m in missing if m >= floor]
+    counted |= _count(ns, agent, recent[0] if recent else current, current, end=head + 1)
+    # And one stretch of older missing minutes, newest first, within the budget.
+    older = set(m for m in missing if m < (recent[0] if recent else current))
+    if older:
+        hi = max(older)
+        end = first_position_since(ns, _minute_start(hi + 1))
+        budget_lo = (_minute_of(ns, end - BUDGET) or first) + 1 if end > BUDGET and not agent else first
+        lo = hi
+        while lo - 1 in older and lo - 1 >= budget_lo:
+            lo -= 1
+        counted |= _count(ns, agent, lo, hi, end=end)
     pipe = client.pipeline(transaction=False)
+    done = {m: ",".join(map(str, c)) for m, c in counted.items() if m < current}
     if done:
         pipe.hset(key, mapping=done)
-    if sample_agents is not None or current in kept:
-        pipe.hset(key, current, fresh[current])  # the samples of the running minute
-    stale = [m for m in kept if m < first]
-    if stale:
-        pipe.hdel(key, *stale)
+    if sample_agents is not None:
+        pipe.hset(key, f"a{current}", sample_agents)
+    old = [m for m in stored if int(m.lstrip("a")) < first]
+    if old:
+        pipe.hdel(key, *old)
     pipe.expire(key, 2 * 3600)
     pipe.execute()
-    values = {**kept, **fresh}
     out = []
     for m in range(first, current + 1):
-        parts = [int(x) for x in values.get(m, "0,0,0,0").split(",")]
-        out.append(
-            Bucket(
-                minute=datetime.fromtimestamp(m * 60, tz=now().tzinfo),
-                events=parts[0],
-                writes=parts[1],
-                conflicts=parts[2],
-                locks=parts[3],
-                agents=parts[4] if len(parts) > 4 else None,
-            )
-        )
+        counts = counted.get(m) or (tuple(int(x) for x in kept[m].split(",")[:4]) if m in kept else None)
+        events, writes, conflicts, locks = counts or (None, None, None, None)
+        out.append(Bucket(_minute_start(m), events, writes, conflicts, locks, samples.get(m)))
     return out
-
-
-def _agents(value: str | None) -> int | None:
-    if not value:
-        return None
-    parts = value.split(",")
-    return int(parts[4]) if len(parts) > 4 else None
 
 
 # --- SVG -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ was at an event of its log (records from their versions, agents' status from the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -13,6 +13,7 @@ from memory_admin import positions
 from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import Event, Namespace, Record, RecordVersion
 from memory_admin.services import Actor
+from memory_admin.services.activity import first_position_since
 from memory_admin.services.records import write_record
 
 
@@ -50,8 +51,10 @@ def moment(*, ns: Namespace, event: int | None = None, at: datetime | None = Non
     if at is None:
         raise Invalid("give an event id or a time")
     # Creation times follow the log's order closely but not exactly (they are taken before the
-    # commit): the last event by position among those created by `at`.
-    last = positions.newest_first(positions.log(ns).filter(created__lte=at)).first()
+    # commit): the event before the first one created after `at`, found by bisecting positions
+    # (the log has no index on time).
+    after = first_position_since(ns, at + timedelta(microseconds=1))
+    last = positions.newest_first(positions.log(ns).filter(**{f"{positions.FIELD}__lt": after})).first()
     return Moment(positions.of(last), last.created) if last is not None else Moment(0, None)
 
 
