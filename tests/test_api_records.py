@@ -155,6 +155,20 @@ def test_a_fenced_write_with_the_current_token_succeeds_and_a_stale_one_is_409(a
     )
 
 
+def test_a_non_holder_using_the_holders_fence_is_told_it_is_not_the_holder(alpha, beta):
+    a, b = api_for(alpha), api_for(beta)
+    token = a.post("/locks/plan-lock", {"ttl_seconds": 30}).json()["fencing_token"]
+    before = state()
+    failure = error(
+        b.put("/records/plan", {"value": "mine", "fence": {"lock": "plan-lock", "token": token}}),
+        409,
+        "stale_fencing_token",
+    )
+    assert failure["current_token"] == token
+    assert "not the holder" in failure["message"] and "no longer current" not in failure["message"]
+    assert state() == before
+
+
 def test_a_fence_on_an_expired_lock_is_refused_once_a_newer_token_exists(alpha, beta, ns):
     a = api_for(alpha)
     old = acquire_lock(ns=ns, resource="l", actor=Actor.of_agent(alpha), ttl_seconds=1).token

@@ -248,7 +248,9 @@ def check_fence(*, ns: Namespace, fence: Fence, actor: Actor) -> None:
     # A token only counts for the agent it was issued to: no writing behind another's lock.
     if current is None or current.token != fence.token or not current.held or current.holder != actor.name:
         raise StaleFence(
-            f"fencing token {fence.token} for lock {fence.lock!r} is no longer current",
+            f"not the holder of lock {fence.lock!r}"
+            if current and current.token == fence.token and current.held
+            else f"fencing token {fence.token} for lock {fence.lock!r} is no longer current",
             lock=fence.lock,
             token=fence.token,
             current_token=current.token if current else None,
