@@ -185,15 +185,37 @@ return {h[1], h[2]}
 """
 
 # KEYS: status, heartbeats index. ARGV: agent, status, detail, now_ms, ttl_ms.
-# Returns {previous status or false, previous detail or false, was_live (0/1)}.
+# Returns {previous status or false, previous detail or false, was_live (0/1), and what
+# RESTORE_STATUS needs to undo it: previous updated, expires (or false), index score (or false)}.
 HEARTBEAT = """
-local prev = redis.call('HMGET', KEYS[1], 'status', 'detail')
+local prev = redis.call('HMGET', KEYS[1], 'status', 'detail', 'updated', 'expires')
 local live = redis.call('EXISTS', KEYS[1])
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 local expires = tonumber(ARGV[4]) + tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'detail', ARGV[3], 'updated', ARGV[4], 'expires', expires)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
-return {prev[1], prev[2], live}
+return {prev[1], prev[2], live, prev[3], prev[4], score}
+"""
+
+# KEYS: status, heartbeats index. ARGV: agent, the updated_ms HEARTBEAT wrote, then what it
+# returned: was_live, status, detail, updated, expires, score ('' for none); now_ms.
+# Puts back what a heartbeat replaced, when the Postgres part of that heartbeat failed; only
+# while its write is still there (a later heartbeat's is not undone). Returns 1 when restored.
+RESTORE_STATUS = """
+if redis.call('HGET', KEYS[1], 'updated') ~= ARGV[2] then return 0 end
+if ARGV[3] == '1' and tonumber(ARGV[7]) > tonumber(ARGV[9]) then
+  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'detail', ARGV[5], 'updated', ARGV[6], 'expires', ARGV[7])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+else
+  redis.call('DEL', KEYS[1])
+end
+if ARGV[8] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+end
+return 1
 """
 
 # KEYS: status, heartbeats index. ARGV: agent. Takes a lapsed agent out of the index, unless it

@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import IntegrityError, connection
 from django.utils.timezone import now
 
 from memory_admin import redis as r
@@ -40,6 +41,51 @@ def test_bad_status_and_ttl_are_refused(alpha):
     for status, ttl in [("", 60), ("x" * 65, 60), ("ok", 4), ("ok", 86401)]:
         with pytest.raises(Invalid):
             heartbeat(agent=alpha, status=status, ttl_seconds=ttl, actor=actor(alpha))
+    assert get_agent(ns=alpha.ns, agent_id="alpha").state == "never_seen"
+
+
+@pytest.mark.django_db
+def test_text_postgres_cannot_store_is_refused_before_redis_is_touched(alpha):
+    heartbeat(agent=alpha, status="idle", actor=actor(alpha))
+    for status, detail in [("working", "NUL \x00"), ("working", "lone \ud800"), ("a\x00b", "")]:
+        with pytest.raises(Invalid):
+            heartbeat(agent=alpha, status=status, detail=detail, actor=actor(alpha))
+    assert r.client().hget(r.status_key("team", "alpha"), "status") == "idle"
+    assert Event.objects.filter(type="status.changed").count() == 1
+
+
+def _refuse_status(value: str) -> None:
+    """A real Postgres refusal of one status, for this test's transaction only."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the fixtures' deferred checks run first
+        cursor.execute(
+            f"ALTER TABLE memory_admin_agent ADD CONSTRAINT no_{value} CHECK (status <> '{value}')"
+        )
+
+
+@pytest.mark.django_db
+def test_a_change_whose_postgres_part_fails_leaves_redis_as_it_was(alpha):
+    """Redis is written first (its script says whether this is a change), so a failure of the
+    Postgres part must put Redis back: no live status that the log never recorded."""
+    _refuse_status("refused")
+    heartbeat(agent=alpha, status="idle", detail="before", ttl_seconds=300, actor=actor(alpha))
+    key, index = r.status_key("team", "alpha"), r.heartbeats_index("team")
+    before = (r.client().hgetall(key), r.client().zscore(index, "alpha"))
+    with pytest.raises(IntegrityError):
+        heartbeat(agent=alpha, status="refused", ttl_seconds=60, actor=actor(alpha))
+    assert (r.client().hgetall(key), r.client().zscore(index, "alpha")) == before
+    assert 0 < r.client().pttl(key) <= 300_000
+    changes = Event.objects.filter(type="status.changed").values_list("payload__status", flat=True)
+    assert list(changes) == ["idle"]
+
+
+@pytest.mark.django_db
+def test_a_first_heartbeat_whose_postgres_part_fails_leaves_no_status(alpha):
+    _refuse_status("refused")
+    with pytest.raises(IntegrityError):
+        heartbeat(agent=alpha, status="refused", actor=actor(alpha))
+    assert not r.client().exists(r.status_key("team", "alpha"))
+    assert r.client().zscore(r.heartbeats_index("team"), "alpha") is None
     assert get_agent(ns=alpha.ns, agent_id="alpha").state == "never_seen"
 
 

@@ -8,6 +8,7 @@ The relay's sweep turns lapsed heartbeats into one `agent.stale` each.
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,8 +21,10 @@ from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import Agent, AgentStatus, Namespace
 from memory_admin.services import SYSTEM_ACTOR, Actor
 from memory_admin.services.events import append_event
+from memory_admin.validation import check_text
 
 MIN_TTL, MAX_TTL = 5, 86400
+log = logging.getLogger("memory_admin.status")
 
 
 @r.unavailable_on_error
@@ -41,8 +44,11 @@ def heartbeat(
     agent's live status as it was. Should Redis fail in the moment after the commit, the
     heartbeat is as good as lost (logged); the next one repairs it.
     """
-    if not 1 <= len(status) <= 64 or not status.isprintable():
+    if not isinstance(status, str) or not 1 <= len(status) <= 64 or not status.isprintable():
         raise Invalid("status must be 1-64 printable characters", {"status": "1-64 printable characters"})
+    if not isinstance(detail, str):
+        raise Invalid("detail must be text", {"detail": "text"})
+    check_text(detail, "detail")
     if not MIN_TTL <= ttl_seconds <= MAX_TTL:
         raise Invalid(f"ttl_seconds must be {MIN_TTL}-{MAX_TTL}", {"ttl_seconds": f"{MIN_TTL}-{MAX_TTL}"})
     ns = agent.ns
@@ -50,35 +56,64 @@ def heartbeat(
     expires = stamp + timedelta(seconds=ttl_seconds)
     keys = [r.status_key(ns.name, agent.name), r.heartbeats_index(ns.name)]
     args = [agent.name, status, detail, r.to_ms(stamp), ttl_seconds * 1000]
-    with transaction.atomic():
-        if at_commit:
+
+    def is_change(prev_status: str | None, prev_detail: str | None, was_live: int) -> bool:
+        return not was_live or prev_status != status or (prev_detail or "") != detail
+
+    def record_change(prev_status: str | None, prev_detail: str | None, was_live: int) -> None:
+        Agent.objects.filter(pk=agent.pk).update(
+            status=status, detail=detail, seen=stamp, expires=expires, stale=False
+        )
+        append_event(
+            ns=ns,
+            type="status.changed",
+            actor=actor,
+            agent_id=agent.name,
+            subject=agent.name,
+            payload={
+                "status": status,
+                "detail": detail,
+                "previous": prev_status if was_live else None,
+                "ttl_seconds": ttl_seconds,
+            },
+        )
+
+    if at_commit:
+        with transaction.atomic():
             pipe = r.client().pipeline(transaction=False)
             pipe.hmget(keys[0], "status", "detail")
             pipe.exists(keys[0])
             (prev_status, prev_detail), was_live = pipe.execute()
             transaction.on_commit(functools.partial(r.script(r.HEARTBEAT), keys=keys, args=args), robust=True)
-        else:
-            prev_status, prev_detail, was_live = r.script(r.HEARTBEAT)(keys=keys, args=args)
-        if not was_live or prev_status != status or (prev_detail or "") != detail:
-            Agent.objects.filter(pk=agent.pk).update(
-                status=status, detail=detail, seen=stamp, expires=expires, stale=False
-            )
-            append_event(
-                ns=ns,
-                type="status.changed",
-                actor=actor,
-                agent_id=agent.name,
-                subject=agent.name,
-                payload={
-                    "status": status,
-                    "detail": detail,
-                    "previous": prev_status if was_live else None,
-                    "ttl_seconds": ttl_seconds,
-                },
-            )
+            if is_change(prev_status, prev_detail, was_live):
+                record_change(prev_status, prev_detail, was_live)
+    else:
+        # The script swaps the status in one step and says what it replaced: whether this is a
+        # change cannot be known before it. So a change whose Postgres part then fails is undone
+        # in Redis: a refused heartbeat leaves no live status that the log never recorded.
+        replaced = r.script(r.HEARTBEAT)(keys=keys, args=args)
+        if is_change(*replaced[:3]):  # else a renewal only: Redis alone
+            try:
+                with transaction.atomic():
+                    record_change(*replaced[:3])
+            except BaseException:
+                _restore(keys, agent.name, r.to_ms(stamp), replaced)
+                raise
     return AgentStatus(
         agent=agent, status=status, detail=detail, updated=stamp, expires=expires, state="live"
     )
+
+
+def _restore(keys: list[str], name: str, written_ms: int, replaced: list) -> None:
+    """Put back the status a heartbeat replaced (HEARTBEAT's reply), unless another heartbeat
+    has written since."""
+    prev_status, prev_detail, was_live, prev_updated, prev_expires, score = replaced
+    args = [name, written_ms, was_live, prev_status or "", prev_detail or "", prev_updated or "",
+            prev_expires or 0, score or "", r.to_ms(now())]  # fmt: skip
+    try:
+        r.script(r.RESTORE_STATUS)(keys=keys, args=args)
+    except Exception:  # Redis went away too: the status lapses with its TTL
+        log.warning("could not undo the heartbeat of %s in Redis", name, exc_info=True)
 
 
 @r.unavailable_on_error
