@@ -11,17 +11,29 @@ from memory_admin.errors import Invalid
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,200}$")
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-RESERVED_EVENT_PREFIXES = (
-    "fact.",
-    "record.",
-    "conflict.",
-    "lock.",
-    "status.",
-    "agent.",
-    "operator.",
-    "group.",
+# The families of event types the server writes itself (the part before the first dot): an
+# agent's event of one of them, `conflict` or `conflict.opened`, would pose as the server's.
+# Besides the ones written today, a few nouns of the server are kept for it.
+RESERVED_EVENT_FAMILIES = frozenset(
+    {
+        "fact",
+        "record",
+        "conflict",
+        "lock",
+        "status",
+        "agent",
+        "operator",
+        "group",
+        "relay",
+        "system",
+        "namespace",
+        "token",
+    }
 )
 MAX_JSON_DEPTH = 64
+# What every downstream carries as a number: Postgres' jsonb any, but the channel layer's msgpack
+# only a signed or unsigned 64-bit integer (a larger one killed the relay).
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 def check_key(value: str, field: str = "key") -> str:
@@ -40,19 +52,34 @@ def check_category(value: str, field: str = "category") -> str:
     return value
 
 
+def reserved_event_type(value: str) -> bool:
+    """Whether `value` is of a family the server writes (`lock`, `lock.acquired`, `lock.x.y`)."""
+    return value.split(".", 1)[0] in RESERVED_EVENT_FAMILIES
+
+
 def check_event_type(value: str, *, custom: bool) -> str:
     if not isinstance(value, str) or not EVENT_TYPE_RE.match(value):
         raise Invalid("type must match ^[a-z0-9][a-z0-9_.-]{0,63}$", {"type": "^[a-z0-9][a-z0-9_.-]{0,63}$"})
-    if custom and value.startswith(RESERVED_EVENT_PREFIXES):
-        raise Invalid(f"type {value!r} is reserved for events the server writes", {"type": "reserved prefix"})
+    if custom and reserved_event_type(value):
+        family = value.split(".", 1)[0]
+        raise Invalid(
+            f"type {value!r} is reserved: the server writes the {family!r} events", {"type": "reserved type"}
+        )
+    return value
+
+
+def check_text(value: str, field: str) -> str:
+    """Text Postgres can store: no NUL character, no lone surrogate (UTF-8 cannot carry one)."""
+    _check_text(value, field)
     return value
 
 
 def check_json(value: Any, field: str = "value") -> Any:
-    """JSON that Postgres' jsonb can store and give back unchanged.
+    """JSON that Postgres' jsonb can store and every downstream can carry unchanged.
 
     jsonb refuses NaN/Infinity and the NUL character, and UTF-8 cannot carry a lone
-    surrogate; nesting is capped so nothing recurses without bound.
+    surrogate; integers stay within 64 bits (MIN_INT..MAX_INT); nesting is capped so nothing
+    recurses without bound.
     """
     _walk(value, field, 0)
     return value
@@ -72,8 +99,13 @@ def _walk(value: Any, field: str, depth: int) -> None:
     elif isinstance(value, list):
         for item in value:
             _walk(item, field, depth + 1)
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**1000:
-        raise Invalid(f"{field} contains a number too large to store", {field: "number too large"})
+    elif isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value <= MAX_INT:
+        raise Invalid(
+            f"{field} contains an integer outside {INT_RANGE}", {field: f"integer outside {INT_RANGE}"}
+        )
+
+
+INT_RANGE = "-2**63..2**64-1"
 
 
 def _check_text(text: str, field: str) -> None:
@@ -87,3 +119,44 @@ def _check_text(text: str, field: str) -> None:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def check_document(document: Any) -> Any:
+    """A whole request body: every string and key is text Postgres can store and every integer
+    is within MIN_INT..MAX_INT, whatever field it is in. A refusal names the field by its path
+    (`payload.n`, `value.items.3`), as the schema's refusals do."""
+    stack: list[tuple[Any, tuple]] = [(document, ())]
+    while stack:  # not recursive: the parser already allows deeper nesting than Python's stack
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, _path((*path, key)))
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, _path(path))
+        elif isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value <= MAX_INT:
+            field = _path(path)
+            raise Invalid(
+                f"{field} is an integer outside {INT_RANGE}", {field: f"integer outside {INT_RANGE}"}
+            )
+    return document
+
+
+def _path(path: tuple) -> str:
+    # A NUL shown as \0, a lone surrogate as its escape: the field's name must itself be JSON.
+    text = ".".join(str(part) for part in path) or "body"
+    return text.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: an object that names a key twice is refused (which of
+    the two was meant cannot be known; last-wins would silently drop one)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        name = _path((twice,))
+        raise Invalid(f"the key {name!r} appears twice in one object", {name: "duplicate key"})
+    return document

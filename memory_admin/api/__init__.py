@@ -2,8 +2,8 @@
 
 Around every operation, in order:
   1. the gate (every URL under /api/v1/): bodies over MAX_BODY_BYTES get 413 before any
-     parsing; ninja's plain-text 405 becomes the error shape; a catch-all answers unknown
-     paths with 404 `not_found`;
+     parsing, bodies not sent as application/json 415; ninja's plain-text 405 becomes the
+     error shape; a catch-all answers unknown paths with 404 `not_found`;
   2. bearer auth (auth.py): 401, 403 for read-only tokens writing, the per-token rate limit;
   3. for POST/PUT/DELETE with `Idempotency-Key`: the response is stored with its effect in
      one transaction, and replayed for a retry (services/idempotency.py);
@@ -34,11 +34,13 @@ from memory_admin.api.common import (
     MethodNotAllowed,
     PayloadTooLarge,
     Unauthenticated,
+    UnsupportedMediaType,
     error_response,
     on_error,
 )
 from memory_admin.api.once import idempotent
 from memory_admin.errors import Invalid, NotFound
+from memory_admin.validation import check_document, unique_keys
 
 
 class _NotJson(ValueError):
@@ -50,10 +52,15 @@ def _refuse_constant(name: str) -> Any:
 
 
 class StrictJsonParser(Parser):
-    """JSON as RFC 8259 has it: NaN and Infinity are not JSON (and Postgres could not store them)."""
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON (and Postgres could not store them).
+
+    Stricter than RFC 8259 where it leaves a choice: a key twice in one object is refused, and
+    so is what no downstream can keep (text with NUL, integers past 64 bits), in any field.
+    """
 
     def parse_body(self, request: HttpRequest) -> Any:
-        return json.loads(request.body, parse_constant=_refuse_constant)
+        document = json.loads(request.body, parse_constant=_refuse_constant, object_pairs_hook=unique_keys)
+        return check_document(document)
 
 
 class AgentAPI(NinjaAPI):
@@ -132,6 +139,16 @@ def _refuse(request: HttpRequest) -> HttpResponse | None:
     # The declared length first (nothing is read), then the bytes that came (chunked bodies).
     if declared > limit or len(request.body) > limit:
         return error_response(PayloadTooLarge(f"the body is over the limit of {limit} bytes", limit=limit))
+    # A body is JSON and says so: a form or text/plain body parsed as JSON would let a page of
+    # another site post to the API (no CORS preflight for those types) and hides client bugs.
+    if request.body and request.content_type != "application/json":
+        sent = request.content_type or "none"
+        return error_response(
+            UnsupportedMediaType(
+                f"the body must be sent as Content-Type: application/json, not {sent}"[:300],
+                content_type=sent[:100],
+            )
+        )
     # Postgres cannot hold a NUL in text, so a filter value with one would fail in the query
     # (a 500, found by the fuzz tests); no valid value has one, so refuse it up front.
     with_nul = sorted({name for name, values in request.GET.lists() if "\x00" in name + "".join(values)})
@@ -182,6 +199,8 @@ def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResp
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     if exc.status_code == 400:  # ninja could not parse the body; the parser's error is the cause
         cause = exc.__cause__
+        if isinstance(cause, Invalid):  # JSON, but not what the API keeps (StrictJsonParser)
+            return error_response(cause)
         if isinstance(cause, RecursionError):
             return error_response(Invalid("the body is nested too deeply", {"body": "too deeply nested"}))
         detail = f": {cause}" if isinstance(cause, ValueError) else ""
