@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
 
 from memory_admin.errors import NotFound
-from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record
+from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, payload_id
 from memory_admin.services.conflicts import list_conflicts
 from memory_admin.services.events import read_events
 from memory_admin.services.leftovers import agent_leftovers, stale_with_leftovers
@@ -228,7 +228,7 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
         html = []
         for e in events:
             if e.type.startswith("conflict."):
-                found = Conflict.objects.filter(ns=ns, pk=e.payload.get("conflict_id")).first()
+                found = Conflict.objects.filter(ns=ns, pk=payload_id(e, "conflict_id")).first()
                 if found is not None:
                     html.append(
                         render_to_string(
@@ -265,7 +265,7 @@ def _unique(values) -> list:
 
 
 def _facts(events: list[Event]) -> list[Fact]:
-    ids = [e.payload.get("fact_id") for e in events]
+    ids = [payload_id(e, "fact_id") for e in events]
     found = {f.pk: f for f in Fact.objects.filter(pk__in=[i for i in ids if i]).select_related("agent")}
     return [found[i] for i in reversed(ids) if i in found]
 

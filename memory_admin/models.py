@@ -387,3 +387,14 @@ class AgentStatus:
     @property
     def dom_id(self) -> str:
         return self.agent.dom_id
+
+
+def payload_id(event: Event, field: str) -> int | None:
+    """The id an event's payload names in `field` (`conflict_id`, `fact_id`), or None.
+
+    Events of agents from before their types were reserved can pose as the server's with any
+    payload (`conflict_id: "not-a-number"`, a list for a payload): pages take ids only from here.
+    """
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    value = payload.get(field)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None

@@ -1,3 +1,4 @@
+import re
 import threading
 import time
 
@@ -6,6 +7,8 @@ import pytest
 
 from memory_admin.models import Event
 from memory_admin.services.tokens import issue_token
+from memory_admin.validation import reserved_event_type
+from tests.conftest import ROOT
 from tests.test_api_support import api_for, error, state
 
 
@@ -40,10 +43,45 @@ def test_publishing_an_event_returns_201_with_the_event(alpha):
     ],
 )
 def test_reserved_or_bad_event_types_are_422_and_change_nothing(alpha, body):
+    """Types of the families the server writes are reserved; probed with each below."""
     api = api_for(alpha)
     before = state()
     error(api.post("/events", body), 422, "validation_error")
     assert state() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "type",
+    ["conflict", "fact", "record", "lock", "operator", "status", "agent", "group", "relay", "token", "namespace",
+     "conflict.opened", "status.x", "agent.token_revoked", "relay.parked"],
+)  # fmt: skip
+def test_every_family_the_server_writes_is_reserved_with_or_without_a_dot(alpha, type):
+    api = api_for(alpha)
+    before = state()
+    failure = error(
+        api.post("/events", {"type": type, "payload": {"conflict_id": "not-a-number"}}),
+        422,
+        "validation_error",
+    )
+    assert failure["fields"] == {"type": "reserved type"}
+    assert state() == before
+
+
+@pytest.mark.django_db
+def test_types_that_only_begin_like_a_reserved_family_are_the_agents_own(alpha):
+    api = api_for(alpha)
+    for type in ["conflicts", "locker.opened", "facts.found", "record_keeper", "statusx.y"]:
+        assert api.post("/events", {"type": type, "payload": {}}).status_code == 201, type
+
+
+def test_the_reserved_families_cover_every_type_the_server_writes():
+    """Every `type="…"` an event is appended with in memory_admin/ is of a reserved family."""
+    written = set()
+    for path in (ROOT / "memory_admin").rglob("*.py"):
+        written |= set(re.findall(r'\btype="([a-z0-9_.-]+)"', path.read_text()))
+    assert written, "no event types found"
+    assert {t for t in written if not reserved_event_type(t)} == set()
 
 
 @pytest.mark.django_db
