@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from memory_admin.middleware import SameOriginWebsockets  # noqa: E402
 from memory_admin.routing import websocket_urlpatterns  # noqa: E402
 
 # The agent API (/api/) authenticates with bearer tokens: it needs no session, CSRF, auth,
@@ -26,6 +27,7 @@ API_SKIPS = {
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "memory_admin.middleware.NoStoreMiddleware",  # API answers say for themselves how to cache
 }
 # The rest only set headers: their hooks run in the event loop, not in a thread each.
 API_INLINE = {
@@ -96,6 +98,8 @@ async def http(scope, receive, send) -> None:
 application = ProtocolTypeRouter(
     {
         "http": http,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginWebsockets(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "memory_admin.middleware.ContentSecurityPolicyMiddleware",
+    "memory_admin.middleware.NoStoreMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -1,4 +1,5 @@
-"""Content-Security-Policy on every response.
+"""Content-Security-Policy on every response, no-store on the console's, and the console
+websocket's Origin check (below).
 
 The console has no inline script or style by design (static/console.js, console.css), so
 the policy allows only this origin's own files: an injected `<script>` or `onclick=` does
@@ -9,7 +10,11 @@ ws:/wss: as 'self'.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
@@ -64,6 +69,35 @@ class ContentSecurityPolicyMiddleware:
         return response
 
 
+class NoStoreMiddleware:
+    """`Cache-Control: no-store` on the console's responses unless a view set its own: pages show
+    operators' data (and tokens, once), which no shared or browser cache should keep for the
+    next person at the machine. The agent API is not behind it (config/asgi.py)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if self.is_async:
+            return self._acall(request)
+        return self._add(self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        return self._add(await self.get_response(request))
+
+    @staticmethod
+    def _add(response: HttpResponse) -> HttpResponse:
+        if "Cache-Control" not in response:
+            response["Cache-Control"] = "no-store"
+        return response
+
+
 class InlineHooks:
     """For the async chain: call a MiddlewareMixin's process_request / process_response in the
     event loop instead of handing each to a thread and back (Django's default for sync hooks).
@@ -90,3 +124,74 @@ class InlineCommonMiddleware(InlineHooks, CommonMiddleware):
 
 class InlineXFrameOptionsMiddleware(InlineHooks, XFrameOptionsMiddleware):
     pass
+
+
+class SameOriginWebsockets:
+    """ASGI: a console websocket only from a page of this very origin — scheme, host and port
+    as the request names itself (or one of CSRF_TRUSTED_ORIGINS), as Django's CSRF check
+    compares forms. A page served from another port of the same host is another origin: with
+    the host alone compared, it could open the console with the operator's cookie."""
+
+    def __init__(self, application) -> None:
+        self.application = application
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket" and not same_origin(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
+
+
+def same_origin(scope: dict) -> bool:
+    headers = {name.decode("latin1").lower(): value.decode("latin1") for name, value in scope["headers"]}
+    origin = headers.get("origin")
+    if not origin:
+        return False
+    try:
+        sent = _origin(*_split(origin))
+    except ValueError:
+        return False
+    secure = scope.get("scheme") == "wss"
+    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy and headers.get(proxy[0].removeprefix("HTTP_").replace("_", "-").lower()) == proxy[1]:
+        secure = True
+    host = headers.get("host", "")
+    if host and not host.startswith(("[", ":")) and host.count(":") > 1:
+        return False  # an IPv6 address without brackets: not a Host header a browser sends
+    try:
+        own = _origin("https" if secure else "http", host)
+    except ValueError:
+        return False
+    if sent == own:
+        return True
+    return any(_trusted(sent, pattern) for pattern in settings.CSRF_TRUSTED_ORIGINS)
+
+
+def _split(origin: str) -> tuple[str, str]:
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or not netloc or "/" in netloc:
+        raise ValueError(origin)
+    return scheme, netloc
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port filled in; ValueError if malformed."""
+    scheme = scheme.lower()
+    parsed = urlsplit(f"{scheme}://{netloc}")
+    if scheme not in ("http", "https") or not parsed.hostname or parsed.username or parsed.password:
+        raise ValueError(netloc)
+    return scheme, parsed.hostname.lower(), parsed.port or (443 if scheme == "https" else 80)
+
+
+def _trusted(sent: tuple[str, str, int], pattern: str) -> bool:
+    """CSRF_TRUSTED_ORIGINS as Django reads it: `https://example.com[:port]` or `https://*.example.com`."""
+    try:
+        scheme, netloc = _split(pattern)
+    except ValueError:
+        return False
+    if netloc.startswith("*."):
+        wanted = _origin(scheme, netloc[2:])
+        return sent[0] == wanted[0] and sent[2] == wanted[2] and sent[1].endswith("." + wanted[1])
+    try:
+        return sent == _origin(scheme, netloc)
+    except ValueError:
+        return False

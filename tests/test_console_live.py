@@ -35,8 +35,11 @@ def session_cookie(db) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-def socket(path: str, cookie: str | None, origin: bytes = ORIGIN) -> WebsocketCommunicator:
-    headers = [(b"origin", origin)] + ([(b"cookie", cookie.encode())] if cookie else [])
+def socket(
+    path: str, cookie: str | None, origin: bytes = ORIGIN, host: bytes = b"127.0.0.1"
+) -> WebsocketCommunicator:
+    """A browser's handshake: its Host, the Origin of the page, the session cookie."""
+    headers = [(b"host", host), (b"origin", origin)] + ([(b"cookie", cookie.encode())] if cookie else [])
     return WebsocketCommunicator(application, path, headers=headers)
 
 

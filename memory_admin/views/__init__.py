@@ -14,7 +14,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template import TemplateDoesNotExist
 from django.template.loader import get_template
 from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
@@ -53,6 +52,14 @@ from memory_admin.views.screens import (
 )
 
 OPERATE = "memory_admin.operate"
+# The fragments a screen serves on its own (`?fragment=`): the ones its htmx requests.
+FRAGMENTS = {
+    "agents.html": {"agent-rows", "older-rows"},
+    "locks.html": {"lock-rows"},
+    "facts.html": {"older-rows"},
+    "records.html": {"older-rows"},
+    "timeline.html": {"older-rows"},
+}
 # The header's tab for each screen.
 SECTIONS = {
     "agent": "agents",
@@ -109,10 +116,11 @@ def screen(request: HttpRequest, ns: Namespace, template: str, view: View, conte
     }
     fragment = request.GET.get("fragment", "")
     if fragment:
-        try:
-            partial = get_template(f"memory_admin/{template}#{fragment}")
-        except TemplateDoesNotExist:
-            raise Http404("no such fragment") from None
+        # Only the fragments the screen's own htmx asks for: the others (a row, a card) need a
+        # context that only the page's loop or a push gives them.
+        if fragment not in FRAGMENTS.get(template, ()):
+            raise Http404("no such fragment")
+        partial = get_template(f"memory_admin/{template}#{fragment}")
         return HttpResponse(partial.render({**base, **context}, request))
     base |= {
         "namespaces": Namespace.objects.values_list("name", flat=True),
