@@ -144,6 +144,10 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
 # Failed console logins per username and client address: after LOGIN_FAILURE_LIMIT of them,
 # that pair is refused for LOGIN_LOCKOUT_SECONDS after the last (memory_admin/throttle.py).
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+# ...and per username from any address (addresses are many): LOGIN_USERNAME_FAILURE_LIMIT of them.
+LOGIN_USERNAME_FAILURE_LIMIT = env_int(
+    "LOGIN_USERNAME_FAILURE_LIMIT", 2 * LOGIN_FAILURE_LIMIT, minimum=1, maximum=100_000
+)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1, maximum=86400)
 AUTHENTICATION_BACKENDS = ["memory_admin.throttle.ThrottledModelBackend"]
 

@@ -26,6 +26,18 @@ def workers() -> int:
     return env_int("WEB_WORKERS", cores, minimum=1, maximum=64)
 
 
+def forwarding() -> list[str]:
+    """uvicorn's options for X-Forwarded-For/-Proto: trusted only from the addresses in
+    FORWARDED_ALLOW_IPS (a proxy's, comma-separated; `*` for any), by default from none.
+    uvicorn itself would trust them from 127.0.0.1, so anything on the same host — or any client
+    of a proxy that passes the header on — could pick its own address (and dodge the login
+    lockout, memory_admin/throttle.py)."""
+    trusted = (env_str("FORWARDED_ALLOW_IPS", "") or "").strip()
+    if not trusted:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", "--forwarded-allow-ips", trusted]
+
+
 def argv(host: str, port: int, workers: int = 1, app: str = APP) -> list[str]:
     """The command line of a web process serving `app` on host:port."""
     return [
@@ -34,6 +46,7 @@ def argv(host: str, port: int, workers: int = 1, app: str = APP) -> list[str]:
         "--lifespan", "off",  # Channels' router speaks http and websocket only
         "--no-server-header",
         "--timeout-graceful-shutdown", "5",  # open console websockets must not hold a stop up
+        *forwarding(),
     ]  # fmt: skip
 
 
