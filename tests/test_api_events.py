@@ -53,8 +53,8 @@ def test_reserved_or_bad_event_types_are_422_and_change_nothing(alpha, body):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "type",
-    ["conflict", "fact", "record", "lock", "operator", "status", "agent", "group", "relay", "token", "namespace",
-     "conflict.opened", "status.x", "agent.token_revoked", "relay.parked"],
+    ["conflict", "fact", "record", "lock", "operator", "status", "agent", "group", "relay", "token",
+     "namespace", "conflict.opened", "status.x", "agent.token_revoked", "relay.parked", "group.parked"],
 )  # fmt: skip
 def test_every_family_the_server_writes_is_reserved_with_or_without_a_dot(alpha, type):
     api = api_for(alpha)

@@ -4,6 +4,7 @@ name (known to the template or not), never a 500; no page is kept by a cache."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 import pytest
 from django.urls import reverse
@@ -28,7 +29,21 @@ SCREENS = {
     "conflict": "conflict.html",
     "locks": "locks.html",
     "timeline": "timeline.html",
+    "leftovers": "leftovers.html",
+    "asof": "asof.html",
+    "search": "search.html",
+    "groups": "groups.html",
 }
+
+
+def screen_urls(ns, world) -> dict[str, str]:
+    return {
+        **pages(ns, world),
+        "leftovers": reverse("leftovers", args=[ns.name, "alpha"]),
+        "asof": reverse("as_of", args=[ns.name]),
+        "search": reverse("search", args=[ns.name]) + "?q=sky",
+        "groups": reverse("groups", args=[ns.name]),
+    }
 
 
 def partials(template: str) -> set[str]:
@@ -47,12 +62,12 @@ def test_the_fragments_a_page_requests_are_the_ones_it_serves():
 
 @pytest.mark.parametrize("page", sorted(SCREENS))
 def test_every_fragment_name_is_served_or_404_never_500(as_viewer, ns, world, page):
-    url = pages(ns, world)[page]
+    url = screen_urls(ns, world)[page]
     template = SCREENS[page]
     served = FRAGMENTS.get(template, set())
     names = partials(template) | {"nope", "../base.html", "base.html#live-cursor", "x#y", "%00", "a" * 500}
     for name in sorted(names):
-        response = as_viewer.get(url, {"fragment": name})
+        response = as_viewer.get(url + ("&" if "?" in url else "?") + urlencode({"fragment": name}))
         expected = 200 if name in served else 404
         assert response.status_code == expected, (page, name, response.status_code)
         assert b"Traceback" not in response.content
@@ -64,7 +79,7 @@ def no_store(response) -> bool:
 
 def test_no_console_page_is_kept_by_a_cache(client, as_viewer, ns, world):
     assert no_store(client.get(reverse("login")))
-    for name, url in pages(ns, world).items():
+    for name, url in screen_urls(ns, world).items():
         assert no_store(as_viewer.get(url)), name
     assert no_store(as_viewer.get(pages(ns, world)["locks"], {"fragment": "lock-rows"}))
     assert no_store(as_viewer.get(pages(ns, world)["timeline"], {"fragment": "nope"}))  # a 404 too

@@ -54,11 +54,15 @@ from memory_admin.views.screens import (
 OPERATE = "memory_admin.operate"
 # The fragments a screen serves on its own (`?fragment=`): the ones its htmx requests.
 FRAGMENTS = {
+    "overview.html": {"charts", "stale-leftovers"},
     "agents.html": {"agent-rows", "older-rows"},
+    "agent.html": {"agent-activity"},
     "locks.html": {"lock-rows"},
     "facts.html": {"older-rows"},
     "records.html": {"older-rows"},
     "timeline.html": {"older-rows"},
+    "groups.html": {"groups"},
+    "leftovers.html": {"cascade"},
 }
 # The header's tab for each screen.
 SECTIONS = {
