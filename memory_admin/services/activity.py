@@ -155,6 +155,7 @@ class Series:
     points: str  # an SVG polyline's points
     last: int | None
     peak: int
+    end: tuple[str, str] | None  # the last point (a dot, so that a single minute shows)
 
 
 def chart(buckets: list[Bucket], kinds: tuple[str, ...]) -> dict:
@@ -179,6 +180,7 @@ def chart(buckets: list[Bucket], kinds: tuple[str, ...]) -> dict:
                 points=" ".join(points),
                 last=values[-1] if values else None,
                 peak=max(values) if values else 0,
+                end=tuple(points[-1].split(",")) if points else None,
             )
         )
     return {"series": series, "peak": peak, "width": WIDTH, "height": HEIGHT}
