@@ -4,8 +4,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Touched after a successful install: requirements.txt newer than it means reinstall.
+# Touched after a successful install: a requirements file newer than its stamp means reinstall.
+# `make run` installs only what runs (requirements.txt); `make test` and `make lint` add the
+# test tools (requirements-dev.txt).
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint demo bench
@@ -14,7 +17,7 @@ help:
 	@echo "make run    migrate, then serve web and relay (embedded Postgres/Valkey unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test   run the test suite (extra pytest arguments: PYTEST_ARGS='-k locks -x')"
 	@echo "make lint   ruff check and ruff format --check"
-	@echo "make demo   run the demo agents against a running server"
+	@echo "make demo   run the demo agents against a running server (DEMO_SECONDS=30 bounds it)"
 	@echo "make bench  benchmark against raw Postgres, Redis and etcd (BENCH_ARGS='--seconds 2 --only 1,5')"
 
 $(PY):
@@ -24,7 +27,11 @@ $(STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
 	touch $@
 
-install: $(STAMP)
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(DEV_STAMP)
 
 # A development run: DEBUG on unless the caller says otherwise, so the dev secret is accepted.
 run demo: export DEBUG ?= 1
@@ -32,15 +39,16 @@ run demo: export DEBUG ?= 1
 run: $(STAMP)
 	$(PY) manage.py serve
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# DEMO_SECONDS bounds the run (default 120; 0 runs until Ctrl-C); DEMO_ARGS adds options.
 demo: $(STAMP)
-	$(PY) manage.py demo
+	$(PY) manage.py demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS)) $(DEMO_ARGS)
 
 # The benchmark (bench/README.md): its own embedded Postgres and Valkey in a temp folder, etcd
 # when Debian's etcd-server is installed (apt-get install -y etcd-server), results in bench/results/.

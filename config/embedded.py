@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +37,23 @@ def _locked(var: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def local_secret(var: Path) -> str:
+    """The embedded default's SECRET_KEY: made once, kept in var/secret_key (owner-only)."""
+    var.mkdir(parents=True, exist_ok=True)
+    path = var / "secret_key"
+    with suppress(FileExistsError):
+        # O_EXCL: of two processes starting together, one writes and both read its key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    for _ in range(50):  # the other process may not have written it yet
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.02)
+    raise RuntimeError(f"{path} is empty; delete it to make a new one")
 
 
 # --- Postgres -------------------------------------------------------------------------

@@ -14,9 +14,15 @@ DEBUG = env_bool("DEBUG", default=False)
 _DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"
 SECRET_KEY = env_str("SECRET_KEY")
 if SECRET_KEY is None:
-    if not DEBUG:
+    if env_str("DATABASE_URL") is None:
+        # The embedded default is one machine's own service: every command typed in its
+        # checkout (`make run`, `manage.py issue_token`, ...) signs with the same secret, made
+        # once and kept next to the embedded data.
+        SECRET_KEY = embedded.local_secret(VAR_DIR)
+    elif DEBUG:
+        SECRET_KEY = _DEV_SECRET
+    else:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = _DEV_SECRET
 elif SECRET_KEY == _DEV_SECRET and not DEBUG:
     raise ImproperlyConfigured("SECRET_KEY is the development key; set a real one when DEBUG is off")
 
@@ -52,6 +58,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "channels",
+    # /api/v1/docs: ninja's own Swagger UI files and template (no CDN, no inline script)
+    "ninja",
     "django_htmx",
     "template_partials",
     "memory_admin",

@@ -52,6 +52,17 @@ NAMES = {"c": ["Acme", "Globex", "Initech", "Umbrella"], "city": ["Lyon", "Osaka
 NOTES = ["needs a source", "clear", "tighten the wording", "add numbers", "good"]
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: other agents (or a person trying the
+    API) may have written anything under the demo's keys, and the team carries on over it."""
+    return value if isinstance(value, dict) else {}
+
+
+def sections_of(draft: Any) -> dict[str, Any]:
+    """The draft's sections by name, whatever shape the record holds."""
+    return as_dict(as_dict(draft).get("sections"))
+
+
 class Agent:
     def __init__(self, name: str, client: MemoryClient, seconds: float) -> None:
         self.name = name
@@ -119,7 +130,7 @@ class Writing(Agent):
         """New facts, as they happen, from the event stream (it resumes itself after a drop)."""
         try:
             for event in self.client.subscribe(types=["fact_discovered"]):
-                self.fresh.add(event["payload"].get("category", ""))
+                self.fresh.add(str(as_dict(event.get("payload")).get("category", "")))
         except MemoryAdminError as exc:
             self.say(f"event stream ended: {exc}")
 
@@ -142,15 +153,16 @@ class Writing(Agent):
         self.pause(0.2, 0.6)  # composing
 
         def put(draft: Any) -> dict[str, Any]:
-            draft = draft or {"title": "Market report", "sections": {}, "reviews": {}}
-            old = draft["sections"].get(section, {})
-            draft["sections"][section] = {
+            draft = {"title": "Market report", **as_dict(draft)}
+            sections = sections_of(draft)
+            revision = as_dict(sections.get(section)).get("revision")
+            sections[section] = {
                 "text": text,
                 "facts": [f["id"] for f in facts],
                 "by": self.name,
-                "revision": old.get("revision", 0) + 1,
+                "revision": (revision if isinstance(revision, int) else 0) + 1,
             }
-            return draft
+            return {**draft, "sections": sections}
 
         record = lock.update(DRAFT, put)  # fenced: refused if the lock was lost meanwhile
         self.client.publish("section_written", {"section": section, "version": record["version"]})
@@ -165,12 +177,13 @@ class Review(Agent):
         events = self.client.read_group(self.GROUP, self.name, count=5, block_ms=2000)
         if events:
             self.client.ack(self.GROUP, [e["id"] for e in events])
-        sections = {e["payload"].get("section") for e in events} - {None}
+        sections = {as_dict(e.get("payload")).get("section") for e in events} - {None}
         draft = self.client.read(DRAFT)
-        if draft is None:
+        written = sections_of(draft["value"]) if draft else {}
+        if not written:
             return
-        section = sections.pop() if sections else random.choice(list(draft["value"]["sections"]) or ["x"])
-        if section not in draft["value"].get("sections", {}):
+        section = sections.pop() if sections else random.choice(list(written))
+        if section not in written:
             return
         self.status("reviewing", f"section {section} at v{draft['version']}")
         evidence = self.client.get_facts_by_category(section, limit=10)
@@ -178,7 +191,8 @@ class Review(Agent):
         note = {"by": self.name, "note": random.choice(NOTES), "facts_checked": len(evidence)}
 
         def review(value: Any) -> Any:
-            return {**value, "reviews": {**value.get("reviews", {}), section: note}}
+            value = as_dict(value)
+            return {**value, "reviews": {**as_dict(value.get("reviews")), section: note}}
 
         try:
             record = self.client.write(

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import rows
-from memory_admin.errors import NotFound
+from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import Agent, Namespace, Token
 from memory_admin.services import SYSTEM_ACTOR, Actor
 from memory_admin.services.events import append_event
@@ -100,7 +100,13 @@ _AUTH = (
 
 
 def find_token(*, prefix: str) -> Token:
-    tokens = list(Token.objects.filter(prefix=prefix)[:2])
-    if len(tokens) != 1:
-        raise NotFound(f"no single token with prefix {prefix!r}")
+    """The one live token whose shown prefix starts with `prefix` (or is `prefix`'s first 10 characters)."""
+    shown = prefix[:10]  # only the first 10 characters of a token are stored in clear
+    if len(shown) < 6:
+        raise Invalid(f"give at least 6 characters of the token (its prefix is {shown!r})")
+    tokens = list(Token.objects.filter(prefix__startswith=shown, revoked__isnull=True)[:2])
+    if not tokens:
+        raise NotFound(f"no live token starts with {shown!r}")
+    if len(tokens) > 1:
+        raise Invalid(f"more than one live token starts with {shown!r}; give more of it")
     return tokens[0]

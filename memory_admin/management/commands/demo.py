@@ -55,13 +55,13 @@ class Command(BaseCommand):
             started = (
                 Event.objects.filter(ns__name=namespace).order_by("-id").values_list("id", flat=True).first()
             )
-            failures = self._run(url, team, tokens, seconds)
+            died = self._run(url, team, tokens, seconds)
         finally:
             for token, _ in tokens.values():
                 revoke_token(token=token)
-        self._summary(namespace, started or 0)
-        if failures:
-            raise CommandError("; ".join(failures))
+        self._summary(namespace, started or 0, died, len(team))
+        if died:
+            raise CommandError(f"{len(died)} of {len(team)} demo agents died: " + "; ".join(died))
 
     def _check_server(self, url: str) -> None:
         try:
@@ -125,15 +125,11 @@ class Command(BaseCommand):
                     agent.wait()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if stopping:
+        if stopping:  # Ctrl-C: each agent was told to stop, and did as told
             return []
-        return [
-            f"{name} exited with code {agent.returncode}"
-            for name, agent in agents.items()
-            if agent.returncode
-        ]
+        return [_death(name, agent.returncode) for name, agent in agents.items() if agent.returncode]
 
-    def _summary(self, namespace: str, started: int) -> None:
+    def _summary(self, namespace: str, started: int, died: list[str], size: int) -> None:
         ns = Namespace.objects.filter(name=namespace).first()
         if ns is None:
             return
@@ -142,8 +138,16 @@ class Command(BaseCommand):
             Event.objects.filter(ns=ns, id__gt=started).values_list("type").annotate(n=Count("id")).order_by()
         )
         resolved = Conflict.objects.filter(ns=ns, status="resolved").count()
+        outcome = f"Demo ended with {len(died)} of {size} agents dead" if died else "Demo finished"
         self.stdout.write(
-            f"Demo finished: {Fact.objects.filter(ns=ns).count()} facts, draft at version "
+            f"{outcome}: {Fact.objects.filter(ns=ns).count()} facts, draft at version "
             f"{draft.version if draft else 0}, {resolved} conflicts resolved; events this run: "
             + ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
         )
+
+
+def _death(name: str, code: int) -> str:
+    """How an agent process ended, for the summary: its exit code, or the signal that killed it."""
+    if code < 0:
+        return f"{name} was killed by {signal.Signals(-code).name}"
+    return f"{name} exited with code {code} (its traceback is above)"

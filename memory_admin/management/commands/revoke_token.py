@@ -6,16 +6,16 @@ from memory_admin.services.tokens import digest, find_token, revoke_token
 
 
 class Command(BaseCommand):
-    help = "Revoke an agent token, given the token or its prefix (the first 10 characters)."
+    help = "Revoke an agent token, given the token or any unique prefix of it (at least 6 characters)."
 
     def add_arguments(self, parser):
-        parser.add_argument("token", help="the token, or its prefix as the console shows it")
+        parser.add_argument("token", help="the token, or a prefix of it such as the console shows")
 
     def handle(self, *args, token: str, **options):
         token = token.strip()
         try:
-            # The whole token names exactly one; a prefix must name exactly one.
-            found = Token.objects.filter(digest=digest(token)).first() or find_token(prefix=token[:10])
+            # The whole token names exactly one; a prefix must name exactly one live token.
+            found = Token.objects.filter(digest=digest(token)).first() or find_token(prefix=token)
             revoke_token(token=found)
         except DomainError as exc:
             raise CommandError(exc.message) from exc

@@ -103,6 +103,8 @@ class Command(BaseCommand):
             **os.environ,
             "DATABASE_URL": settings.DATABASE_URL,
             "REDIS_URL": settings.REDIS_URL,
+            # With the URLs given, the embedded default's secret would not be looked for.
+            "SECRET_KEY": settings.SECRET_KEY,
             "PYTHONUNBUFFERED": "1",  # their log lines interleave with ours in order
         }
         base = Path(settings.BASE_DIR)
