@@ -20,8 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.core.management import CommandError, call_command
 
 from config import embedded
+from memory_admin.models import Token
 from tests.conftest import ROOT, free_port
 
 STARTUP_SECONDS = 180  # a fresh embedded Postgres: initdb, then every migration
@@ -159,3 +161,46 @@ def test_the_readme_try_it_block_runs_as_written_from_a_clean_clone(clone, tmp_p
     assert "Traceback" not in output, output
     secret = clone.path / "var" / "secret_key"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_revoke_token_takes_any_prefix_that_names_one_live_token(alpha, make_token):
+    first, second = make_token(alpha), make_token(alpha)
+    with pytest.raises(CommandError, match="at least 6 characters"):
+        call_command("revoke_token", first[:5])
+    call_command("revoke_token", first[:8])
+    assert Token.objects.get(prefix=first[:10]).revoked is not None
+    assert Token.objects.get(prefix=second[:10]).revoked is None
+    with pytest.raises(CommandError, match="no live token"):
+        call_command("revoke_token", first[:8])  # revoked already: nothing live starts so
+    # A second live token shown with the same 10 characters: a prefix no longer names one.
+    Token.objects.create(agent=alpha, digest="0" * 64, prefix=second[:10])
+    with pytest.raises(CommandError, match="more than one live token"):
+        call_command("revoke_token", second[:7])
+    call_command("revoke_token", second)  # the whole token still names exactly one
+    assert Token.objects.filter(prefix=second[:10], revoked__isnull=True).count() == 1
+
+
+TOOLS = ("pytest", "pytest-django", "playwright", "schemathesis", "hypothesis", "ruff", "daphne")
+
+
+def _names(requirements: Path) -> set[str]:
+    lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+    return {re.split(r"[=<>\[ ]", line, maxsplit=1)[0].lower() for line in lines if line and line[0] != "-"}
+
+
+def test_make_run_installs_only_what_runs_and_make_test_adds_the_test_tools(tmp_path):
+    path = tmp_path / "c"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(path)], check=True, timeout=120)
+    assert not _names(path / "requirements.txt") & set(TOOLS)
+    assert set(TOOLS) <= _names(path / "requirements-dev.txt")
+    assert "-r requirements.txt" in (path / "requirements-dev.txt").read_text()
+
+    def plan(target: str) -> str:
+        return subprocess.run(
+            ["make", "-n", target], cwd=path, capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+
+    run, test = plan("run"), plan("test")
+    assert "-r requirements.txt" in run and "requirements-dev.txt" not in run
+    assert "-r requirements-dev.txt" in test
+    assert "make test" in (path / ".ci" / "run").read_text()

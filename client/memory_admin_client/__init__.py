@@ -24,6 +24,7 @@ from memory_admin_client.errors import (
     StaleFence,
     TxnAborted,
     Unauthenticated,
+    Unauthorized,
     Unavailable,
 )
 from memory_admin_client.events import AgentEvent
@@ -54,6 +55,7 @@ __all__ = [
     "Txn",
     "TxnAborted",
     "Unauthenticated",
+    "Unauthorized",
     "Unavailable",
 ]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -29,6 +30,27 @@ NOT_QUEUED = (
 )
 
 
+# What a token looks like (services/tokens.py: "ma_" and URL-safe base64), to hide it in text.
+_TOKEN_LIKE = re.compile(r"ma_[A-Za-z0-9_-]{8,}")
+
+
+def checked_token(token: object) -> str:
+    """The token without surrounding whitespace (a pasted trailing newline); ValueError for none
+    at all or one that could not go in a header. The token itself is never in the message."""
+    if not isinstance(token, str):
+        kind = type(token).__name__
+        raise ValueError(f"token must be a string (the ma_... token issue_token printed), not {kind}")
+    token = token.strip()
+    if not token:
+        raise ValueError("token is empty: pass the ma_... token that `manage.py issue_token` printed")
+    if any(not ("!" <= char <= "~") for char in token):
+        raise ValueError(
+            "token contains whitespace, a line break or a character that cannot go in an HTTP header;"
+            " pass the ma_... token exactly as `manage.py issue_token` printed it"
+        )
+    return token
+
+
 class _Again(Exception):
     """An attempt should be repeated after `delay` seconds."""
 
@@ -50,7 +72,7 @@ class Base:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_url = self.base_url if self.base_url.endswith("/api/v1") else self.base_url + "/api/v1"
-        self.token = token
+        self.token = checked_token(token)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff or core.Backoff()
@@ -58,12 +80,17 @@ class Base:
         self.flush_interval = flush_interval
         self.wal = OfflineLog(wal_path) if wal_path is not None else None
         self._identity: dict[str, Any] | None = None
-        self._digest = core.token_digest(token)
+        self._digest = core.token_digest(self.token)
         self._tokens: dict[str, int] = {}  # resource -> the fencing token this client holds it with
         self._offline_until = 0.0
         if self.wal is not None and self.wal.get("token") == self._digest:
             cached = self.wal.get("identity")  # lets agent_id checks work while offline
             self._identity = json.loads(cached) if cached else None
+
+    def redact(self, error: object) -> str:
+        """`str(error)` without this client's token: an exception of the HTTP stack may quote
+        the request's headers."""
+        return _TOKEN_LIKE.sub("ma_…", str(error).replace(self.token, "…"))
 
     def _http_options(self) -> dict[str, Any]:
         return {
@@ -144,7 +171,7 @@ class Base:
                 else ""
             )
             raise Unavailable(
-                f"cannot reach {self.base_url} ({type(error).__name__}: {error}){note}"
+                f"cannot reach {self.base_url} ({type(error).__name__}: {self.redact(error)}){note}"
             ) from error
         status = response.status_code
         if status < 300:

@@ -351,7 +351,7 @@ class AsyncMemoryClient(Base):
                             yield event
             except httpx.TransportError as exc:
                 if not reconnect:
-                    raise Unavailable(f"event stream from {self.base_url} broke: {exc}") from exc
+                    raise Unavailable(f"event stream from {self.base_url} broke: {self.redact(exc)}") from exc
                 log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
             if not reconnect:
                 return

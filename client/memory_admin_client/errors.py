@@ -37,10 +37,21 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
-class Unauthenticated(MemoryAdminError):
-    """401: no token, an unknown one or a revoked one."""
+class Unauthorized(MemoryAdminError):
+    """401: the server knows no live token like the client's (mistyped, revoked, or issued in
+    another server's database). The message says so; it never contains the token."""
 
     code = "unauthenticated"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        hint = (
+            "check the client's token: it may be mistyped, revoked, or issued for another server"
+            " (issue a new one with `manage.py issue_token`)"
+        )
+        super().__init__(f"{message.rstrip('.')}; {hint}", **details)
+
+
+Unauthenticated = Unauthorized  # the earlier name, kept for code that catches it
 
 
 class Forbidden(MemoryAdminError):
@@ -161,7 +172,7 @@ _BY_CODE: dict[str, type[MemoryAdminError]] = {
     "validation_error": InvalidRequest,
     "idempotency_key_reused": InvalidRequest,
     "payload_too_large": PayloadTooLarge,
-    "unauthenticated": Unauthenticated,
+    "unauthenticated": Unauthorized,
     "forbidden": Forbidden,
     "not_found": NotFound,
     "version_conflict": ConflictError,
@@ -174,7 +185,7 @@ _BY_CODE: dict[str, type[MemoryAdminError]] = {
 }
 _BY_STATUS: dict[int, type[MemoryAdminError]] = {
     400: InvalidRequest,
-    401: Unauthenticated,
+    401: Unauthorized,
     403: Forbidden,
     404: NotFound,
     413: PayloadTooLarge,

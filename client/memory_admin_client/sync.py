@@ -367,7 +367,7 @@ class MemoryClient(Base):
                             yield event
             except httpx.TransportError as exc:
                 if not reconnect:
-                    raise Unavailable(f"event stream from {self.base_url} broke: {exc}") from exc
+                    raise Unavailable(f"event stream from {self.base_url} broke: {self.redact(exc)}") from exc
                 log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
             if not reconnect:
                 return

@@ -46,7 +46,15 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class LogInUse(MemoryAdminError):
+    """The offline log file is already open: by another client of this process, or by another process."""
+
     code = "offline_log_in_use"
+
+
+# The files open in this process. flock would refuse a second open of one file in the same
+# process too, but it cannot tell that case apart, which is the one with an easy fix.
+_open_here: set[Path] = set()
+_open_here_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -84,13 +92,26 @@ class OfflineLog:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._guard = self._take_guard()
+        self._key = self.path.resolve()
+        with _open_here_lock:
+            if self._key in _open_here:
+                raise LogInUse(
+                    f"the offline log {self.path} is already open by another client in this process:"
+                    " share that client (it is safe to use from several threads or tasks), or close it"
+                    " before opening another on the same file"
+                )
+            self._guard = self._take_guard()
+            _open_here.add(self._key)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._queued = self._db.execute("SELECT count(*) FROM log WHERE state = 'queued'").fetchone()[0]
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._queued = self._db.execute("SELECT count(*) FROM log WHERE state = 'queued'").fetchone()[0]
+        except BaseException:
+            self._release()
+            raise
 
     def _take_guard(self):
         if fcntl is None:
@@ -166,6 +187,11 @@ class OfflineLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._release()
+
+    def _release(self) -> None:
         if self._guard is not None:
             self._guard.close()
             self._guard = None
+        with _open_here_lock:
+            _open_here.discard(self._key)

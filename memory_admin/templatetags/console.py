@@ -23,14 +23,22 @@ def pretty(value: Any) -> str:
 
 
 @register.filter
+def json_preview(value: Any, length: int = 80) -> str:
+    """A JSON value on one line for a table cell, cut at `length` characters with an ellipsis:
+    `{"ok": true}`, never a Python repr like `{'ok': True}`."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= length else text[: max(1, length - 1)] + "…"
+
+
+@register.filter
 def state_label(state: str) -> str:
     return state.replace("_", " ")
 
 
 @register.filter
 def jsonish(value: Any) -> str:
-    """A payload value as JSON shows it (null, false), strings bare."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """A payload value as JSON shows it (null, false), strings bare, cut at 60 characters."""
+    return value if isinstance(value, str) else json_preview(value, 60)
 
 
 @register.filter
