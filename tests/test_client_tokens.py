@@ -66,7 +66,7 @@ def test_a_refused_token_says_to_check_the_token_and_never_shows_it(kind, web_se
 def test_an_error_of_the_http_stack_that_quotes_the_header_is_shown_without_the_token():
     token = "ma_" + "k" * 40
     with MemoryClient("http://127.0.0.1:9", token) as client:
-        text = client.redact(ValueError(f"Illegal header value b'Bearer {token}'"))
+        text = client._redact(ValueError(f"Illegal header value b'Bearer {token}'"))
     assert "kkkkkkkk" not in text and "Illegal header value" in text
 
 

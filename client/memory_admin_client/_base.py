@@ -87,7 +87,7 @@ class Base:
             cached = self.wal.get("identity")  # lets agent_id checks work while offline
             self._identity = json.loads(cached) if cached else None
 
-    def redact(self, error: object) -> str:
+    def _redact(self, error: object) -> str:
         """`str(error)` without this client's token: an exception of the HTTP stack may quote
         the request's headers."""
         return _TOKEN_LIKE.sub("ma_…", str(error).replace(self.token, "…"))
@@ -108,6 +108,7 @@ class Base:
 
     @property
     def namespace(self) -> str | None:
+        """The token's namespace, once known (after the first call that needed it)."""
         return self._identity["namespace"] if self._identity else None
 
     def _remember(self, identity: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +172,7 @@ class Base:
                 else ""
             )
             raise Unavailable(
-                f"cannot reach {self.base_url} ({type(error).__name__}: {self.redact(error)}){note}"
+                f"cannot reach {self.base_url} ({type(error).__name__}: {self._redact(error)}){note}"
             ) from error
         status = response.status_code
         if status < 300:
@@ -263,6 +264,7 @@ class LockState:
 
     @property
     def held(self) -> bool:
+        """Taken, and not released or known lost."""
         return (
             self.fencing_token is not None
             and not self.lost

@@ -50,6 +50,7 @@ class AsyncMemoryClient(Base):
         return self
 
     async def aclose(self) -> None:
+        """Stop the offline log's replay task, close the connections and the offline log."""
         self._closed = True
         if self._flusher is not None:
             self._flusher.cancel()
@@ -193,9 +194,11 @@ class AsyncMemoryClient(Base):
     # --- identity -------------------------------------------------------------------------------
 
     async def me(self) -> dict[str, Any]:
+        """`{"agent_id", "namespace", "scopes"}` of the token."""
         return self._remember(await self._send(core.me()))
 
     async def health(self) -> dict[str, Any]:
+        """`{"status", "postgres", "redis"}` of the server; needs no token."""
         return await self._send(core.health())
 
     # --- facts ------------------------------------------------------------------------------------
@@ -203,9 +206,11 @@ class AsyncMemoryClient(Base):
     async def store_fact(
         self, agent_id: str | None, fact: str, category: str, metadata: dict | None = None
     ) -> int | None:
+        """Store a fact any agent of the namespace can find; returns its id (None when queued offline)."""
         return await self._run(core.store_fact(agent_id, fact, category, metadata))
 
     async def get_facts_by_category(self, category: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every fact of `category` from any agent, newest first (at most `limit`)."""
         return await self._run(core.all_facts(category, limit))
 
     async def query_facts(
@@ -217,11 +222,13 @@ class AsyncMemoryClient(Base):
         after: int | None = None,
         limit: int = 50,
     ) -> dict[str, Any]:
+        """One page `{"items", "next"}`, newest first; `q` is full-text search."""
         return await self._run(
             core.query_facts(category=category, agent_id=agent_id, q=q, after=after, limit=limit)
         )
 
     async def get_fact(self, fact_id: int) -> dict[str, Any]:
+        """Fact `fact_id`: `{"id", "fact", "category", "agent_id", "metadata", "created_at"}`; NotFound."""
         return await self._run(core.get_fact(fact_id))
 
     # --- status -----------------------------------------------------------------------------------
@@ -229,15 +236,20 @@ class AsyncMemoryClient(Base):
     async def set_agent_status(
         self, agent_id: str | None, status: str, detail: str = "", ttl_seconds: int = 60
     ) -> dict[str, Any] | None:
+        """Publish this agent's status for `ttl_seconds`; repeat it as the heartbeat."""
         return await self._run(core.set_status(agent_id, status, detail, ttl_seconds))
 
     async def heartbeat(self, status: str, detail: str = "", ttl_seconds: int = 60) -> dict[str, Any] | None:
+        """set_agent_status for this client's own agent: `status` (required), `detail`, `ttl_seconds`."""
         return await self.set_agent_status(None, status, detail, ttl_seconds)
 
     async def get_agent_status(self, agent_id: str) -> dict[str, Any] | None:
+        """`{"agent_id", "status", "detail", "updated_at", "expires_at", "state"}`; None when the
+        agent does not exist or never reported. `state` is "stale" once its TTL lapsed."""
         return await self._run(core.get_agent(agent_id))
 
     async def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent of the namespace with its status and state (live, stale, never seen)."""
         return await self._run(core.list_agents())
 
     # --- locks ------------------------------------------------------------------------------------
@@ -245,6 +257,8 @@ class AsyncMemoryClient(Base):
     async def acquire_lock(
         self, resource: str, agent_id: str | None = None, ttl_seconds: int = 30, wait_seconds: float = 0
     ) -> bool:
+        """Take `resource` for `ttl_seconds`; False when another holds it (after `wait_seconds`).
+        The fencing token is kept (`fencing_token(resource)`) for release and fenced writes."""
         try:
             body = await self._acquire(resource, ttl_seconds, wait_seconds, agent_id)
         except LockHeld:
@@ -265,6 +279,7 @@ class AsyncMemoryClient(Base):
                     raise
 
     async def release_lock(self, resource: str, agent_id: str | None = None) -> bool:
+        """Release `resource` if this client holds it; False when it does not (any more)."""
         token = self._tokens.get(resource)
         if token is None:
             await self._check_agent(agent_id)
@@ -278,15 +293,18 @@ class AsyncMemoryClient(Base):
                 del self._tokens[resource]
 
     async def renew_lock(self, resource: str, ttl_seconds: int = 30) -> dict[str, Any]:
+        """Extend this client's lock on `resource` to `ttl_seconds` from now; NotLockHolder if it is gone."""
         token = self._tokens.get(resource)
         if token is None:
             raise NotLockHolder(f"this client holds no lock on {resource!r}")
         return await self._run(core.renew(resource, token, ttl_seconds))
 
     async def get_lock(self, resource: str) -> dict[str, Any] | None:
+        """`{"resource", "owner", "fencing_token", "acquired_at", "expires_at"}`, or None when free."""
         return await self._run(core.get_lock(resource))
 
     async def list_locks(self) -> list[dict[str, Any]]:
+        """The namespace's held locks."""
         return await self._run(core.list_locks())
 
     def lock(self, resource: str, ttl: float = 30, wait: float = 0, *, renew: bool = True) -> AsyncLock:
@@ -296,6 +314,7 @@ class AsyncMemoryClient(Base):
     # --- events -----------------------------------------------------------------------------------
 
     async def publish(self, event: AgentEvent | str, payload: dict[str, Any] | None = None) -> int | None:
+        """Append an event: an AgentEvent, or a type and a payload. Returns its id (None when queued)."""
         return await self._run(core.publish(event, payload))
 
     async def read_events(
@@ -306,6 +325,7 @@ class AsyncMemoryClient(Base):
         types: Iterable[str] | None = None,
         agent_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """Up to `count` events after the event id `since` ("0-0": from the start), oldest first."""
         return await self._run(core.read_events(since, count, types, agent_id))
 
     async def subscribe(
@@ -351,7 +371,8 @@ class AsyncMemoryClient(Base):
                             yield event
             except httpx.TransportError as exc:
                 if not reconnect:
-                    raise Unavailable(f"event stream from {self.base_url} broke: {self.redact(exc)}") from exc
+                    broke = f"event stream from {self.base_url} broke: {self._redact(exc)}"
+                    raise Unavailable(broke) from exc
                 log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
             if not reconnect:
                 return
@@ -367,14 +388,18 @@ class AsyncMemoryClient(Base):
         start: str = "latest",
         reclaim_after_ms: int | None = None,
     ) -> list[dict[str, Any]]:
+        """Events for one consumer of `group`: each event of the namespace goes to one consumer.
+        Ack them with `ack`; unacked ones go to another consumer after `reclaim_after_ms`."""
         return await self._run(core.read_group(group, consumer, count, block_ms, start, reclaim_after_ms))
 
     async def ack(self, group: str, ids: Iterable[int]) -> int:
+        """Acknowledge events `ids` read with read_group; returns how many were pending."""
         return await self._run(core.ack(group, ids))
 
     # --- records ------------------------------------------------------------------------------------
 
     async def read(self, key: str) -> dict[str, Any] | None:
+        """`{"key", "value", "version", "updated_by", "updated_at"}`, or None when absent."""
         return await self._run(core.read_record(key))
 
     async def write(
@@ -386,6 +411,9 @@ class AsyncMemoryClient(Base):
         *,
         fence: Any = None,
     ) -> dict[str, Any]:
+        """Write `value`; with `expected_version` only over that version (0: only if absent), else
+        ConflictError carrying the current record. `fence` (a Lock, a held resource, or a
+        `(resource, token)` pair) refuses the write with StaleFence once the lock is not ours."""
         call = core.write_record(key, value, expected_version, self._fence(fence))
         call.agent_id, call.fence = agent_id, fence if isinstance(fence, AsyncLock) else None
         return await self._run(call)
@@ -410,12 +438,15 @@ class AsyncMemoryClient(Base):
         raise AssertionError("unreachable")
 
     async def delete(self, key: str, expected_version: int | None = None) -> None:
+        """Delete `key` (a version with `deleted` true); with `expected_version` only over that version."""
         await self._run(core.delete_record(key, expected_version))
 
     async def list_records(self, prefix: str = "", after: str = "", limit: int = 50) -> dict[str, Any]:
+        """One page `{"items", "next"}` of records whose key starts with `prefix`, after key `after`."""
         return await self._run(core.list_records(prefix, after, limit))
 
     async def versions(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The key's versions, newest first (a delete is a version with `deleted` true)."""
         return await self._run(core.versions(key, limit))
 
     def txn(self) -> core.Txn:
@@ -429,6 +460,7 @@ class AsyncMemoryClient(Base):
         return await self._run(core.batch(ops))
 
     async def conflicts(self, status: str = "open", limit: int = 50) -> list[dict[str, Any]]:
+        """This agent's rejected writes: "open", "resolved" or "all"."""
         return await self._run(core.conflicts(status, limit))
 
 
@@ -457,6 +489,7 @@ class AsyncLock(LockState):
             )
 
     async def acquire(self) -> AsyncLock:
+        """Take the lock (waiting up to `wait` seconds; LockHeld if not free) and start renewing it."""
         started = time.monotonic()
         self._took(await self.client._acquire(self.resource, self.ttl, self.wait), started)
         if self.auto_renew:
@@ -464,6 +497,7 @@ class AsyncLock(LockState):
         return self
 
     async def renew(self) -> None:
+        """Extend the lease by `ttl` now; NotLockHolder (and the lock marked lost) if it is gone."""
         self.check()
         started = time.monotonic()
         try:
@@ -494,12 +528,15 @@ class AsyncLock(LockState):
                     return
 
     async def write(self, key: str, value: Any, expected_version: int | None = None) -> dict[str, Any]:
+        """A write fenced by this lock: StaleFence (and not sent) once the lock is known lost."""
         return await self.client.write(key, value, expected_version=expected_version, fence=self)
 
     async def update(self, key: str, fn: Callable[[Any], Any], retries: int = 10) -> dict[str, Any]:
+        """A read-modify-write (as the client's `update`) fenced by this lock."""
         return await self.client.update(key, fn, retries, fence=self)
 
     async def release(self) -> bool:
+        """Stop renewing and give the lock back; False when it was already lost or released."""
         if self._renewer is not None and self._renewer is not asyncio.current_task():
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)

@@ -48,6 +48,7 @@ class MemoryClient(Base):
         self.close()
 
     def close(self) -> None:
+        """Stop the offline log's replay thread, close the connections and the offline log."""
         self._closed.set()
         if self._flusher is not None:
             self._flusher.join(5)
@@ -197,6 +198,7 @@ class MemoryClient(Base):
         return self._remember(self._send(core.me()))
 
     def health(self) -> dict[str, Any]:
+        """`{"status", "postgres", "redis"}` of the server; needs no token."""
         return self._send(core.health())
 
     # --- facts (RedisAgentMemory) ---------------------------------------------------------------
@@ -226,6 +228,7 @@ class MemoryClient(Base):
         )
 
     def get_fact(self, fact_id: int) -> dict[str, Any]:
+        """Fact `fact_id`: `{"id", "fact", "category", "agent_id", "metadata", "created_at"}`; NotFound."""
         return self._run(core.get_fact(fact_id))
 
     # --- status ---------------------------------------------------------------------------------
@@ -237,6 +240,7 @@ class MemoryClient(Base):
         return self._run(core.set_status(agent_id, status, detail, ttl_seconds))
 
     def heartbeat(self, status: str, detail: str = "", ttl_seconds: int = 60) -> dict[str, Any] | None:
+        """set_agent_status for this client's own agent: `status` (required), `detail`, `ttl_seconds`."""
         return self.set_agent_status(None, status, detail, ttl_seconds)
 
     def get_agent_status(self, agent_id: str) -> dict[str, Any] | None:
@@ -245,6 +249,7 @@ class MemoryClient(Base):
         return self._run(core.get_agent(agent_id))
 
     def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent of the namespace with its status and state (live, stale, never seen)."""
         return self._run(core.list_agents())
 
     # --- locks ----------------------------------------------------------------------------------
@@ -286,15 +291,18 @@ class MemoryClient(Base):
                 del self._tokens[resource]
 
     def renew_lock(self, resource: str, ttl_seconds: int = 30) -> dict[str, Any]:
+        """Extend this client's lock on `resource` to `ttl_seconds` from now; NotLockHolder if it is gone."""
         token = self._tokens.get(resource)
         if token is None:
             raise NotLockHolder(f"this client holds no lock on {resource!r}")
         return self._run(core.renew(resource, token, ttl_seconds))
 
     def get_lock(self, resource: str) -> dict[str, Any] | None:
+        """`{"resource", "owner", "fencing_token", "acquired_at", "expires_at"}`, or None when free."""
         return self._run(core.get_lock(resource))
 
     def list_locks(self) -> list[dict[str, Any]]:
+        """The namespace's held locks."""
         return self._run(core.list_locks())
 
     def lock(self, resource: str, ttl: float = 30, wait: float = 0, *, renew: bool = True) -> Lock:
@@ -367,7 +375,8 @@ class MemoryClient(Base):
                             yield event
             except httpx.TransportError as exc:
                 if not reconnect:
-                    raise Unavailable(f"event stream from {self.base_url} broke: {self.redact(exc)}") from exc
+                    broke = f"event stream from {self.base_url} broke: {self._redact(exc)}"
+                    raise Unavailable(broke) from exc
                 log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
             if not reconnect:
                 return
@@ -388,6 +397,7 @@ class MemoryClient(Base):
         return self._run(core.read_group(group, consumer, count, block_ms, start, reclaim_after_ms))
 
     def ack(self, group: str, ids: Iterable[int]) -> int:
+        """Acknowledge events `ids` read with read_group; returns how many were pending."""
         return self._run(core.ack(group, ids))
 
     # --- records (SharedAgentDB) --------------------------------------------------------------------
@@ -430,9 +440,11 @@ class MemoryClient(Base):
         raise AssertionError("unreachable")
 
     def delete(self, key: str, expected_version: int | None = None) -> None:
+        """Delete `key` (a version with `deleted` true); with `expected_version` only over that version."""
         self._run(core.delete_record(key, expected_version))
 
     def list_records(self, prefix: str = "", after: str = "", limit: int = 50) -> dict[str, Any]:
+        """One page `{"items", "next"}` of records whose key starts with `prefix`, after key `after`."""
         return self._run(core.list_records(prefix, after, limit))
 
     def versions(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -478,6 +490,7 @@ class Lock(LockState):
             )
 
     def acquire(self) -> Lock:
+        """Take the lock (waiting up to `wait` seconds; LockHeld if not free) and start renewing it."""
         started = time.monotonic()
         self._took(self.client._acquire(self.resource, self.ttl, self.wait), started)
         if self.auto_renew:
@@ -523,6 +536,7 @@ class Lock(LockState):
         return self.client.write(key, value, expected_version=expected_version, fence=self)
 
     def update(self, key: str, fn: Callable[[Any], Any], retries: int = 10) -> dict[str, Any]:
+        """A read-modify-write (as the client's `update`) fenced by this lock."""
         return self.client.update(key, fn, retries, fence=self)
 
     def release(self) -> bool:
