@@ -126,7 +126,16 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
             # Rows of a table only survive HTML parsing inside a table part.
             tag = "tbody" if container in TABLE_BODIES else "div"
             context = {"where": where, "container": container, "rows": html, "tag": tag}
-            parts.append(render_to_string("base.html#oob-rows", context))
+            fragment = render_to_string("base.html#oob-rows", context)
+            # ...and only as the message's first element: htmx parses a message as a template's
+            # content, where a <tbody> after any other element is dropped and its rows' cells
+            # come out loose (each then an oob swap without a target: `oobErrorNoTarget #null`).
+            # After a leading <tbody>, the elements that follow still parse as themselves.
+            # A page has one table of rows at most.
+            if tag == "tbody":
+                parts.insert(0, fragment)
+            else:
+                parts.append(fragment)
 
     def event_rows(shown: list[Event]) -> list[str]:
         # Newest first, as the lists show them.
@@ -156,7 +165,7 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
     if page == "overview":
         part("overview.html#counts", counts=screens.overview_counts(ns))
         rows("agent-grid", agent_fragments("overview.html#agent-card"), "beforeend")
-        rows("latest-events", event_rows(events))
+        rows("latest-events", event_rows([e for e in events if e.type not in screens.OVERVIEW_HIDES]))
         if "conflict" in kinds:
             part("overview.html#open-conflicts", conflicts=list_conflicts(ns=ns, limit=5))
         if "lock" in kinds:

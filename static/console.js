@@ -28,6 +28,46 @@
   }
   setInterval(tick, 1000);
 
+  // Times in the reader's own zone: the full date and zone on hover, the date in the text
+  // when it is not today (an event row's `time.when`; `time.when-full` always has it).
+  var FULL = { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+               second: "2-digit", hour12: false, timeZoneName: "short" };
+  function localTimes() {
+    var today = new Date().toDateString();
+    document.querySelectorAll("time[datetime], time[data-since]").forEach(function (el) {
+      var moment = new Date(el.getAttribute("datetime") || el.dataset.since);
+      if (isNaN(moment)) return;
+      el.title = moment.toLocaleString(undefined, FULL);
+      if (el.classList.contains("when-full")) {
+        el.textContent = el.title;
+      } else if (el.classList.contains("when")) {
+        el.textContent = moment.toDateString() === today
+          ? moment.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false })
+          : moment.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hour12: false });
+      }
+    });
+  }
+  document.addEventListener("DOMContentLoaded", localTimes);
+  document.addEventListener("htmx:afterSettle", localTimes);
+
+  // A live update re-renders a record's history: the versions the reader picked to compare
+  // stay picked (the diff below them is the one they asked for).
+  function pickedVersions() {
+    var picked = {};
+    document.querySelectorAll("#versions input[type=radio]:checked").forEach(function (input) {
+      picked[input.name] = input.value;
+    });
+    return picked;
+  }
+  function pickVersions(picked) {
+    Object.keys(picked || {}).forEach(function (name) {
+      document.querySelectorAll("#versions input[type=radio]").forEach(function (input) {
+        if (input.name === name) input.checked = input.value === picked[name];
+      });
+    });
+  }
+  var keptPicks = null;
+
   // --- the live feed ----------------------------------------------------------------------------
   // The page knows the last event it shows (#live-cursor). On every (re)connect, and on resume,
   // it tells the server, which replays the log after it: nothing is missed, nothing doubled.
@@ -61,6 +101,7 @@
     setState("reconnecting");
   });
   document.addEventListener("htmx:wsBeforeMessage", function (e) {
+    if (!paused) keptPicks = pickedVersions();
     if (paused) {
       e.preventDefault(); // not applied, so the cursor stays: resume replays these
       waiting += 1;
@@ -81,6 +122,9 @@
       var max = parseInt(list.dataset.max, 10);
       while (list.children.length > max) list.lastElementChild.remove();
     });
+    pickVersions(keptPicks);
+    keptPicks = null;
+    localTimes();
     tick();
   });
 

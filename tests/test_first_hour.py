@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from config import embedded
 from memory_admin.models import Token
@@ -204,3 +205,19 @@ def test_make_run_installs_only_what_runs_and_make_test_adds_the_test_tools(tmp_
     assert "-r requirements.txt" in run and "requirements-dev.txt" not in run
     assert "-r requirements-dev.txt" in test
     assert "make test" in (path / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "field"),
+    [("PUT", "/api/v1/records/", "key"), ("GET", "/api/v1/records/", "key"),
+     ("DELETE", "/api/v1/records/", "key"), ("POST", "/api/v1/locks/", "resource"),
+     ("GET", "/api/v1/agents/", "agent_id")],
+)  # fmt: skip
+def test_an_empty_key_is_a_validation_error_not_a_missing_endpoint(method, path, field, alpha, make_token):
+    response = Client().generic(
+        method, path, '{"value": 1}', content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {make_token(alpha)}",
+    )  # fmt: skip
+    assert response.status_code == 422, response.content
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and field in error["fields"]

@@ -40,7 +40,7 @@ from memory_admin.api.common import (
 )
 from memory_admin.api.once import idempotent
 from memory_admin.errors import Invalid, NotFound
-from memory_admin.validation import check_document, unique_keys
+from memory_admin.validation import check_document, check_key, unique_keys
 
 
 class _NotJson(ValueError):
@@ -168,7 +168,18 @@ def _shape(response: HttpResponse) -> HttpResponse:
     return response
 
 
+# A keyed operation called with an empty key (`PUT /api/v1/records/`) is a bad key, not a
+# missing endpoint: answered as the key check answers any other bad key.
+_EMPTY_KEY = {"/api/v1/records/": "key", "/api/v1/locks/": "resource", "/api/v1/agents/": "agent_id"}
+
+
 def _unknown_path(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    field = _EMPTY_KEY.get(request.path)
+    if field is not None:
+        try:
+            check_key("", field)
+        except Invalid as exc:
+            return error_response(exc)
     return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django import template
 from django.urls import NoReverseMatch, reverse
-from django.utils.timezone import now
+from django.utils.timezone import localtime, now
 
 from memory_admin.models import HeldLock, iso, payload_id
 
@@ -39,6 +39,16 @@ def state_label(state: str) -> str:
 def jsonish(value: Any) -> str:
     """A payload value as JSON shows it (null, false), strings bare, cut at 60 characters."""
     return value if isinstance(value, str) else json_preview(value, 60)
+
+
+@register.filter
+def when(moment: datetime | None) -> str:
+    """An event's time: 14:03:07 today, `Nov 29 14:03` on another day (console.js shows it in
+    the reader's own zone, with the full date and zone on hover)."""
+    if moment is None:
+        return ""
+    moment = localtime(moment)
+    return moment.strftime("%H:%M:%S" if moment.date() == localtime().date() else "%b %d %H:%M")
 
 
 @register.filter

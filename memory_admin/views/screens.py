@@ -153,6 +153,11 @@ def overview_counts(ns: Namespace) -> dict[str, Any]:
     }
 
 
+# Status changes come with every heartbeat that says something new: on the overview they
+# would push everything else out of its latest events, and its agent cards show them anyway.
+OVERVIEW_HIDES = ("status.changed",)
+
+
 def overview_context(ns: Namespace) -> dict[str, Any]:
     counts = overview_counts(ns)
     total = counts["agents_live"] + counts["agents_stale"] + counts["agents_never_seen"]
@@ -160,7 +165,7 @@ def overview_context(ns: Namespace) -> dict[str, Any]:
         "counts": counts,
         "agents": list_agents(ns=ns, limit=AGENT_CARDS),
         "agents_hidden": max(0, total - AGENT_CARDS),
-        "latest": list(Event.objects.filter(ns=ns).order_by("-id")[:15]),
+        "latest": list(Event.objects.filter(ns=ns).exclude(type__in=OVERVIEW_HIDES).order_by("-id")[:15]),
         "conflicts": list_conflicts(ns=ns, limit=5),
         "expiring": list_locks(ns=ns, limit=5),  # soonest to expire first
         "stale_leftovers": stale_with_leftovers(ns=ns),
