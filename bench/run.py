@@ -564,6 +564,7 @@ def explain_plans() -> list[dict]:
     from django.db import connection
 
     from memory_admin.models import Agent, Event, Fact, Namespace
+    from memory_admin.services import history
     from memory_admin.views.screens import DISTINCT_SQL
 
     ns = Namespace.objects.get(name=NS)
@@ -597,6 +598,24 @@ def explain_plans() -> list[dict]:
                 "SELECT count(*) FROM memory_admin_fact WHERE ns_id = %s",
                 [ns.pk],
             )
+        )
+        # Time travel: a page of records and of agents' status as of event 500,000.
+        at = Event.objects.get(ns=ns, id=500_000).created
+        plans.append(
+            _explain(
+                cursor,
+                "records as of (as-of page)",
+                history._RECORDS_AT,
+                {"ns": ns.pk, "at": at, "after": "", "limit": 50},
+            )  # fmt: skip
+        )
+        plans.append(
+            _explain(
+                cursor,
+                "status as of (as-of page)",
+                history._STATUS_AT,
+                {"ns": ns.pk, "n": 500_000, "after": "", "limit": 50},
+            )  # fmt: skip
         )
     return plans
 
