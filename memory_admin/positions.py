@@ -11,12 +11,15 @@ from django.db.models import QuerySet
 
 from memory_admin.models import Event, Namespace
 
-FIELD = "id"  # the event's number in its namespace's log
+# The event's number in its namespace's log: `position` once the model has it (stamped after
+# commit, null until then), the global `id` before.
+FIELD = "position" if any(f.name == "position" for f in Event._meta.get_fields()) else "id"
 
 
 def log(ns: Namespace) -> QuerySet[Event]:
     """The namespace's log (only events with a position are in it)."""
-    return Event.objects.filter(ns=ns)
+    events = Event.objects.filter(ns=ns)
+    return events.filter(position__isnull=False) if FIELD == "position" else events
 
 
 def of(event: Event) -> int:

@@ -3,6 +3,7 @@ and a relay: what a stopped agent left behind, releasing it, parking and replayi
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -23,7 +24,13 @@ OPERATOR = Actor(name="operator:otto")
 
 
 def publish(agent, n: int) -> list[int]:
-    ids = [publish_event(ns=agent.ns, type="job", payload={"i": i}, actor=actor(agent)).id for i in range(n)]
+    """Publish n "job" events; their ids in the log once the relay has them in the stream."""
+    tag = uuid.uuid4().hex
+    for i in range(n):
+        publish_event(ns=agent.ns, type="job", payload={"i": i, "tag": tag}, actor=actor(agent))
+    mine = positions.log(agent.ns).filter(type="job", payload__tag=tag).order_by(positions.FIELD)
+    wait_for(lambda: mine.count() == n, message="the events' positions")
+    ids = list(mine.values_list(positions.FIELD, flat=True))
     wait_for(lambda: _in_stream(agent.ns.name, ids[-1]), message="the relay")
     return ids
 
