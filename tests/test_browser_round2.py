@@ -147,6 +147,10 @@ def test_an_event_failed_twice_is_parked_live_and_the_operator_replays_it(
     live(page, "/ns/team/groups/")
     card = page.locator(".group-card", has_text="workers")
     expect(card).to_contain_text("Parks an event after 2 failed deliveries")
+    pending = card.locator(".group-deliveries tr", has_text=f"#{job}")
+    expect(pending).to_contain_text("1×")
+    pending.locator("summary").click()
+    expect(pending.locator("pre")).to_contain_text('"n": 7')
     _age("workers", 120_000)
     assert _jobs(worker, "c2") == [job]  # the second delivery, never acked either
     _age("workers", 120_000)

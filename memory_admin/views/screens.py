@@ -212,17 +212,22 @@ def groups_context(ns: Namespace) -> dict[str, Any]:
     """The consumer-groups page: each group with its first unacked deliveries and parked events."""
     states = group_service.list_groups(ns=ns)
     parked = group_service.list_parked(ns=ns, limit=500)
-    shown = []
-    for state in states:
-        shown.append(
-            GroupView(
-                state=state,
-                deliveries=group_service.pending_deliveries(ns=ns, group=state.row.name, limit=20)
-                if state.pending
-                else [],
-                parked_events=[p for p in parked if p.group_id == state.row.pk][:50],
-            )
+    deliveries = {
+        state.row.pk: group_service.pending_deliveries(ns=ns, group=state.row.name, limit=20)
+        for state in states
+        if state.pending
+    }
+    # The delivered events themselves, to inspect: one query for every group's first twenty.
+    numbers = {d.event for found in deliveries.values() for d in found}
+    bodies = {positions.of(e): e.body() for e in positions.numbered(ns, list(numbers))} if numbers else {}
+    shown = [
+        GroupView(
+            state=state,
+            deliveries=[(d, bodies.get(d.event)) for d in deliveries.get(state.row.pk, [])],
+            parked_events=[p for p in parked if p.group_id == state.row.pk][:50],
         )
+        for state in states
+    ]
     return {"groups": shown, "head": positions.head(ns)}
 
 
