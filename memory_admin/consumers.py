@@ -288,7 +288,13 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         except EXPECTED as exc:
             # Channels awaits the socket's pending channel-layer receive as it stops; one that
             # ends in a Redis timeout instead of its cancellation is no error of the page's.
-            log.debug("console socket ended with %r", exc)
+            # A handler that finds the browser gone (an OSError) ends it the same way. (Redis
+            # failing mid-life: the server closes the socket, the page reconnects and resyncs.)
+            quiet = self.gone or isinstance(exc, OSError)
+            log.log(logging.DEBUG if quiet else logging.INFO, "console socket ended with %r", exc)
+        finally:
+            if not self.gone:  # cut short before disconnect() ran: its tasks and Feed seat go now
+                await self.disconnect(1006)
 
     async def disconnect(self, code: int) -> None:
         self.gone = True
