@@ -125,6 +125,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The agent API's limits (API.md).
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+# How the LangGraph store ranks `query` (services/store.py): a class with document(),
+# index_sql and score_sql. Full-text search by default: no embedding model is fetched here.
+STORE_RANKING = "memory_admin.services.store.FullTextRanking"
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 6000, minimum=1, maximum=10_000_000)
 EVENT_STREAM_MAXLEN = env_int("EVENT_STREAM_MAXLEN", 100_000, minimum=100, maximum=100_000_000)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
@@ -160,6 +161,30 @@ class RecordVersion(models.Model):
     class Meta:
         ordering = ["-version"]
         constraints = [models.UniqueConstraint(fields=["record", "version"], name="recordversion_uniq")]
+
+
+class StoreItem(models.Model):
+    """A LangGraph store item beside its record (services/store.py): the namespace path and
+    key as LangGraph names them, the TTL and the search text. The value, its versions and
+    its events are the record's (`ns`, `rkey`); this row changes without a version when a
+    read refreshes the TTL."""
+
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="store_items")
+    rkey = models.CharField(max_length=200, db_collation="C")  # the record's key
+    path = ArrayField(models.TextField())  # the LangGraph namespace, label by label
+    key = models.TextField()
+    created = models.DateTimeField(default=now)  # this item's creation (a record outlives deletes)
+    ttl = models.FloatField(null=True)  # minutes; null: never expires
+    expires = models.DateTimeField(null=True)
+    search = SearchVectorField(null=True)  # null: put with index=False
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["ns", "rkey"], name="storeitem_ns_rkey_uniq")]
+        indexes = [
+            # Searches and namespace listings scan one namespace's items by path.
+            models.Index(fields=["ns", "path"], name="storeitem_ns_path_idx"),
+            GinIndex(fields=["search"], name="storeitem_search_idx"),
+        ]
 
 
 class Conflict(models.Model):

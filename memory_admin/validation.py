@@ -10,6 +10,10 @@ from typing import Any
 from memory_admin.errors import Invalid
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,200}$")
+# Keys of the records that hold LangGraph store items (services/store.py): `~` and `%` put them
+# outside every key an agent can name, so they never collide with an ordinary record.
+STORE_KEY_RE = re.compile(r"^~[A-Za-z0-9_.:@/%~\-]{0,199}$")
+RECORD_KEY_RE = re.compile(f"{KEY_RE.pattern}|{STORE_KEY_RE.pattern}")
 EVENT_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # The families of event types the server writes itself (the part before the first dot): an
 # agent's event of one of them, `conflict` or `conflict.opened`, would pose as the server's.
@@ -44,6 +48,13 @@ def check_key(value: str, field: str = "key") -> str:
             {field: "1-200 characters of A-Z a-z 0-9 _ . : @ / -"},
         )
     return value
+
+
+def check_record_key(value: str) -> str:
+    """A record key: an ordinary key, or the key of a store item's record."""
+    if isinstance(value, str) and STORE_KEY_RE.match(value):
+        return value
+    return check_key(value)
 
 
 def check_category(value: str, field: str = "category") -> str:

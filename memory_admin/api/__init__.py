@@ -27,7 +27,19 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
-from memory_admin.api import agents, conflicts, events, facts, groups, health, locks, me, records, txn
+from memory_admin.api import (
+    agents,
+    conflicts,
+    events,
+    facts,
+    groups,
+    health,
+    locks,
+    me,
+    records,
+    store,
+    txn,
+)
 from memory_admin.api.auth import bearer
 from memory_admin.api.common import (
     MalformedJson,
@@ -97,6 +109,7 @@ api.add_router("", locks.router)
 api.add_router("", events.router)
 api.add_router("", groups.router)
 api.add_router("", txn.router)
+api.add_router("", store.router)
 
 
 # --- the gate -------------------------------------------------------------------------

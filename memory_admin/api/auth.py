@@ -29,6 +29,8 @@ WINDOW = 60  # seconds: the rate limit is RATE_LIMIT_PER_MINUTE per token per fi
 REDIS_DOWN_PAUSE = 5.0  # seconds without rate limiting after Redis failed to answer
 
 API_KEY_HEADER = "x-api-key"
+# POSTs that only read (LangGraph's store search and namespace listing): read-only tokens may send them.
+READING_POSTS = frozenset({"/api/v1/store/items/search", "/api/v1/store/namespaces"})
 
 _redis_down_until = 0.0
 _MISSING = object()
@@ -66,7 +68,11 @@ class BearerToken(HttpBearer):
         found = tokens.authenticate(token.strip())
         if found is None:
             return None
-        writing = request.method not in SAFE_METHODS and request.path not in READS_CHECKED_IN_VIEW
+        writing = (
+            request.method not in SAFE_METHODS
+            and request.path not in READS_CHECKED_IN_VIEW
+            and request.path not in READING_POSTS
+        )
         if writing and found.read_only:
             raise Forbidden("this token is read-only", scopes=found.scopes)
         check_rate(found)

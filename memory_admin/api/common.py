@@ -19,13 +19,15 @@ from pydantic import ConfigDict, Field, StringConstraints
 from memory_admin.errors import DomainError, Invalid, NotFound, Unavailable
 from memory_admin.models import Agent, Namespace, Token, iso
 from memory_admin.services import Actor
-from memory_admin.validation import KEY_RE
+from memory_admin.validation import KEY_RE, RECORD_KEY_RE
 
 log = logging.getLogger("memory_admin.api")
 T = TypeVar("T")
 
 # Keys, lock resources, group and agent names (API.md); a bad one is a 422 naming the field.
 Key = Annotated[str, StringConstraints(pattern=KEY_RE.pattern)]
+# What reads of a record take: a key, or the key of a LangGraph store item's record (`~...`).
+RecordKey = Annotated[str, StringConstraints(pattern=RECORD_KEY_RE.pattern)]
 Limit = Annotated[int, Field(ge=1, le=500)]
 Id = Annotated[int, Field(ge=0, le=2**63 - 1)]  # ids, versions, cursors: what a bigint holds
 

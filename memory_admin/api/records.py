@@ -9,7 +9,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Field, Query, Router, Schema
 
-from memory_admin.api.common import Id, In, Key, Limit, actor_of, errors, ns_of
+from memory_admin.api.common import Id, In, Key, Limit, RecordKey, actor_of, errors, ns_of
 from memory_admin.models import RecordVersion, iso
 from memory_admin.services import records
 
@@ -92,14 +92,14 @@ def list_records(request: HttpRequest, query: Query[RecordQuery]):
 @router.get(
     "/records/{path:key}/versions", response={200: VersionPage, **errors(404)}, url_name="record_versions"
 )
-def record_versions(request: HttpRequest, key: Key, query: Query[VersionQuery]):
+def record_versions(request: HttpRequest, key: RecordKey, query: Query[VersionQuery]):
     """A key's versions, newest first; a delete is a version with `deleted` true and value null."""
     found = records.record_versions(ns=ns_of(request), key=key, limit=query.limit)
     return {"items": [_version_body(version) for version in found]}
 
 
 @router.get("/records/{path:key}", response={200: RecordOut, **errors(404)}, url_name="get_record")
-def get_record(request: HttpRequest, key: Key):
+def get_record(request: HttpRequest, key: RecordKey):
     """The record with header `ETag: "<version>"`."""
     return _with_etag(records.get_record(ns=ns_of(request), key=key))
 

@@ -13,7 +13,7 @@ from memory_admin.errors import NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
 from memory_admin.services.events import append_event, append_last_event, pipelined_commit
-from memory_admin.validation import check_json, check_key, dumps
+from memory_admin.validation import check_json, check_key, check_record_key, dumps
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def write_record(
     expected_version None writes unconditionally, 0 creates only if absent, n writes
     only over version n. A mismatch is kept as a Conflict and raised as VersionConflict.
     """
-    check_key(key)
+    check_record_key(key)
     check_json(value)
     with pipelined_commit():  # record.written, last, pipelined with the COMMIT
         outcome = _write(
@@ -187,7 +187,7 @@ def _insert(*, ns, key, value, actor, stamp) -> Record | None:
 
 def delete_record(*, ns: Namespace, key: str, actor: Actor, expected_version: int | None = None) -> Record:
     """Delete `key` (kept as a tombstone version, so versions never repeat)."""
-    check_key(key)
+    check_record_key(key)
     outcome = _delete(ns=ns, key=key, actor=actor, expected_version=expected_version)
     if isinstance(outcome, Conflict):
         raise _conflict_error(outcome)

@@ -1,0 +1,149 @@
+"""LangGraph's store endpoints, as langgraph-sdk's `client.store` calls them (API.md: LangGraph
+store). Give the SDK `get_client(url="<server>/api/v1", api_key=<token>)`: it sends its paths
+(`/store/items`, ...) under that base URL and the token as `x-api-key`."""
+
+from typing import Any, Literal
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Field, Query, Router, Schema
+
+from memory_admin.api.common import In, actor_of, errors, json_response, ns_of
+from memory_admin.errors import Invalid
+from memory_admin.services import store
+
+router = Router(tags=["store"])
+
+
+class PutIn(In):
+    namespace: list[str] = Field(description="the namespace path, label by label")
+    key: str
+    value: dict[str, Any] = Field(description="a JSON object")
+    index: Literal[False] | list[str] | None = Field(
+        None, description="null: index every text field for `query`; false: none; a list: those fields"
+    )
+    ttl: float | None = Field(None, description="minutes until the item expires; null: never")
+
+
+class DeleteIn(In):
+    namespace: list[str]
+    key: str
+
+
+class GetQuery(Schema):
+    namespace: str = Field(description="the labels joined with '.'")
+    key: str
+    refresh_ttl: bool | None = None
+
+
+class SearchIn(In):
+    namespace_prefix: list[str] = Field([], description="whole labels; [] searches everything")
+    filter: dict[str, Any] | None = Field(
+        None, description='{field: value} or {field: {"$eq"|"$ne"|"$gt"|"$gte"|"$lt"|"$lte": value}}'
+    )
+    limit: int = 10
+    offset: int = 0
+    query: str | None = Field(None, description="ranked by full-text search; each item gets a `score`")
+    refresh_ttl: bool | None = None
+
+
+class NamespacesIn(In):
+    prefix: list[str] | None = Field(None, description="'*' matches any one label")
+    suffix: list[str] | None = None
+    max_depth: int | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class ItemOut(Schema):
+    namespace: list[str]
+    key: str
+    value: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+
+class SearchItemOut(ItemOut):
+    score: float | None
+
+
+class SearchOut(Schema):
+    items: list[SearchItemOut]
+
+
+class NamespacesOut(Schema):
+    namespaces: list[list[str]]
+
+
+class OkOut(Schema):
+    ok: bool
+
+
+@router.get("/ok", auth=None, response=OkOut, url_name="store_ok")
+def ok(request: HttpRequest):
+    """What langgraph-sdk probes before it calls: always 200."""
+    return {"ok": True}
+
+
+@router.put("/store/items", response={204: None, **errors(403)}, url_name="store_put")
+def put_item(request: HttpRequest, body: PutIn):
+    """Put an item: an unconditional write of its record (a new version, `record.written`)."""
+    store.put_item(
+        ns=ns_of(request),
+        namespace=body.namespace,
+        key=body.key,
+        value=body.value,
+        index=body.index,
+        ttl=body.ttl,
+        actor=actor_of(request),
+    )
+    return HttpResponse(status=204)
+
+
+@router.get("/store/items", response={200: ItemOut, **errors(404)}, url_name="store_get")
+def get_item(request: HttpRequest, query: Query[GetQuery]):
+    """The item, or 404; a read renews its TTL unless `refresh_ttl=false`."""
+    if not query.namespace:
+        raise Invalid("namespace cannot be empty", {"namespace": "empty namespace"})
+    item = store.get_item(
+        ns=ns_of(request),
+        namespace=query.namespace.split("."),
+        key=query.key,
+        refresh_ttl=query.refresh_ttl,
+    )
+    return json_response(item.body())
+
+
+@router.delete("/store/items", response={204: None, **errors(403)}, url_name="store_delete")
+def delete_item(request: HttpRequest, body: DeleteIn):
+    """Delete an item (its record gets a tombstone version); a missing item is no error."""
+    store.delete_item(ns=ns_of(request), namespace=body.namespace, key=body.key, actor=actor_of(request))
+    return HttpResponse(status=204)
+
+
+@router.post("/store/items/search", response={200: SearchOut, **errors()}, url_name="store_search")
+def search_items(request: HttpRequest, body: SearchIn):
+    """Items under a namespace prefix, filtered, newest first, or best first by `query`."""
+    found = store.search_items(
+        ns=ns_of(request),
+        namespace_prefix=body.namespace_prefix,
+        filter=body.filter,
+        limit=body.limit,
+        offset=body.offset,
+        query=body.query,
+        refresh_ttl=body.refresh_ttl,
+    )
+    return json_response({"items": [item.body(scored=True) for item in found]})
+
+
+@router.post("/store/namespaces", response={200: NamespacesOut, **errors()}, url_name="store_namespaces")
+def list_namespaces(request: HttpRequest, body: NamespacesIn):
+    """The namespaces of live items, matching prefix and suffix, cut at max_depth."""
+    found = store.list_namespaces(
+        ns=ns_of(request),
+        prefix=body.prefix,
+        suffix=body.suffix,
+        max_depth=body.max_depth,
+        limit=body.limit,
+        offset=body.offset,
+    )
+    return json_response({"namespaces": found})

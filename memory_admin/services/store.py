@@ -1,0 +1,400 @@
+"""LangGraph's store over our records: an item is one versioned record, so every put and
+delete has its version, its history, its event and its place in the console.
+
+An item (namespace path, key) lives in the record whose key `record_key()` builds:
+`~` + the labels and the key, percent-encoded (every byte outside `A-Z a-z 0-9 _ . : @ -`
+as `%XX`) and joined with `/`. `~` and `%` are outside the characters of ordinary keys
+(API.md), so no ordinary record can ever be a store item, and any label or key reaches a
+record. A key that would be longer than 200 characters keeps its first 135 and ends with
+`~` and the SHA-256 of the whole (a second `~`, so it is never another item's short key).
+
+Beside the record, a StoreItem row keeps the path and key as LangGraph names them (for
+searches and namespace listings), the TTL and the search text. The row is written first and
+the record last, in one transaction, so the record's event stays the last write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils.module_loading import import_string
+from django.utils.timezone import now
+
+from memory_admin.errors import Invalid, NotFound
+from memory_admin.models import Namespace, iso
+from memory_admin.services import Actor
+from memory_admin.services.records import delete_record, write_record
+from memory_admin.validation import check_json, dumps
+
+PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:@-")
+MAX_KEY = 200
+OPERATORS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+MAX_LIMIT = 1000
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def record_key(path: list[str], key: str) -> str:
+    """The key of the record that holds the item `key` in namespace `path`."""
+    full = "~" + "/".join(_encode(part) for part in [*path, key])
+    if len(full) <= MAX_KEY:
+        return full
+    return full[:135] + "~" + hashlib.sha256(full.encode()).hexdigest()
+
+
+def _encode(text: str) -> str:
+    return "".join(chr(b) if b in PLAIN else f"%{b:02X}" for b in text.encode("utf-8"))
+
+
+def check_namespace(path: Any, field: str = "namespace", *, empty: bool = False) -> list[str]:
+    """A LangGraph namespace: labels that are non-empty strings without '.', not under 'langgraph'."""
+    if not isinstance(path, list | tuple) or not all(isinstance(label, str) for label in path):
+        raise Invalid(f"{field} must be a list of strings", {field: "a list of strings"})
+    if not path and not empty:
+        raise Invalid(f"{field} cannot be empty", {field: "empty namespace"})
+    for label in path:
+        if not label:
+            raise Invalid(f"{field} labels cannot be empty", {field: "empty label"})
+        if "." in label:
+            raise Invalid(
+                f"{field} label {label!r} contains '.', which LangGraph forbids", {field: "label with '.'"}
+            )
+        check_json(label, field)
+    if path and path[0] == "langgraph" and not empty:
+        raise Invalid(
+            f"{field} cannot start with 'langgraph' (reserved by LangGraph)", {field: "reserved 'langgraph'"}
+        )
+    return list(path)
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise Invalid("key must be a string", {"key": "a string"})
+    check_json(key, "key")
+    return key
+
+
+def _check_ttl(ttl: Any) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
+        raise Invalid(
+            "ttl must be a positive number of minutes, or null", {"ttl": "positive minutes or null"}
+        )
+    if ttl > 10**8:
+        raise Invalid("ttl is over 100,000,000 minutes", {"ttl": "too large"})
+    return float(ttl)
+
+
+# --- ranking ----------------------------------------------------------------------------
+
+
+class FullTextRanking:
+    """`query` ranked by Postgres full-text search: no embedding model can be fetched here.
+
+    A ranking (settings.STORE_RANKING names its class) gives the text an item is indexed by
+    and two SQL expressions: `index_sql` turns that text (one parameter) into the stored
+    `search` column, `score_sql` scores `s.search` against the query (one parameter), null
+    for an item put with index=False. Every word of the query counts (OR), as semantic
+    search ranks partial matches too.
+    """
+
+    config = "english"
+    index_sql = "to_tsvector('english', %s)"
+    score_sql = "ts_rank(s.search, replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery)"
+
+    def document(self, value: dict[str, Any], fields: list[str] | None) -> str:
+        """The item's text: its string leaves, or those under `fields` (paths like "a.b", "$" for all)."""
+        if fields is None:
+            return " ".join(_strings(value))
+        texts = []
+        for field in fields:
+            found: Any = value
+            for part in [] if field == "$" else field.split("."):
+                found = found.get(part) if isinstance(found, dict) else None
+            texts.extend(_strings(found))
+        return " ".join(texts)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [str(value)]
+    return []
+
+
+def ranking() -> FullTextRanking:
+    return import_string(settings.STORE_RANKING)()
+
+
+# --- items ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    namespace: list[str]
+    key: str
+    value: Any
+    created: datetime
+    updated: datetime
+    score: float | None = None
+
+    def body(self, *, scored: bool = False) -> dict[str, Any]:
+        """The item as langgraph-sdk reads it (with `score` in search results)."""
+        body = {
+            "namespace": self.namespace,
+            "key": self.key,
+            "value": self.value,
+            "created_at": iso(self.created),
+            "updated_at": iso(self.updated),
+        }
+        if scored:
+            body["score"] = self.score
+        return body
+
+
+_UPSERT = """
+INSERT INTO memory_admin_storeitem AS s (ns_id, rkey, path, key, created, ttl, expires, search)
+VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN {index} END)
+ON CONFLICT (ns_id, rkey) DO UPDATE SET
+    path = EXCLUDED.path, key = EXCLUDED.key, ttl = EXCLUDED.ttl, expires = EXCLUDED.expires,
+    search = EXCLUDED.search,
+    -- an item that had expired is gone to LangGraph: putting it again creates it anew
+    created = CASE WHEN s.expires <= EXCLUDED.created THEN EXCLUDED.created ELSE s.created END
+"""
+
+
+def put_item(
+    *,
+    ns: Namespace,
+    namespace: Any,
+    key: Any,
+    value: Any,
+    actor: Actor,
+    index: Any = None,
+    ttl: Any = None,
+) -> None:
+    """Put `value` at (namespace, key): an unconditional write of the item's record.
+
+    `index`: None indexes every text field for `query`, False none, a list those paths.
+    `ttl`: minutes until the item expires (refreshed by reads), None for never.
+    """
+    path = check_namespace(namespace)
+    key = _check_key(key)
+    if not isinstance(value, dict):
+        raise Invalid("value must be a JSON object", {"value": "a JSON object"})
+    check_json(value)
+    if not (
+        index is None
+        or index is False
+        or (isinstance(index, list) and all(isinstance(f, str) for f in index))
+    ):
+        raise Invalid("index must be false, null or a list of field paths", {"index": "false, null or paths"})
+    minutes = _check_ttl(ttl)
+    rank = ranking()
+    text = None if index is False else rank.document(value, index)
+    rkey = record_key(path, key)
+    stamp = now()
+    expires = stamp + timedelta(minutes=minutes) if minutes is not None else None
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _UPSERT.format(index=rank.index_sql),
+                [ns.pk, rkey, path, key, stamp, minutes, expires, text is not None, text or ""],
+            )
+        write_record(ns=ns, key=rkey, value=value, actor=actor)
+
+
+def delete_item(*, ns: Namespace, namespace: Any, key: Any, actor: Actor) -> None:
+    """Delete the item (its record gets a tombstone version); deleting a missing item is no error."""
+    path = check_namespace(namespace)
+    rkey = record_key(path, _check_key(key))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM memory_admin_storeitem WHERE ns_id = %s AND rkey = %s", [ns.pk, rkey])
+        with contextlib.suppress(NotFound):
+            delete_record(ns=ns, key=rkey, actor=actor)
+
+
+_LIVE = """
+FROM memory_admin_storeitem s
+JOIN memory_admin_record r ON r.ns_id = s.ns_id AND r.key = s.rkey
+WHERE s.ns_id = %s AND NOT r.deleted AND (s.expires IS NULL OR s.expires > %s)
+"""
+_COLUMNS = "s.path, s.key, r.value, s.created, r.updated, s.rkey, s.ttl"
+
+
+def get_item(*, ns: Namespace, namespace: Any, key: Any, refresh_ttl: bool | None = None) -> Item:
+    """The live item; NotFound if absent, deleted or expired. A read renews its TTL unless
+    `refresh_ttl` is false."""
+    path = check_namespace(namespace)
+    rkey = record_key(path, _check_key(key))
+    stamp = now()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_COLUMNS} {_LIVE} AND s.rkey = %s", [ns.pk, stamp, rkey])
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound(f"no item {key!r} in namespace {path!r}")
+    _refresh(ns, [row], stamp, refresh_ttl)
+    return _item(row)
+
+
+def search_items(
+    *,
+    ns: Namespace,
+    namespace_prefix: Any = (),
+    filter: Any = None,
+    limit: int = 10,
+    offset: int = 0,
+    query: str | None = None,
+    refresh_ttl: bool | None = None,
+) -> list[Item]:
+    """Live items under `namespace_prefix` (whole labels) whose value matches `filter`,
+    newest first, or best first by `query` with a score."""
+    prefix = check_namespace(namespace_prefix, "namespace_prefix", empty=True)
+    _check_page(limit, offset)
+    stamp = now()
+    sql, params = f"SELECT {_COLUMNS}, {{score}} AS score {_LIVE}", [ns.pk, stamp]
+    if prefix:
+        sql += " AND s.path[1:%s] = %s::text[]"
+        params += [len(prefix), prefix]
+    where, values = _filter_sql(filter)
+    sql += where
+    params += values
+    if query:
+        check_json(query, "query")
+        score = ranking().score_sql
+        sql = sql.format(score=score) + " ORDER BY score DESC NULLS LAST, r.updated DESC, s.rkey"
+        params = [query, *params]
+    else:
+        sql = sql.format(score="NULL::real") + " ORDER BY r.updated DESC, s.rkey"
+    sql += " LIMIT %s OFFSET %s"
+    params += [limit, offset]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    _refresh(ns, rows, stamp, refresh_ttl)
+    return [_item(row, score=row[7]) for row in rows]
+
+
+def _item(row: tuple, score: float | None = None) -> Item:
+    path, key, value, created, updated = row[:5]
+    # Django's psycopg setup hands jsonb over as its text (the ORM's JSONField parses it).
+    return Item(path, key, json.loads(value) if isinstance(value, str) else value, created, updated, score)
+
+
+def list_namespaces(
+    *,
+    ns: Namespace,
+    prefix: Any = None,
+    suffix: Any = None,
+    max_depth: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[list[str]]:
+    """The distinct namespaces of live items, cut at `max_depth`, by path; `*` in `prefix` or
+    `suffix` matches any one label."""
+    _check_page(limit, offset)
+    if max_depth is not None and (
+        isinstance(max_depth, bool) or not isinstance(max_depth, int) or not 1 <= max_depth <= 1000
+    ):
+        raise Invalid("max_depth must be 1-1000", {"max_depth": "1-1000"})
+    where, params = "", []
+    for field, labels in (("prefix", prefix), ("suffix", suffix)):
+        if labels is None:
+            continue
+        if not isinstance(labels, list | tuple) or not all(isinstance(label, str) for label in labels):
+            raise Invalid(f"{field} must be a list of strings", {field: "a list of strings"})
+        check_json(list(labels), field)
+        where += " AND cardinality(s.path) >= %s"
+        params.append(len(labels))
+        for i, label in enumerate(labels):
+            if label == "*":
+                continue
+            if field == "prefix":
+                where += " AND s.path[%s] = %s"
+                params += [i + 1, label]
+            else:
+                where += " AND s.path[cardinality(s.path) - %s] = %s"
+                params += [len(labels) - 1 - i, label]
+    cut = "s.path" if max_depth is None else "s.path[1:%s]"
+    sql = (
+        f"SELECT p FROM (SELECT DISTINCT {cut} AS p {_LIVE}{where}) t "
+        'ORDER BY p COLLATE "C" LIMIT %s OFFSET %s'
+    )
+    head = [] if max_depth is None else [max_depth]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*head, ns.pk, now(), *params, limit, offset])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _check_page(limit: Any, offset: Any) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise Invalid(f"limit must be 1-{MAX_LIMIT}", {"limit": f"1-{MAX_LIMIT}"})
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 10**9:
+        raise Invalid("offset must be 0 or more", {"offset": "0 or more"})
+
+
+def _filter_sql(filter: Any) -> tuple[str, list[Any]]:
+    """LangGraph's filter: {field: value} (equal) or {field: {"$op": value, ...}}."""
+    if filter is None:
+        return "", []
+    if not isinstance(filter, dict):
+        raise Invalid("filter must be a JSON object", {"filter": "a JSON object"})
+    check_json(filter, "filter")
+    sql, params = "", []
+    for field, condition in filter.items():
+        if isinstance(condition, dict) and any(name.startswith("$") for name in condition):
+            for name, operand in condition.items():
+                if name not in OPERATORS:
+                    known = ", ".join(OPERATORS)
+                    raise Invalid(
+                        f"unknown filter operator {name!r} on {field!r}; known: {known}",
+                        {f"filter.{field}": f"unknown operator {name!r}"},
+                    )
+                sql, params = _compare(sql, params, field, OPERATORS[name], operand)
+        else:
+            sql, params = _compare(sql, params, field, "=", condition)
+    return sql, params
+
+
+def _compare(sql: str, params: list[Any], field: str, op: str, operand: Any) -> tuple[str, list[Any]]:
+    operand = dumps(operand)
+    if op == "=":
+        return sql + " AND r.value -> %s = %s::jsonb", [*params, field, operand]
+    if op == "<>":
+        return sql + " AND (r.value -> %s) IS DISTINCT FROM %s::jsonb", [*params, field, operand]
+    # Orders compare like with like: numbers as numbers, strings as strings.
+    return (
+        sql + f" AND jsonb_typeof(r.value -> %s) = jsonb_typeof(%s::jsonb) AND r.value -> %s {op} %s::jsonb",
+        [*params, field, operand, field, operand],
+    )
+
+
+def _refresh(ns: Namespace, rows: list[tuple], stamp: datetime, refresh_ttl: bool | None) -> None:
+    """Renew the TTL of the items read (LangGraph's refresh on read, on unless asked not to)."""
+    if refresh_ttl is False:
+        return
+    rkeys = [row[5] for row in rows if row[6] is not None]
+    if not rkeys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE memory_admin_storeitem SET expires = %s + ttl * interval '1 minute' "
+            "WHERE ns_id = %s AND rkey = ANY(%s) AND ttl IS NOT NULL",
+            [stamp, ns.pk, rkeys],
+        )
