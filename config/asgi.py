@@ -15,6 +15,8 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from memory_admin.middleware import SameOriginWebsockets  # noqa: E402
+from memory_admin.mcp_server import PATH as MCP_PATH  # noqa: E402
+from memory_admin.mcp_server import McpEndpoint  # noqa: E402
 from memory_admin.routing import websocket_urlpatterns  # noqa: E402
 
 # The agent API (/api/) authenticates with bearer tokens: it needs no session, CSRF, auth,
@@ -88,10 +90,19 @@ class ApiHandler(ReusedThreads, ASGIHandler):
 # The console's few static files are served by the app itself: one process, no extra server.
 console_http = ASGIStaticFilesHandler(ConsoleHandler())
 api_http = ApiHandler()
+# The MCP endpoint is the official SDK's own ASGI app, beside Django rather than under it
+# (memory_admin/mcp_server.py says how it runs without the lifespan scope).
+mcp_http = McpEndpoint()
 
 
 async def http(scope, receive, send) -> None:
-    app = api_http if scope["path"].startswith("/api/") else console_http
+    path = scope["path"]
+    if path.startswith("/api/"):
+        app = api_http
+    elif path == MCP_PATH or path.startswith(MCP_PATH + "/"):
+        app = mcp_http
+    else:
+        app = console_http
     await app(scope, receive, send)
 
 
