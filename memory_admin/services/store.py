@@ -55,8 +55,11 @@ def _encode(text: str) -> str:
     return "".join(chr(b) if b in PLAIN else f"%{b:02X}" for b in text.encode("utf-8"))
 
 
-def check_namespace(path: Any, field: str = "namespace", *, empty: bool = False) -> list[str]:
-    """A LangGraph namespace: labels that are non-empty strings without '.', not under 'langgraph'."""
+def check_namespace(
+    path: Any, field: str = "namespace", *, empty: bool = False, put: bool = False
+) -> list[str]:
+    """A LangGraph namespace: labels that are non-empty strings without '.'; a put's is not
+    under 'langgraph' (reserved by LangGraph; reading there finds nothing)."""
     if not isinstance(path, list | tuple) or not all(isinstance(label, str) for label in path):
         raise Invalid(f"{field} must be a list of strings", {field: "a list of strings"})
     if not path and not empty:
@@ -69,7 +72,7 @@ def check_namespace(path: Any, field: str = "namespace", *, empty: bool = False)
                 f"{field} label {label!r} contains '.', which LangGraph forbids", {field: "label with '.'"}
             )
         check_json(label, field)
-    if path and path[0] == "langgraph" and not empty:
+    if put and path and path[0] == "langgraph":
         raise Invalid(
             f"{field} cannot start with 'langgraph' (reserved by LangGraph)", {field: "reserved 'langgraph'"}
         )
@@ -193,7 +196,7 @@ def put_item(
     `index`: None indexes every text field for `query`, False none, a list those paths.
     `ttl`: minutes until the item expires (refreshed by reads), None for never.
     """
-    path = check_namespace(namespace)
+    path = check_namespace(namespace, put=True)
     key = _check_key(key)
     if not isinstance(value, dict):
         raise Invalid("value must be a JSON object", {"value": "a JSON object"})
