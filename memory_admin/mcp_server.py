@@ -27,6 +27,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from memory_admin.api.auth import check_rate
+from memory_admin.api.common import RateLimited
 from memory_admin.errors import DomainError, Forbidden, VersionConflict
 from memory_admin.models import Token, iso
 from memory_admin.services import Actor, events, facts, locks, records, tokens
@@ -367,6 +369,11 @@ class McpEndpoint:
                 "a valid token is required: `Authorization: Bearer <token>` or `x-api-key: <token>`",
             )
             return
+        try:
+            await _in_thread(check_rate)(token)  # the same per-token limit as the JSON API
+        except RateLimited as exc:
+            await _refuse(send, 429, exc.code, exc.message, retry_after=exc.retry_after)
+            return
         await self._start()
         await self.app(scope, receive, send)
 
@@ -383,13 +390,10 @@ class McpEndpoint:
             await asyncio.Event().wait()
 
 
-async def _refuse(send, status_code: int, code: str, message: str) -> None:
+async def _refuse(send, status_code: int, code: str, message: str, retry_after: int | None = None) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

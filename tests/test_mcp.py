@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -12,6 +13,8 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from memory_admin import redis as r
+from memory_admin.api import auth
 from memory_admin.models import Event, Fact, Record
 from memory_admin.services.tokens import issue_token
 
@@ -190,3 +193,18 @@ def test_each_token_sees_only_its_own_namespace(web_server, bearer, outsider):
     run(web_server, bearer, lambda c: c.call_tool("write_record", {"key": "secret", "value": 1}))
     result = run(web_server, other, lambda c: c.call_tool("get_record", {"key": "secret"}))
     assert "not_found" in error_text(result)
+
+
+def test_mcp_counts_against_the_tokens_rate_limit(web_server, alpha):
+    token, raw = issue_token(agent=alpha)
+    window = int(time.time() // auth.WINDOW)
+    for w in (window, window + 1):  # the minute may turn over before the call
+        r.client().set(r.rate_key(alpha.ns.name, token.pk, w), 10**9, ex=300)
+    response = httpx.post(
+        web_server.url + "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Accept": "application/json, text/event-stream", "x-api-key": raw},
+    )
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) >= 1

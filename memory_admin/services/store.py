@@ -38,6 +38,8 @@ PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 MAX_KEY = 200
 OPERATORS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 MAX_LIMIT = 1000
+# The text an item is ranked by is cut here: a tsvector holds at most 1 MiB.
+MAX_TEXT = 200_000
 
 
 # --- names ------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def put_item(
         raise Invalid("index must be false, null or a list of field paths", {"index": "false, null or paths"})
     minutes = _check_ttl(ttl)
     rank = ranking()
-    text = None if index is False else rank.document(value, index)
+    text = None if index is False else rank.document(value, index)[:MAX_TEXT]
     rkey = record_key(path, key)
     stamp = now()
     expires = stamp + timedelta(minutes=minutes) if minutes is not None else None
