@@ -477,3 +477,34 @@ def test_non_ascii_text_is_stored_and_found(store) -> None:
     store.put(("用户", "记忆"), "键", {"text": "值"})
     assert store.get(("用户", "记忆"), "键").value == {"text": "值"}
     assert store.list_namespaces(prefix=("用户",)) == [("用户", "记忆")]
+
+
+def test_a_batch_is_one_request_whatever_its_operations(store) -> None:
+    store.put(("warm",), "up", {"n": 0})  # opens the connection
+    sent = []
+    store._client.event_hooks["request"].append(sent.append)
+    results = store.batch(
+        [
+            PutOp(("a",), "k1", {"n": 1}),
+            PutOp(("a",), "k2", {"n": 2}, ttl=5),
+            GetOp(("a",), "k1"),
+            SearchOp(("a",), filter={"n": {"$gt": 1}}),
+            ListNamespacesOp(match_conditions=None, max_depth=None),
+            PutOp(("a",), "k1", None),
+            GetOp(("a",), "k1"),
+        ]
+    )
+    assert len(sent) == 1
+    assert sent[0].url.path == "/api/v1/store/batch"
+    assert results[:2] == [None, None]
+    assert results[2].value == {"n": 1}
+    assert [i.key for i in results[3]] == ["k2"]
+    assert results[4] == [("a",), ("warm",)]
+    assert results[5:] == [None, None]
+
+
+def test_a_failed_operation_is_raised_after_the_others_ran(store) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        store.batch([PutOp(("a",), "k1", {"n": 1}), SearchOp(("a",), filter={"n": {"$near": 1}})])
+    assert "$near" in str(refused.value)
+    assert store.get(("a",), "k1").value == {"n": 1}

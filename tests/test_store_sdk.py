@@ -255,3 +255,32 @@ def test_a_database_that_is_down_is_503_with_retry_after_through_the_sdk(tmp_pat
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_the_store_batch_answers_each_operation_as_its_own_call(web_server, alpha):
+    token = issue_token(agent=alpha)[1]
+    reader = issue_token(agent=alpha, read_only=True)[1]
+    url = web_server.url + "/api/v1/store/batch"
+    ops = [
+        {"put": {"namespace": ["a"], "key": "k", "value": {"n": 1}}},
+        {"get": {"namespace": ["a"], "key": "k"}},
+        {"get": {"namespace": ["a"], "key": "missing"}},
+        {"put": {"namespace": ["a"], "key": "k", "value": [1]}},
+        {"fly": {}},
+        {"search": {"namespace_prefix": ["a"]}},
+        {"list_namespaces": {}},
+        {"delete": {"namespace": ["a"], "key": "k"}},
+    ]
+    answer = httpx.post(url, json={"ops": ops}, headers={"x-api-key": token})
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [204, 200, 404, 422, 422, 200, 200, 204]
+    assert results[1]["body"]["value"] == {"n": 1}
+    assert "value" in str(results[3]["body"]["error"]["fields"])
+    assert results[5]["body"]["items"][0]["key"] == "k"
+    assert results[6]["body"] == {"namespaces": [["a"]]}
+
+    read_only = httpx.post(url, json={"ops": ops[:3]}, headers={"x-api-key": reader}).json()["results"]
+    assert [r["status"] for r in read_only] == [403, 404, 404]
+    too_many = httpx.post(url, json={"ops": [ops[1]] * 501}, headers={"x-api-key": token})
+    assert too_many.status_code == 422

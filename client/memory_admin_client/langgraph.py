@@ -6,8 +6,9 @@
     graph = builder.compile(store=store)
 
 Every item is one of the server's versioned records (history, events, a page in the
-console). `batch` and `abatch` send one request per operation, in order, on one kept-alive
-connection: the server has no multi-operation endpoint for store items yet.
+console). `batch` and `abatch` send all their operations in one request (`POST
+/api/v1/store/batch`); the server runs them in order, each on its own, and the first that
+failed is raised here after all have run (as LangGraph's stores raise).
 """
 
 from __future__ import annotations
@@ -55,32 +56,26 @@ class MemoryAdminStore(BaseStore):
     # --- BaseStore ----------------------------------------------------------------------
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
+        ops = list(ops)
+        wire = [_wire(op) for op in ops]
+        sent = [w for w in wire if w is not None]
+        if not sent:
+            return [None] * len(ops)
         if self._client is None:
             self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
-        results = []
-        for op in ops:
-            request = _request(op)
-            if request is None:
-                results.append(None)
-                continue
-            response = self._client.request(**request)
-            results.append(_result(op, response))
-        return results
+        return _results(ops, wire, self._client.post("/store/batch", json={"ops": sent}))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        ops = list(ops)
+        wire = [_wire(op) for op in ops]
+        sent = [w for w in wire if w is not None]
+        if not sent:
+            return [None] * len(ops)
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(
                 base_url=self.base_url, headers=self._headers, timeout=self._timeout
             )
-        results = []
-        for op in ops:
-            request = _request(op)
-            if request is None:
-                results.append(None)
-                continue
-            response = await self._aclient.request(**request)
-            results.append(_result(op, response))
-        return results
+        return _results(ops, wire, await self._aclient.post("/store/batch", json={"ops": sent}))
 
     def close(self) -> None:
         if self._client is not None:
@@ -105,53 +100,65 @@ class MemoryAdminStore(BaseStore):
         await self.aclose()
 
 
-def _request(op: Op) -> dict[str, Any] | None:
-    """The HTTP request for one operation (None: answered without asking the server)."""
+def _wire(op: Op) -> dict[str, Any] | None:
+    """The operation as the store batch takes it (None: answered without asking the server)."""
     if isinstance(op, GetOp):
-        if any("." in label for label in op.namespace) or not op.namespace:
-            return None  # no such item can exist: labels never hold "."
-        params: dict[str, Any] = {"namespace": ".".join(op.namespace), "key": op.key}
-        params["refresh_ttl"] = "true" if op.refresh_ttl else "false"
-        return {"method": "GET", "url": "/store/items", "params": params}
+        if not op.namespace or any("." in label or not label for label in op.namespace):
+            return None  # no item can live there: every put's labels are non-empty, without "."
+        return {"get": {"namespace": list(op.namespace), "key": op.key, "refresh_ttl": op.refresh_ttl}}
     if isinstance(op, PutOp):
         if op.value is None:
-            body = {"namespace": list(op.namespace), "key": op.key}
-            return {"method": "DELETE", "url": "/store/items", "json": body}
+            return {"delete": {"namespace": list(op.namespace), "key": op.key}}
         body = {"namespace": list(op.namespace), "key": op.key, "value": op.value, "ttl": op.ttl}
         if op.index is not None:
             body["index"] = op.index if op.index is False else list(op.index)
-        return {"method": "PUT", "url": "/store/items", "json": body}
+        return {"put": body}
     if isinstance(op, SearchOp):
-        body = {
-            "namespace_prefix": list(op.namespace_prefix),
-            "filter": op.filter,
-            "limit": op.limit,
-            "offset": op.offset,
-            "query": op.query,
-            "refresh_ttl": op.refresh_ttl,
+        return {
+            "search": {
+                "namespace_prefix": list(op.namespace_prefix),
+                "filter": op.filter,
+                "limit": op.limit,
+                "offset": op.offset,
+                "query": op.query,
+                "refresh_ttl": op.refresh_ttl,
+            }
         }
-        return {"method": "POST", "url": "/store/items/search", "json": body}
     if isinstance(op, ListNamespacesOp):
         body = {"max_depth": op.max_depth, "limit": op.limit, "offset": op.offset}
         for condition in op.match_conditions or ():
             body[condition.match_type] = list(condition.path)
-        return {"method": "POST", "url": "/store/namespaces", "json": body}
+        return {"list_namespaces": body}
     raise ValueError(f"unknown store operation: {op!r}")
 
 
-def _result(op: Op, response: httpx.Response) -> Result:
-    if isinstance(op, GetOp) and response.status_code == 404:
-        return None
+def _results(ops: list[Op], wire: list[dict[str, Any] | None], response: httpx.Response) -> list[Result]:
     if response.status_code >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        retry_after = response.headers.get("Retry-After")
-        raise from_response(response.status_code, body, float(retry_after) if retry_after else None)
+        raise _error(response.status_code, _json(response), response.headers.get("Retry-After"))
+    answers = iter(response.json()["results"])
+    results: list[Result] = []
+    failed = None
+    for op, sent in zip(ops, wire, strict=True):
+        if sent is None:
+            results.append(None)
+            continue
+        answer = next(answers)
+        status, body = answer["status"], answer["body"]
+        if isinstance(op, GetOp) and status == 404:
+            results.append(None)
+        elif status >= 400:
+            failed = failed or _error(status, body, None)
+            results.append(None)
+        else:
+            results.append(_result(op, body))
+    if failed is not None:
+        raise failed
+    return results
+
+
+def _result(op: Op, body: Any) -> Result:
     if isinstance(op, PutOp):
         return None
-    body = response.json()
     if isinstance(op, GetOp):
         return Item(
             value=body["value"],
@@ -173,6 +180,17 @@ def _result(op: Op, response: httpx.Response) -> Result:
             for item in body["items"]
         ]
     return [tuple(namespace) for namespace in body["namespaces"]]
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error(status: int, body: Any, retry_after: str | None) -> Exception:
+    return from_response(status, body, float(retry_after) if retry_after else None)
 
 
 def _time(text: str) -> datetime:

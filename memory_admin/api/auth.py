@@ -24,7 +24,7 @@ log = logging.getLogger("memory_admin.api")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # POSTs that may carry reads only: their views let a read-only token send get operations.
-READS_CHECKED_IN_VIEW = frozenset({"/api/v1/txn", "/api/v1/batch"})
+READS_CHECKED_IN_VIEW = frozenset({"/api/v1/txn", "/api/v1/batch", "/api/v1/store/batch"})
 WINDOW = 60  # seconds: the rate limit is RATE_LIMIT_PER_MINUTE per token per fixed minute
 REDIS_DOWN_PAUSE = 5.0  # seconds without rate limiting after Redis failed to answer
 

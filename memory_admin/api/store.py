@@ -2,13 +2,16 @@
 store). Give the SDK `get_client(url="<server>/api/v1", api_key=<token>)`: it sends its paths
 (`/store/items`, ...) under that base URL and the token as `x-api-key`."""
 
+import json
+from collections.abc import Callable
 from typing import Any, Literal
 
+import pydantic
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
-from memory_admin.api.common import In, actor_of, errors, json_response, ns_of
-from memory_admin.errors import Invalid
+from memory_admin.api.common import In, actor_of, errors, json_response, ns_of, token_of
+from memory_admin.errors import DomainError, Forbidden, Invalid
 from memory_admin.services import store
 
 router = Router(tags=["store"])
@@ -27,6 +30,12 @@ class PutIn(In):
 class DeleteIn(In):
     namespace: list[str]
     key: str
+
+
+class GetIn(In):
+    namespace: list[str]
+    key: str
+    refresh_ttl: bool | None = None
 
 
 class GetQuery(Schema):
@@ -147,3 +156,93 @@ def list_namespaces(request: HttpRequest, body: NamespacesIn):
         offset=body.offset,
     )
     return json_response({"namespaces": found})
+
+
+# --- many operations in one request ---------------------------------------------------
+
+MAX_OPS = 500
+
+
+class BatchIn(In):
+    ops: list[dict[str, Any]] = Field(
+        max_length=MAX_OPS,
+        description='each {"get"|"put"|"delete"|"search"|"list_namespaces": {the body of that call}}',
+    )
+
+
+class BatchResult(Schema):
+    status: int
+    body: Any
+
+
+class BatchOut(Schema):
+    results: list[BatchResult]
+
+
+@router.post("/store/batch", response={200: BatchOut, **errors()}, url_name="store_batch")
+def batch(request: HttpRequest, body: BatchIn):
+    """Store operations in one request, run in order, each with its own result (what
+    MemoryAdminStore.batch sends): `{"results": [{"status", "body"}]}`, `status` as the single
+    call would answer (200, 204, 404, 403, 422). A read-only token may send reads only."""
+    return json_response({"results": [_run(request, op) for op in body.ops]})
+
+
+def _get(request: HttpRequest, args: GetIn) -> tuple[int, Any]:
+    item = store.get_item(
+        ns=ns_of(request), namespace=args.namespace, key=args.key, refresh_ttl=args.refresh_ttl
+    )
+    return 200, item.body()
+
+
+def _put(request: HttpRequest, args: PutIn) -> tuple[int, Any]:
+    put_item(request, args)
+    return 204, None
+
+
+def _delete(request: HttpRequest, args: DeleteIn) -> tuple[int, Any]:
+    delete_item(request, args)
+    return 204, None
+
+
+def _search(request: HttpRequest, args: SearchIn) -> tuple[int, Any]:
+    return 200, json_loads(search_items(request, args))
+
+
+def _namespaces(request: HttpRequest, args: NamespacesIn) -> tuple[int, Any]:
+    return 200, json_loads(list_namespaces(request, args))
+
+
+OPS: dict[str, tuple[type[In], Callable[[HttpRequest, Any], tuple[int, Any]], bool]] = {
+    "get": (GetIn, _get, False),
+    "put": (PutIn, _put, True),
+    "delete": (DeleteIn, _delete, True),
+    "search": (SearchIn, _search, False),
+    "list_namespaces": (NamespacesIn, _namespaces, False),
+}
+
+
+def _run(request: HttpRequest, op: dict[str, Any]) -> dict[str, Any]:
+    try:
+        if len(op) != 1 or next(iter(op)) not in OPS or not isinstance(next(iter(op.values())), dict):
+            raise Invalid(
+                f"an operation is one of {', '.join(OPS)} with its arguments as an object",
+                {"op": "one of " + ", ".join(OPS)},
+            )
+        [(name, raw)] = op.items()
+        schema, call, writes = OPS[name]
+        if writes and token_of(request).read_only:
+            raise Forbidden("this token is read-only", scopes=token_of(request).scopes)
+        try:
+            args = schema.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            fields = {f"{name}." + ".".join(str(p) for p in e["loc"]): e["msg"] for e in exc.errors()}
+            message = "the operation is not valid: " + "; ".join(f"{k}: {v}" for k, v in fields.items())
+            raise Invalid(message[:1000], fields) from None
+        status, result = call(request, args)
+    except DomainError as exc:
+        return {"status": exc.status, "body": exc.body()}
+    return {"status": status, "body": result}
+
+
+def json_loads(response: HttpResponse) -> Any:
+    return json.loads(response.content)
