@@ -45,7 +45,12 @@ def world(alpha, beta):
     team.put("/status", {"status": "busy", "detail": "team secret"})
     team.post("/events", {"type": "secret.note", "payload": {"s": "team secret"}})
     team.post("/events/groups/workers/read", {"consumer": "c1", "start": "earliest", "count": 100})
+    team.put("/store/items", {"namespace": ["users", "alpha"], "key": "k", "value": {"s": "team secret"}})
     return {"team": team, "fact": fact, "lock": lock}
+
+
+def team_item(world) -> dict:
+    return body(world["team"].get("/store/items?namespace=users.alpha&key=k"))["value"]
 
 
 def leaks(response) -> bool:
@@ -223,6 +228,45 @@ def row_put_group(other, world):
     assert body(world["team"].get("/events/groups/team-only"))["max_deliveries"] == 3
 
 
+def row_get_ok(other, world):
+    assert body(other.get("/ok")) == {"ok": True}
+
+
+def row_get_store_item(other, world):
+    same_answer(lambda k: other.get(f"/store/items?namespace=users.alpha&key={k}"), "k", "nobodys")
+
+
+def row_search_store(other, world):
+    for prefix in ([], ["users"], ["users", "alpha"]):
+        response = other.post("/store/items/search", {"namespace_prefix": prefix, "query": "team secret"})
+        assert body(response)["items"] == [], prefix
+
+
+def row_store_namespaces(other, world):
+    assert body(other.post("/store/namespaces", {}))["namespaces"] == []
+
+
+def row_store_batch(other, world):
+    ops = [{"get": {"namespace": ["users", "alpha"], "key": "k"}}, {"search": {"namespace_prefix": []}}]
+    results = body(other.post("/store/batch", {"ops": ops}))["results"]
+    assert [r["status"] for r in results] == [404, 200]
+    assert results[1]["body"]["items"] == []
+
+
+def row_delete_store_item(other, world):
+    assert (
+        other.call("DELETE", "/store/items", {"namespace": ["users", "alpha"], "key": "k"}).status_code == 204
+    )
+    assert team_item(world) == {"s": "team secret"}
+
+
+def row_put_store_item(other, world):
+    put = other.put("/store/items", {"namespace": ["users", "alpha"], "key": "k", "value": {"s": "mine"}})
+    assert put.status_code == 204
+    assert team_item(world) == {"s": "team secret"}
+    assert body(other.get("/store/items?namespace=users.alpha&key=k"))["value"] == {"s": "mine"}
+
+
 ROWS = {
     ("GET", "/me"): row_get_me,
     ("POST", "/facts"): row_post_facts,
@@ -251,6 +295,13 @@ ROWS = {
     ("POST", "/batch"): row_batch,
     ("GET", "/events/groups/{group}"): row_get_group,
     ("PUT", "/events/groups/{group}"): row_put_group,  # after GET made team's group
+    ("GET", "/ok"): row_get_ok,
+    ("GET", "/store/items"): row_get_store_item,
+    ("POST", "/store/items/search"): row_search_store,
+    ("POST", "/store/namespaces"): row_store_namespaces,
+    ("POST", "/store/batch"): row_store_batch,
+    ("DELETE", "/store/items"): row_delete_store_item,  # before PUT makes the item its own
+    ("PUT", "/store/items"): row_put_store_item,
 }
 
 
