@@ -280,6 +280,7 @@ def test_the_openapi_document_describes_every_path_and_its_errors(alpha):
         "/api/v1/store/items": {"get", "put", "delete"},
         "/api/v1/store/items/search": {"post"},
         "/api/v1/store/namespaces": {"post"},
+        "/api/v1/store/batch": {"post"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     error_ref = "#/components/schemas/Error"
