@@ -14,9 +14,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from memory_admin.middleware import SameOriginWebsockets  # noqa: E402
 from memory_admin.mcp_server import PATH as MCP_PATH  # noqa: E402
 from memory_admin.mcp_server import McpEndpoint  # noqa: E402
+from memory_admin.middleware import SameOriginWebsockets  # noqa: E402
 from memory_admin.routing import websocket_urlpatterns  # noqa: E402
 
 # The agent API (/api/) authenticates with bearer tokens: it needs no session, CSRF, auth,
