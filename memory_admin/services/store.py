@@ -29,8 +29,8 @@ from django.utils.module_loading import import_string
 from django.utils.timezone import now
 
 from memory_admin.errors import Invalid, NotFound
-from memory_admin.models import Namespace, iso
-from memory_admin.services import Actor
+from memory_admin.models import Namespace, StoreItem, iso
+from memory_admin.services import SYSTEM_ACTOR, Actor
 from memory_admin.services.records import delete_record, write_record
 from memory_admin.validation import check_json, dumps
 
@@ -345,6 +345,30 @@ def list_namespaces(
     with connection.cursor() as cursor:
         cursor.execute(sql, [*head, ns.pk, now(), *params, limit, offset])
         return [row[0] for row in cursor.fetchall()]
+
+
+def sweep_expired_items(*, limit: int = 500) -> int:
+    """Delete up to `limit` items whose TTL has passed (their records get a tombstone version by
+    the system), so the console stops showing them as live; returns how many. Reads already hide
+    them: this only tidies up, and may run late."""
+    stamp = now()
+    due = list(StoreItem.objects.filter(expires__lte=stamp).values_list("ns_id", "rkey")[:limit])
+    swept = 0
+    for ns_id, rkey in due:
+        with transaction.atomic():
+            # Locked, and checked again: a put or a read may have renewed it since.
+            item = (
+                StoreItem.objects.select_for_update()
+                .filter(ns_id=ns_id, rkey=rkey, expires__lte=stamp)
+                .first()
+            )
+            if item is None:
+                continue
+            item.delete()
+            with contextlib.suppress(NotFound):
+                delete_record(ns=item.ns, key=rkey, actor=SYSTEM_ACTOR)
+            swept += 1
+    return swept
 
 
 def _check_page(limit: Any, offset: Any) -> None:
