@@ -16,7 +16,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from memory_admin.mcp_server import PATH as MCP_PATH  # noqa: E402
 from memory_admin.mcp_server import McpEndpoint  # noqa: E402
-from memory_admin.middleware import SameOriginWebsockets  # noqa: E402
+from memory_admin.middleware import BodyLimit, SameOriginWebsockets  # noqa: E402
 from memory_admin.routing import websocket_urlpatterns  # noqa: E402
 
 # The agent API (/api/) authenticates with bearer tokens: it needs no session, CSRF, auth,
@@ -108,7 +108,7 @@ async def http(scope, receive, send) -> None:
 
 application = ProtocolTypeRouter(
     {
-        "http": http,
+        "http": BodyLimit(http),
         "websocket": SameOriginWebsockets(
             AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),

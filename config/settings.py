@@ -125,6 +125,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The agent API's limits (API.md).
 MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+# A request body must arrive whole within this (memory_admin.middleware.BodyLimit): 408 after.
+BODY_TIMEOUT_SECONDS = env_int("BODY_TIMEOUT_SECONDS", 30, minimum=1, maximum=3600)
 # How the LangGraph store ranks `query` (services/store.py): a class with document(),
 # index_sql and score_sql. Full-text search by default: no embedding model is fetched here.
 STORE_RANKING = "memory_admin.services.store.FullTextRanking"

@@ -1,5 +1,5 @@
-"""Content-Security-Policy on every response, no-store on the console's, and the console
-websocket's Origin check (below).
+"""Content-Security-Policy on every response, no-store on the console's; and, for ASGI, the
+console websocket's Origin check and the request body's limits (below).
 
 The console has no inline script or style by design (static/console.js, console.css), so
 the policy allows only this origin's own files: an injected `<script>` or `onclick=` does
@@ -10,6 +10,8 @@ ws:/wss: as 'self'.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -195,3 +197,78 @@ def _trusted(sent: tuple[str, str, int], pattern: str) -> bool:
         return sent == _origin(scheme, netloc)
     except ValueError:
         return False
+
+
+class BodyLimit:
+    """ASGI, in front of Django: a request body is read here, within MAX_BODY_BYTES and
+    BODY_TIMEOUT_SECONDS, before any view sees it.
+
+    Django's handler reads a whole body into a spooled file before its own checks run: a
+    declared 64 MiB body was read in full before the 413, a chunked one over the limit became
+    a 400 HTML page, and a body that never came held its request (and its worker's slot)
+    forever. Here a declared length over the limit is refused before a byte is read, reading
+    stops at the limit, and a body not complete in time is refused — each in the API's error
+    shape, and the connection closed (the rest of the body is never read)."""
+
+    def __init__(self, application) -> None:
+        self.application = application
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.application(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is None and b"transfer-encoding" not in headers:
+            return await self.application(scope, receive, send)  # no body: nothing to read
+        limit = settings.MAX_BODY_BYTES
+        too_large = f"the body is over the limit of {limit} bytes"
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _refuse(send, 413, "payload_too_large", too_large, limit=limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.BODY_TIMEOUT_SECONDS
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                late = f"the body did not arrive within {settings.BODY_TIMEOUT_SECONDS} s"
+                return await _refuse(send, 408, "request_timeout", late)
+            if message["type"] == "http.disconnect":
+                return None  # the client left: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await _refuse(send, 413, "payload_too_large", too_large, limit=limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # what follows a body: the disconnect, when it comes
+
+        return await self.application(scope, replay, send)
+
+
+async def _refuse(send, status: int, code: str, message: str, **details) -> None:
+    body = json.dumps({"error": {"code": code, "message": message, **details}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),  # the unread rest of the body cannot start a request
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
