@@ -89,7 +89,7 @@ def errors(*statuses: int) -> dict[int, type[Error]]:
     """The error responses an operation documents, besides the ones every call can return:
     400 `malformed_json` (any request may carry a body that is not JSON) and 404 (a path
     parameter with characters no route takes, a newline say, leaves the URL unrouted)."""
-    return dict.fromkeys((*statuses, 400, 401, 404, 413, 415, 422, 429, 500, 503), Error)
+    return dict.fromkeys((*statuses, 400, 401, 404, 408, 413, 415, 422, 429, 500, 503), Error)
 
 
 def error_response(exc: DomainError, *, headers: dict[str, str] | None = None) -> JsonResponse:
