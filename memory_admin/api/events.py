@@ -12,10 +12,10 @@ from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Query, Router, Schema, Status
 
 from memory_admin import redis as r
-from memory_admin.api.common import Id, In, Limit, actor_of, errors, in_thread, ns_of
+from memory_admin.api.common import Id, In, Limit, actor_of, errors, in_thread, ns_of, token_of
 from memory_admin.errors import Invalid
 from memory_admin.models import Namespace
-from memory_admin.services import events
+from memory_admin.services import events, tokens
 
 router = Router(tags=["events"])
 log = logging.getLogger("memory_admin.api")
@@ -105,17 +105,19 @@ async def event_stream(request: HttpRequest, query: Query[StreamQuery]):
     else:
         cursor = await in_thread(events.last_event_id)()
     response = StreamingHttpResponse(
-        _follow(ns_of(request), cursor, _types(query.type)), content_type="text/event-stream"
+        _follow(ns_of(request), cursor, _types(query.type), token_of(request).pk),
+        content_type="text/event-stream",
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-async def _follow(ns: Namespace, cursor: int, types: list[str]) -> AsyncIterator[str]:
+async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -> AsyncIterator[str]:
     """Postgres is the source of truth, Redis only the wake-up: after every wake-up (or
     timeout) the log is read after the cursor, so the replay-to-live seam has no gap and
-    no duplicate, and a Redis outage only slows the stream to polling."""
+    no duplicate, and a Redis outage only slows the stream to polling. The stream ends once
+    its token is revoked: checked before each read, and the revocation's event wakes it."""
     loop = asyncio.get_running_loop()
     client = r.async_client()
     key = r.stream_key(ns.name)
@@ -128,11 +130,13 @@ async def _follow(ns: Namespace, cursor: int, types: list[str]) -> AsyncIterator
         last_write = loop.time()
         while True:
             try:
-                batch = await in_thread(events.read_events)(ns=ns, after=cursor, types=types, limit=BATCH)
+                batch = await in_thread(_next_batch)(token_id, ns=ns, after=cursor, types=types, limit=BATCH)
             except django.db.Error as exc:  # Postgres away: keep the stream, try again shortly
                 log.warning("event stream of %s waiting for Postgres: %s", ns.name, exc)
                 await asyncio.sleep(POLL_SECONDS)
                 continue
+            if batch is None:
+                return  # revoked: the client's reconnect gets 401
             for event in batch:
                 yield _frame(event.body())
                 cursor = event.id
@@ -156,6 +160,13 @@ async def _follow(ns: Namespace, cursor: int, types: list[str]) -> AsyncIterator
                 last_write = loop.time()
     finally:
         await client.aclose()
+
+
+def _next_batch(token_id: int, **read) -> list | None:
+    """The next events of a stream (read_events' arguments), or None once its token is revoked."""
+    if not tokens.token_is_live(token_id):
+        return None
+    return events.read_events(**read)
 
 
 async def _stream_top(client, key: str) -> str | None:

@@ -12,6 +12,7 @@ from memory_admin.api.common import (
     Id,
     In,
     Key,
+    Unauthenticated,
     actor_of,
     agent_of,
     error_response,
@@ -19,11 +20,12 @@ from memory_admin.api.common import (
     in_thread,
     json_response,
     ns_of,
+    token_of,
 )
 from memory_admin.api.events import EventOut
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError
-from memory_admin.services import groups
+from memory_admin.services import groups, tokens
 
 router = Router(tags=["events"])
 
@@ -88,11 +90,16 @@ async def read_group(request: HttpRequest, group: Key, body: ReadIn):
     event not acked within `reclaim_after_ms` goes to another consumer of the group."""
     ns = ns_of(request)
     agent_id = agent_of(request).name
+    token_id = token_of(request).pk
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.block_ms / 1000
     batches: list[groups.Batch] = []
 
     def attempt() -> HttpResponse:
+        # Every wake-up asks again (a revocation's own event wakes this read): a read that
+        # was waiting when its token was revoked answers 401, not the events that came since.
+        if not tokens.token_is_live(token_id):
+            return error_response(Unauthenticated("the token was revoked while the read waited"))
         try:
             batch = groups.read_group(
                 ns=ns,

@@ -70,6 +70,13 @@ def revoke_token(*, token: Token, actor: Actor = SYSTEM_ACTOR) -> Token:
     return token
 
 
+def token_is_live(token_id: int) -> bool:
+    """Whether a token still authenticates: not revoked, its agent and namespace not removed.
+    Open streams and blocking reads ask it on every wake-up (a revocation's own event wakes them),
+    so a revocation reaches connections opened before it."""
+    return Token.objects.filter(pk=token_id, revoked__isnull=True).exists()
+
+
 def authenticate(raw: str) -> Token | None:
     """The live token for a presented secret, with its agent and namespace, or None.
 
