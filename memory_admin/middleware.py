@@ -139,8 +139,15 @@ class SameOriginWebsockets:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and not same_origin(scope):
-            return await WebsocketDenier()(scope, receive, send)
+            return await Refused()(scope, receive, send)
         return await self.application(scope, receive, send)
+
+
+class Refused(WebsocketDenier):
+    """Refuses a websocket handshake (403) without joining the channel layer: a refused socket
+    has nothing to receive from it (channel_layer_alias names no layer, so there is none)."""
+
+    channel_layer_alias = "none: a refused socket needs no channel layer"
 
 
 def same_origin(scope: dict) -> bool:
