@@ -6,6 +6,7 @@ x-api-key. Every item is one of our versioned records, so a put shows in the con
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import time
@@ -17,7 +18,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 from django.utils.timezone import now
-from langgraph_sdk import get_sync_client
+from langgraph_sdk import get_client, get_sync_client
 from langgraph_sdk.errors import UnprocessableEntityError
 
 from config import web
@@ -284,3 +285,23 @@ def test_the_store_batch_answers_each_operation_as_its_own_call(web_server, alph
     assert [r["status"] for r in read_only] == [403, 404, 404]
     too_many = httpx.post(url, json={"ops": [ops[1]] * 501}, headers={"x-api-key": token})
     assert too_many.status_code == 422
+
+
+def test_the_async_sdk_with_langgraph_api_key_from_the_environment_works_too(web_server, alpha, monkeypatch):
+    monkeypatch.setenv("LANGGRAPH_API_KEY", issue_token(agent=alpha)[1])
+
+    async def work():
+        client = get_client(url=web_server.url + "/api/v1")
+        await client.store.put_item(["async"], "k", {"text": "hello there"})
+        item = await client.store.get_item(["async"], "k")
+        found = await client.store.search_items(["async"], query="hello")
+        listed = await client.store.list_namespaces()
+        await client.store.delete_item(["async"], "k")
+        await client.http.client.aclose()
+        return item, found, listed
+
+    item, found, listed = asyncio.run(work())
+    assert item["value"] == {"text": "hello there"}
+    assert found["items"][0]["score"] > 0
+    assert listed == {"namespaces": [["async"]]}
+    assert Record.objects.get(key="~async/k").updated_by == "alpha"
