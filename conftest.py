@@ -8,5 +8,7 @@ tests/conftest.py is their place.
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
+# pytest-django keeps each test's transaction open while the test works (and pauses).
+os.environ.setdefault("DB_IDLE_IN_TRANSACTION_SECONDS", "0")
 # Tests use their own Redis database, so a run never touches the data of a dev server.
 os.environ.setdefault("REDIS_DB", "15")

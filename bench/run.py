@@ -238,6 +238,11 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         issue_token(agent=ensure_agent(namespace=NS, agent_id=f"client-{i:03d}"))[1] for i in range(100)
     ]
     live_token = issue_token(agent=ensure_agent(namespace=LIVE_NS, agent_id="writer"))[1]
+    # Clients spread over three namespaces: client i writes in namespace i % 3.
+    spread_tokens = [
+        issue_token(agent=ensure_agent(namespace=f"{NS}-{i % 3}", agent_id=f"client-{i:03d}"))[1]
+        for i in range(64)
+    ]
     User.objects.create_user("bench", password=password)
     for conn in connections.all(initialized_only=True):
         conn.close()
@@ -303,6 +308,7 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         "args": args,
         "only": only,
         "tokens": tokens,
+        "spread_tokens": spread_tokens,
         "live_token": live_token,
         "password": password,
         "web": web_port,
@@ -348,15 +354,22 @@ async def scenarios(ctx: dict) -> None:
         )  # fmt: skip
         log(f"     profiling the web process into {out}")
 
-    async def measure(op, *, clients: int, scenario: str, system: str, extra=None):
+    async def measure(op, *, clients: int, scenario: str, system: str, extra=None, activity: bool = False):
         before: dict = {}
+        sampler = s.PgActivity(ctx["dsn"]) if activity else None
 
         async def mark() -> None:
             before.update(watch.cpu())
             profile(f"{scenario}-{system}-{clients}")
+            if sampler:
+                await sampler.start()
 
         async def done() -> None:
             after.update(watch.cpu())
+            if sampler:
+                result_extra.update(await sampler.stop())
+
+        result_extra: dict = {}
 
         after: dict = {}
         result = await closed_loop(
@@ -366,6 +379,7 @@ async def scenarios(ctx: dict) -> None:
         for name, value in after.items():
             if name in before and value - before[name] > 0.005 * result.seconds:
                 result.cpu[f"{name}_cpu_pct"] = round(100 * (value - before[name]) / result.seconds, 1)
+        result.extra.update(result_extra)
         if extra:
             result.extra.update(extra(op))
         add(result)
@@ -382,10 +396,15 @@ async def scenarios(ctx: dict) -> None:
         )
 
     if 1 in only:
-        log("1. versioned write, own key")
+        log("1. versioned write, own key; Django hello-world floor; Postgres lock waits sampled at 16")
         for c in levels:
+            await measure(s.Hello(hello), clients=c, scenario="1 hello-world floor", system="django-hello")
             await measure(
-                s.VersionedWrite(ours, tokens), clients=c, scenario="1 versioned write", system="ours"
+                s.VersionedWrite(ours, tokens),
+                clients=c,
+                scenario="1 versioned write",
+                system="ours",
+                activity=c == 16,
             )
             await measure(
                 s.PgVersionedUpdate(ctx["dsn"]), clients=c, scenario="1 versioned write", system="postgres"
@@ -397,6 +416,13 @@ async def scenarios(ctx: dict) -> None:
                     scenario="1 versioned write",
                     system="etcd",
                 )
+        await measure(
+            s.VersionedWrite(ours, ctx["spread_tokens"]),
+            clients=16,
+            scenario="1 versioned write, 3 ns",
+            system="ours",
+            activity=True,
+        )
     if 2 in only:
         await quiesce(watch)
         log("2. point read; facts by category (1,000,000 facts)")
@@ -444,6 +470,13 @@ async def scenarios(ctx: dict) -> None:
             clients=16,
             scenario="4 lock contended",
             system="redis",
+        )
+        await measure(
+            s.WaitingLockCycle(ours, tokens, resource="s4-queued"),
+            clients=16,
+            scenario="4 lock contended, waiting",
+            system="ours",
+            extra=lambda op: op.fairness(16),
         )
     if 5 in only:
         await quiesce(watch)
@@ -576,12 +609,12 @@ def explain_plans() -> list[dict]:
         "facts full text": Fact.objects.filter(ns=ns)
         .extra(where=["search @@ websearch_to_tsquery('english', %s)"], params=["budget"])
         .order_by("-id")[:51],
-        "events after cursor": Event.objects.filter(ns=ns, id__gt=0).order_by("id")[:51],
-        "events by type": Event.objects.filter(ns=ns, type="lock.acquired", id__gt=500_000).order_by("id")[
-            :51
-        ],
-        "events by agent": Event.objects.filter(ns=ns, agent_id="agent-00042").order_by("id")[:51],
-        "timeline newest": Event.objects.filter(ns=ns).order_by("-id")[:51],
+        "events after cursor": Event.objects.filter(ns=ns, position__gt=0).order_by("position")[:51],
+        "events by type": Event.objects.filter(ns=ns, type="lock.acquired", position__gt=500_000).order_by(
+            "position"
+        )[:51],
+        "events by agent": Event.objects.filter(ns=ns, agent_id="agent-00042").order_by("position")[:51],
+        "timeline newest": Event.objects.filter(ns=ns, position__isnull=False).order_by("-position")[:51],
     }
     plans = []
     with connection.cursor() as cursor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 import re
 import statistics
@@ -151,6 +152,80 @@ class LockCycle(Api):
         token = resp.json()["fencing_token"]
         resp = await conn.request("DELETE", f"/api/v1/locks/{resource}?fencing_token={token}")
         return resp.status == 204
+
+
+class WaitingLockCycle(Api):
+    """16 clients on one resource, each acquiring with `wait_seconds` (the server queues them,
+    first come first served) then releasing: throughput, and how evenly the clients were served."""
+
+    def __init__(self, target: Target, tokens: list[str], resource: str, wait: float = 10) -> None:
+        super().__init__(target, tokens)
+        self.resource, self.wait = resource, wait
+        self.served: dict[int, int] = {}
+
+    async def run(self, state: dict) -> bool:
+        conn = state["conn"]
+        path = f"/api/v1/locks/{self.resource}"
+        resp = await conn.request("POST", path, {"ttl_seconds": 30, "wait_seconds": self.wait})
+        if resp.status != 200:
+            return False
+        self.served[state["i"]] = self.served.get(state["i"], 0) + 1
+        token = resp.json()["fencing_token"]
+        resp = await conn.request("DELETE", f"{path}?fencing_token={token}")
+        return resp.status == 204
+
+    def fairness(self, clients: int) -> dict:
+        counts = [self.served.get(i, 0) for i in range(clients)]
+        return {
+            "least_served": min(counts),
+            "most_served": max(counts),
+            "clients_served": sum(1 for n in counts if n),
+        }
+
+
+class PgActivity:
+    """Samples pg_stat_activity of the service's database while a scenario runs: of the active
+    backends seen, how many waited on a heavyweight lock (row, advisory, transaction id) or on a
+    light one (WAL, buffers)."""
+
+    SQL = """
+    SELECT count(*), count(*) FILTER (WHERE wait_event_type = 'Lock'),
+           count(*) FILTER (WHERE wait_event_type = 'LWLock'),
+           string_agg(DISTINCT wait_event, ',') FILTER (WHERE wait_event_type = 'Lock')
+    FROM pg_stat_activity
+    WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
+    """
+
+    def __init__(self, dsn: str, interval: float = 0.005) -> None:
+        self.dsn, self.interval = dsn, interval
+        self.active = self.lock = self.lwlock = 0
+        self.kinds: set[str] = set()
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        self.task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            active, lock, lwlock, kinds = await (await self.conn.execute(self.SQL)).fetchone()
+            self.active, self.lock, self.lwlock = self.active + active, self.lock + lock, self.lwlock + lwlock
+            if kinds:
+                self.kinds.update(kinds.split(","))
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> dict:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.conn.close()
+        share = round(100 * self.lock / self.active, 1) if self.active else 0.0
+        return {
+            "pg_active_samples": self.active,
+            "pg_lock_wait_pct": share,
+            "pg_lwlock_wait_pct": round(100 * self.lwlock / self.active, 1) if self.active else 0.0,
+            "pg_lock_kinds": ",".join(sorted(self.kinds)) or "-",
+        }
 
 
 # --- 5. mixed agent workload -----------------------------------------------------------

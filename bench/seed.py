@@ -68,8 +68,9 @@ def seed(dsn: str, redis_url: str, ns: str, log=print) -> dict[str, float]:
         )
         step(
             "events",
-            """INSERT INTO memory_admin_event (id, ns_id, type, actor, agent_id, subject, payload, created)
-               SELECT i, %s,
+            """INSERT INTO memory_admin_event
+                 (seq, position, ord, txn, ns_id, type, actor, agent_id, subject, payload, created)
+               SELECT i, i, 0, '', %s,
                       CASE WHEN i > %s THEN 'lock.acquired'
                            ELSE (ARRAY['record.written','fact.stored','status.changed',
                                        'lock.released','custom.note'])[1 + i %% 5] END,
@@ -105,18 +106,13 @@ def seed(dsn: str, redis_url: str, ns: str, log=print) -> dict[str, float]:
                FROM generate_series(0, %s - 1) i""",
             [ns_id, EVENTS - LOCKS, AGENTS, LOCKS],
         )
-        # The log's counter and the relay's cursor start after the seeded events: the relay
-        # publishes only what the benchmark appends.
+        # The namespace's log starts after the seeded events (sequenced and published): the relay
+        # publishes only what the benchmark appends. The sequence goes on after them.
         conn.execute(
-            "INSERT INTO memory_admin_eventcounter (id, last) VALUES (1, %s) "
-            "ON CONFLICT (id) DO UPDATE SET last = EXCLUDED.last",
-            [EVENTS],
+            "UPDATE memory_admin_namespace SET head = %s, published = %s WHERE id = %s",
+            [EVENTS, EVENTS, ns_id],
         )
-        conn.execute(
-            "INSERT INTO memory_admin_relaycursor (id, published, updated) VALUES (1, %s, now()) "
-            "ON CONFLICT (id) DO UPDATE SET published = EXCLUDED.published",
-            [EVENTS],
-        )
+        conn.execute("SELECT setval(pg_get_serial_sequence('memory_admin_event', 'seq'), %s)", [EVENTS])
         step("analyze", "ANALYZE")
 
     t0 = time.perf_counter()

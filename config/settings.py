@@ -46,6 +46,13 @@ _db["OPTIONS"]["pool"] = {
     "max_size": env_int("DB_POOL_MAX", 20, minimum=1, maximum=1000),
     "timeout": env_int("DB_POOL_TIMEOUT", 10, minimum=1, maximum=300),
 }
+# A transaction left open holds back the event log's horizon (services/events.py): nothing
+# committed after it is readable until it ends. Postgres ends sessions idle inside one for longer.
+_idle_in_transaction = env_int("DB_IDLE_IN_TRANSACTION_SECONDS", 30, minimum=0, maximum=86400)
+if _idle_in_transaction:
+    _db["OPTIONS"]["options"] = (
+        _db["OPTIONS"].get("options", "") + f" -c idle_in_transaction_session_timeout={_idle_in_transaction}s"
+    ).strip()
 _db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME", "test_memory_admin")}
 DATABASES = {"default": _db}
 

@@ -38,7 +38,8 @@ TABLE_BODIES = {"agent-rows", "fact-rows", "record-rows", "conflict-rows", "lock
 
 
 class Changed(TypedDict):
-    """One committed event, pushed to every console socket of its namespace."""
+    """A doorbell: the namespace's log has grown to `event["id"]` (a position); every console
+    socket of the namespace reads the log after its own cursor."""
 
     type: Literal["memory.changed"]
     ns: str
@@ -49,8 +50,8 @@ def group_name(ns_id: int) -> str:
     return f"ns-{ns_id}"
 
 
-async def broadcast(ns_id: int, ns: str, event: dict) -> None:
-    message: Changed = {"type": "memory.changed", "ns": ns, "event": event}
+async def broadcast(ns_id: int, ns: str, position: int) -> None:
+    message: Changed = {"type": "memory.changed", "ns": ns, "event": {"id": position}}
     await get_channel_layer().group_send(group_name(ns_id), message)
 
 
@@ -63,8 +64,8 @@ def pending(ns: Namespace, after: int) -> tuple[list[Event], bool]:
 @dataclass(frozen=True)
 class Batch:
     """A read of the log: the events after `after` (at most BATCH), begun at `started`
-    (time.monotonic). Ids are handed out gapless in commit order, so a batch holds every event
-    of its namespace from `after` through its last one, whenever it is reused."""
+    (time.monotonic). Positions are dense and final, so a batch holds every event of its
+    namespace from `after` through its last one, whenever it is reused."""
 
     after: int
     events: list[Event]

@@ -25,11 +25,23 @@ def iso(moment: datetime | None) -> str | None:
 class Namespace(models.Model):
     name = models.CharField(max_length=200, unique=True)
     created = models.DateTimeField(default=now)
+    # The namespace's log (services/events.py): the last position handed out by the sequencer,
+    # and the last one the relay has published to Redis. Only the sequencer and relay write them.
+    head = models.BigIntegerField(default=0, db_default=0)
+    published = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["name"]
         permissions = [
             ("operate", "Can act in the console: release locks, resolve conflicts, edit, manage tokens")
+        ]
+        indexes = [
+            # The relay's look for namespaces with positioned events it has not published yet.
+            models.Index(
+                fields=["id"],
+                name="namespace_unpublished_idx",
+                condition=models.Q(head__gt=models.F("published")),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -134,6 +146,9 @@ class Record(models.Model):
     updated_by = models.CharField(max_length=220)  # an agent_id, or "operator:<username>"
     updated = models.DateTimeField(default=now)
     created = models.DateTimeField(default=now)
+    # The log order of the event of its latest version (services/events.py): the next version's
+    # event orders after it, whatever transaction ids the two writers had.
+    ord = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["key"]
@@ -238,10 +253,10 @@ class Conflict(models.Model):
 
 
 class LockFence(models.Model):
-    """The durable side of a lock: the newest fencing token and the last known holder.
+    """The durable side of a lock: its fencing counter and the last known holder.
 
-    Tokens are ids of `lock.acquired` events, so they keep growing even if Redis
-    loses every key.
+    An acquire bumps `token` in the Postgres transaction that records it and commits before
+    the token is handed out, so tokens only grow, also after Redis or Postgres lost state.
     """
 
     ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="fences")
@@ -251,6 +266,7 @@ class LockFence(models.Model):
     held = models.BooleanField(default=True)  # false once released, expired or force-released
     acquired = models.DateTimeField(default=now)
     expires = models.DateTimeField()
+    ord = models.BigIntegerField(default=0, db_default=0)  # log order of the lock's last event (Record.ord)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["ns", "resource"], name="lockfence_ns_resource_uniq")]
@@ -265,10 +281,18 @@ class LockFence(models.Model):
 
 
 class Event(models.Model):
-    """The append-only log. Ids are gapless and assigned in commit order (services/events.py)."""
+    """The append-only log (services/events.py).
 
-    id = models.BigIntegerField(primary_key=True)
+    A writer appends with `seq` from a sequence and `ord` at least its transaction id; the
+    sequencer later stamps `position`, the event's place in its namespace's log: dense,
+    ascending, never reused. The position is the id agents and pages see.
+    """
+
+    seq = models.BigAutoField(primary_key=True)
     ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="events")
+    position = models.BigIntegerField(null=True)  # null until sequenced
+    ord = models.BigIntegerField()  # >= the writer's xid8: the sequencer's order (with seq)
+    txn = models.CharField(max_length=40, blank=True, default="", db_default="")  # the /txn that wrote it
     type = models.CharField(max_length=64)
     actor = models.CharField(max_length=220)  # agent_id, "operator:<username>" or "system"
     agent_id = models.CharField(max_length=200, blank=True)  # the agent it concerns, if any
@@ -277,42 +301,40 @@ class Event(models.Model):
     created = models.DateTimeField(default=now)
 
     class Meta:
-        ordering = ["id"]
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["ns", "position"], name="event_ns_position_uniq"),
+        ]
         indexes = [
-            models.Index(fields=["ns", "id"], name="event_ns_id_idx"),
-            models.Index(fields=["ns", "type", "id"], name="event_ns_type_idx"),
-            models.Index(fields=["ns", "agent_id", "id"], name="event_ns_agent_idx"),
+            models.Index(fields=["ns", "type", "position"], name="event_ns_type_idx"),
+            models.Index(fields=["ns", "agent_id", "position"], name="event_ns_agent_idx"),
+            # The sequencer's work: committed events waiting for a position, in its order.
+            models.Index(
+                fields=["ord", "seq"], name="event_unsequenced_idx", condition=models.Q(position__isnull=True)
+            ),
         ]
 
     @property
+    def id(self) -> int | None:
+        """What agents and pages call the event's id: its position in the namespace's log."""
+        return self.position
+
+    @property
     def dom_id(self) -> str:
-        return f"event-{self.pk}"
+        return f"event-{self.position}"
 
     def body(self) -> dict:
         """The event as API.md shows it (and as the relay publishes it)."""
         return {
-            "id": self.id,
+            "id": self.position,
             "type": self.type,
             "agent_id": self.agent_id or None,
             "actor": self.actor,
             "subject": self.subject,
             "payload": self.payload,
             "created_at": iso(self.created),
+            **({"txn": self.txn} if self.txn else {}),
         }
-
-
-class EventCounter(models.Model):
-    """One row: the last event id handed out. Taking it row-locks until commit, which
-    orders event ids by commit and leaves no gaps (a rollback returns the number)."""
-
-    last = models.BigIntegerField(default=0)
-
-
-class RelayCursor(models.Model):
-    """One row: the last event id the active relay has published."""
-
-    published = models.BigIntegerField(default=0)
-    updated = models.DateTimeField(default=now)
 
 
 class Idempotency(models.Model):
@@ -388,6 +410,7 @@ class HeldLock:
     token: int
     acquired: datetime
     expires: datetime
+    waiting: tuple[str, ...] = ()  # agents queued for it, first in line first (when asked for)
 
     @property
     def seconds_left(self) -> float:

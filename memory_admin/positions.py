@@ -1,8 +1,9 @@
 """Where an event sits in its namespace's log, written once for the console's newer pages
 (cascade, consumer groups, time travel, charts).
 
-The number pages and agents see as an event's id is moving from the global `id` to a
-per-namespace dense `position`; these helpers are the one place that names the column.
+The number pages and agents see as an event's id is its `position`: dense and ascending within
+its namespace, stamped by the sequencer (services/events.py); an event without one is not in the
+log yet.
 """
 
 from __future__ import annotations
@@ -11,15 +12,12 @@ from django.db.models import QuerySet
 
 from memory_admin.models import Event, Namespace
 
-# The event's number in its namespace's log: `position` once the model has it (stamped after
-# commit, null until then), the global `id` before.
-FIELD = "position" if any(f.name == "position" for f in Event._meta.get_fields()) else "id"
+FIELD = "position"  # the event's number in its namespace's log
 
 
 def log(ns: Namespace) -> QuerySet[Event]:
     """The namespace's log (only events with a position are in it)."""
-    events = Event.objects.filter(ns=ns)
-    return events.filter(position__isnull=False) if FIELD == "position" else events
+    return Event.objects.filter(ns=ns, position__isnull=False)
 
 
 def of(event: Event) -> int:
@@ -41,7 +39,9 @@ def newest_first(events: QuerySet[Event]) -> QuerySet[Event]:
 
 def head(ns: Namespace) -> int:
     """The newest event's number, 0 for an empty log."""
-    return newest_first(log(ns)).values_list(FIELD, flat=True).first() or 0
+    from memory_admin.services.events import head as log_head
+
+    return log_head(ns)
 
 
 def numbered(ns: Namespace, numbers: list[int]) -> QuerySet[Event]:
@@ -53,5 +53,5 @@ def at(ns: Namespace, n: int) -> Event | None:
 
 
 def behind(ns: Namespace, n: int, cap: int = 10_000) -> int:
-    """How many events follow event `n`, counted up to `cap` (an index range, not a scan)."""
-    return after(ns, n).order_by(FIELD)[:cap].count()
+    """How many events follow event `n` (positions are dense: the head tells), up to `cap`."""
+    return min(cap, max(0, head(ns) - n))

@@ -96,6 +96,31 @@ def lock_key(ns: str, resource: str) -> str:
     return f"{_tag(ns)}:lock:{resource}"
 
 
+def lock_queue(ns: str, resource: str) -> str:
+    """Sorted set of the lock's waiters by ticket (arrival)."""
+    return f"{_tag(ns)}:lockq:{resource}"
+
+
+def lock_leases(ns: str, resource: str) -> str:
+    """Hash of the lock's waiters and the expiry (ms) of their lease."""
+    return f"{_tag(ns)}:lockql:{resource}"
+
+
+def lock_tickets(ns: str) -> str:
+    return f"{_tag(ns)}:locktickets"
+
+
+def lock_keys(ns: str, resource: str) -> list[str]:
+    """What the lock scripts take: lock, index, queue, leases, tickets."""
+    return [
+        lock_key(ns, resource),
+        locks_index(ns),
+        lock_queue(ns, resource),
+        lock_leases(ns, resource),
+        lock_tickets(ns),
+    ]
+
+
 def locks_index(ns: str) -> str:
     """Sorted set of held resources scored by expiry (ms), for listing."""
     return f"{_tag(ns)}:locks"
@@ -111,7 +136,9 @@ def heartbeats_index(ns: str) -> str:
 
 
 def stream_key(ns: str) -> str:
-    return f"{_tag(ns)}:events"
+    """The namespace's log in Redis: entry `<position>-0` per event. (Not `:events`, the stream of
+    global event ids before positions: that one is left alone.)"""
+    return f"{_tag(ns)}:log"
 
 
 def activity_key(ns: str, agent: str = "") -> str:
@@ -140,25 +167,120 @@ def login_failures_key(who: str) -> str:
 
 # --- scripts --------------------------------------------------------------------------
 
-# KEYS: lock, index. ARGV: owner, token, now_ms, ttl_ms, resource.
-# Returns {1} when acquired, else {0, owner, token, expires_ms} of the holder.
-ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires')
-  return {0, h[1], h[2], h[3]}
+# A lock is a hash (owner, token, acquired, expires, state) with the lease as its TTL, and the
+# namespace's index of held locks by expiry. An acquire reserves it here first (state
+# `acquiring`, no token), records the acquire in Postgres (which issues the token), then confirms
+# it (state `held`); a release marks it `releasing`, records that, then frees it (services/locks.py).
+# Waiters queue per lock, first come first served: a sorted set of waiter ids by ticket, each
+# with a lease refreshed while it waits (a waiter whose process died drops out when its lease
+# lapses). Freeing a lock PUBLISHes its next waiter's id.
+_PRUNE = """
+local function prune(now)
+  local leases = redis.call('HGETALL', KEYS[4])
+  for i = 1, #leases, 2 do
+    if tonumber(leases[i + 1]) < now then
+      redis.call('HDEL', KEYS[4], leases[i])
+      redis.call('ZREM', KEYS[3], leases[i])
+    end
+  end
 end
-local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', ARGV[2], 'acquired', ARGV[3], 'expires', expires)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], expires, ARGV[5])
+local function wake(channel, message, now)
+  prune(now)
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if head then redis.call('PUBLISH', channel, message .. head) end
+end
+"""
+
+# KEYS: lock, index, queue, leases, tickets. ARGV: owner, now_ms, ttl_ms, waiter id ('' for none),
+# lease_ms, join the queue (1/0).
+# Returns {1} when reserved; {0, owner, token, expires_ms} when held; {2} when free but an earlier
+# waiter's turn (the caller, if it waits, is queued in both cases).
+ACQUIRE = (
+    _PRUNE
+    + """
+local now = tonumber(ARGV[2])
+local waiter = ARGV[4]
+prune(now)
+local function queue()
+  if waiter == '' or ARGV[6] ~= '1' then return end
+  if not redis.call('ZSCORE', KEYS[3], waiter) then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), waiter)
+  end
+  redis.call('HSET', KEYS[4], waiter, now + tonumber(ARGV[5]))
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  queue()
+  local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires')
+  return {0, h[1], h[2] or '', h[3]}
+end
+local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+if head and head ~= waiter then
+  queue()
+  return {2}
+end
+local expires = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', '', 'acquired', ARGV[2], 'expires', expires,
+           'state', 'acquiring')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if waiter ~= '' then
+  redis.call('ZREM', KEYS[3], waiter)
+  redis.call('HDEL', KEYS[4], waiter)
+end
 return {1}
 """
+)
+
+# KEYS: lock, index. ARGV: owner, token, resource. Returns 1 when confirmed, 0 when the
+# reservation is gone (its lease ran out first).
+CONFIRM = """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'expires')
+if h[1] ~= ARGV[1] or h[2] ~= 'acquiring' then return 0 end
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'state', 'held')
+redis.call('ZADD', KEYS[2], h[3], ARGV[3])
+return 1
+"""
+
+# KEYS: lock, index, queue, leases. ARGV: owner, resource, channel, message prefix, now_ms.
+# Gives back a reservation whose acquire failed in Postgres, and wakes the next waiter.
+UNDO = (
+    _PRUNE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if h[1] == ARGV[1] and h[2] == 'acquiring' then redis.call('DEL', KEYS[1]) end
+wake(ARGV[3], ARGV[4], tonumber(ARGV[5]))
+return 1
+"""
+)
+
+# KEYS: lock, index, queue, leases. ARGV: owner, token, resource, channel, message prefix, now_ms.
+# Ends a lock the caller holds with that token: `releasing` (Postgres records the release while
+# nobody can take the lock) with `phase` 'begin'; deleted, and the next waiter woken, with 'end';
+# back to `held` with 'undo'. Returns 1 when the caller held it (in the state the phase needs).
+RELEASE = (
+    _PRUNE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
+local phase = ARGV[7]
+if phase == 'begin' then
+  if h[3] == 'releasing' then return 0 end
+  redis.call('HSET', KEYS[1], 'state', 'releasing')
+elseif phase == 'undo' then
+  redis.call('HSET', KEYS[1], 'state', 'held')
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  wake(ARGV[4], ARGV[5], tonumber(ARGV[6]))
+end
+return 1
+"""
+)
 
 # KEYS: lock, index. ARGV: owner, token, now_ms, ttl_ms, resource.
 # Returns {1, acquired_ms, expires_ms} when renewed, {0} when the caller is not the holder.
 RENEW = """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'acquired')
-if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return {0} end
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'acquired', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[4] == 'releasing' then return {0} end
 local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'expires', expires)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -166,23 +288,37 @@ redis.call('ZADD', KEYS[2], expires, ARGV[5])
 return {1, h[3], expires}
 """
 
-# KEYS: lock, index. ARGV: owner, token, resource. Returns 1 when released, 0 otherwise.
-RELEASE = """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
-if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[3])
-return 1
-"""
-
-# KEYS: lock, index. ARGV: resource. Returns {owner, token} of the removed holder, or {}.
-FORCE_RELEASE = """
+# KEYS: lock, index, queue, leases. ARGV: resource, channel, message prefix, now_ms.
+# Returns {owner, token} of the removed holder, or {}; wakes the next waiter.
+FORCE_RELEASE = (
+    _PRUNE
+    + """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'token')
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+wake(ARGV[2], ARGV[3], tonumber(ARGV[4]))
 if not h[1] then return {} end
 return {h[1], h[2]}
 """
+)
+
+# KEYS: queue, leases. ARGV: waiter id. A waiter that stops waiting leaves the queue.
+LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: lock, index, queue, leases. ARGV: resource, channel, message prefix, now_ms.
+# A lease that lapsed: wake the next waiter (the key is gone by itself).
+WAKE = (
+    _PRUNE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+wake(ARGV[2], ARGV[3], tonumber(ARGV[4]))
+return 1
+"""
+)
 
 # KEYS: status, heartbeats index. ARGV: agent, status, detail, now_ms, ttl_ms.
 # Returns {previous status or false, previous detail or false, was_live (0/1), and what
@@ -284,7 +420,7 @@ HELD_LOCKS = """
 local out, n = {}, 0
 for _, resource in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
   local h = redis.call('HMGET', ARGV[1] .. resource, 'owner', 'token', 'acquired', 'expires')
-  if h[1] then
+  if h[1] and h[2] and h[2] ~= '' then
     n = n + 1
     out[n] = {resource, h[1], h[2], h[3], h[4]}
   end

@@ -1,15 +1,18 @@
-"""The relay: publishes the committed event log to Redis, in order, once per event id.
+"""The relay: sequences the event log and publishes it to Redis, once per position, in order.
 
-One relay is active at a time: it holds a session-level Postgres advisory lock on its
-own connection; standbys retry the lock and take over when the active one's connection
-dies. The active relay
-  - reads events after its cursor (ids are gapless and in commit order, services/events.py),
-  - XADDs each to its namespace's stream with the explicit id `<event id>-0`, so Redis
-    itself refuses a second copy after a crash between publish and cursor update,
-  - broadcasts each to the namespace's Channels group (pages drop repeats by id),
-  - then stores the cursor in Postgres;
-and it sweeps lapsed locks and heartbeats into `lock.expired` / `agent.stale` events.
-It is woken by LISTEN/NOTIFY and polls as a fallback.
+One relay is active at a time: it holds a session-level Postgres advisory lock on its own
+connection; standbys retry the lock and take over when the active one's connection dies.
+The active relay, each time a writer's doorbell rings (Redis PUBLISH after commit) or a poll
+comes due:
+  - sequences: stamps positions on the committed events below the horizon (services/events.py);
+  - publishes, per namespace, the events after the namespace's `published` position: XADD to its
+    stream with the explicit id `<position>-0`, so Redis itself refuses a second copy after a
+    crash between publish and cursor update; then one doorbell to the namespace's Channels group
+    (pages read the log themselves), then stores `published`;
+  - sweeps lapsed locks and heartbeats into `lock.expired` / `agent.stale` events.
+A namespace whose publishing fails is retried with backoff and reported to operators; the others
+go on (one namespace's events never stall another's). The relay never parses a payload: bodies are
+assembled around the payload's JSON text, so no event can be too big, deep or odd to pass.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import psycopg
 import redis.asyncio
@@ -28,8 +32,8 @@ from django.db import close_old_connections
 
 from memory_admin import live
 from memory_admin import redis as r
-from memory_admin.models import Event
-from memory_admin.services.events import CHANNEL
+from memory_admin.models import iso
+from memory_admin.services import events
 from memory_admin.services.locks import sweep_expired_locks
 from memory_admin.services.status import sweep_stale_agents
 
@@ -39,12 +43,21 @@ LOCK_KEY = 0x6D61_7265_6C61_7900  # "marelay\0": the advisory lock only the acti
 BATCH = 500
 POLL_SECONDS = 1.0
 SWEEP_SECONDS = 1.0
+# While committed events wait for the horizon (an older transaction still open), look again
+# soon: the transaction holding it back may append nothing, and so never ring.
+HORIZON_POLL = (0.002, 0.1)
+STALL_BACKOFF = (0.5, 30.0)  # seconds between attempts at a namespace whose publishing failed
+STATUS_KEY = events.RELAY_STATUS_KEY
 
-_FETCH = """
-SELECT e.id, e.ns_id, n.name, e.type, e.actor, e.agent_id, e.subject, e.payload, e.created
-FROM memory_admin_event e JOIN memory_admin_namespace n ON n.id = e.ns_id
-WHERE e.id > %s ORDER BY e.id LIMIT %s
+_PENDING = """
+SELECT id, name, published, head FROM memory_admin_namespace WHERE head > published ORDER BY id
 """
+_FETCH = """
+SELECT position, type, actor, agent_id, subject, payload::text, created, txn
+FROM memory_admin_event WHERE ns_id = %s AND position > %s AND position <= %s
+ORDER BY position
+"""
+_WAITING = "SELECT EXISTS (SELECT 1 FROM memory_admin_event WHERE position IS NULL)"
 
 
 def dsn() -> str:
@@ -58,22 +71,43 @@ def dsn() -> str:
     )
 
 
+def body_json(position, type, actor, agent_id, subject, payload_text, created, txn) -> str:
+    """An event's body (Event.body()) as JSON text, around the payload's own text."""
+    head = json.dumps(
+        {"id": position, "type": type, "agent_id": agent_id or None, "actor": actor, "subject": subject},
+        ensure_ascii=False,
+    )
+    tail = json.dumps({"created_at": iso(created), **({"txn": txn} if txn else {})}, ensure_ascii=False)
+    return f'{head[:-1]}, "payload": {payload_text}, {tail[1:]}'
+
+
+@dataclass
+class Stall:
+    """A namespace whose publishing failed: when to try again, and why it failed."""
+
+    attempts: int
+    retry_at: float
+    error: str
+
+
 class Relay:
     def __init__(self, *, name: str = "relay") -> None:
         self.name = name
         self.conn: psycopg.AsyncConnection | None = None
         self.redis = r.async_client()
-        self.published = 0
+        self.pubsub = None
         self.last_sweep = 0.0
+        self.stalls: dict[int, Stall] = {}
         self.stopping = asyncio.Event()
+        self.published = 0  # events published since start (for the log and tests)
 
     async def run(self) -> None:
-        """Wait to become active, then publish until stopped or the lock is lost."""
+        """Wait to become active, then relay until stopped or the lock is lost."""
         while not self.stopping.is_set():
             try:
                 if await self._become_active():
-                    log.info("%s active from event %s", self.name, self.published)
-                    await self._publish_loop()
+                    log.info("%s active from position heads %s", self.name, "as stored")
+                    await self._loop()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 log.warning("%s lost Postgres (%s); standing by", self.name, exc)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -87,52 +121,81 @@ class Relay:
         while not self.stopping.is_set():
             row = await (await self.conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])).fetchone()
             if row[0]:
-                await self.conn.execute(f"LISTEN {CHANNEL}")
-                cur = await self.conn.execute(
-                    "INSERT INTO memory_admin_relaycursor (id, published, updated) VALUES (1, 0, now()) "
-                    "ON CONFLICT (id) DO UPDATE SET id = 1 RETURNING published"
-                )
-                self.published = (await cur.fetchone())[0]
+                await self._listen()
                 return True
             await self._sleep(POLL_SECONDS)
         return False
 
-    async def _publish_loop(self) -> None:
+    async def _listen(self) -> None:
+        """Subscribe to the writers' doorbell; without Redis, the relay polls."""
+        try:
+            self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            await self.pubsub.subscribe(events.doorbell_channel())
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("%s cannot hear the doorbell (%s); polling", self.name, exc)
+            self.pubsub = None
+
+    async def _loop(self) -> None:
+        pause = HORIZON_POLL[0]
         while not self.stopping.is_set():
-            while await self.publish_pending():
+            while await self.sequence():
                 pass
+            await self.publish_pending()
             if time.monotonic() - self.last_sweep >= SWEEP_SECONDS:
                 await self._sweep()
-            await self._wait_for_notify()
+            if await self._waiting():
+                await self._wait_for_doorbell(pause)
+                pause = min(pause * 2, HORIZON_POLL[1])
+            else:
+                pause = HORIZON_POLL[0]
+                await self._wait_for_doorbell(POLL_SECONDS)
+
+    async def sequence(self) -> int:
+        """One pass of the sequencer; returns how many events got a position."""
+        async with self.conn.transaction():
+            await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [events.SEQUENCER_LOCK])
+            cur = await self.conn.execute(events.SEQUENCE_SQL, [events.SEQUENCE_BATCH])
+            rows = await cur.fetchall()
+        return sum(count for _, _, count in rows)
 
     async def publish_pending(self) -> int:
-        """Publish the next batch after the cursor; returns how many events it held."""
-        cur = await self.conn.execute(_FETCH, [self.published, BATCH])
-        rows = await cur.fetchall()
-        if not rows:
-            return 0
-        events = [
-            (
-                ns_id,
-                ns,
-                Event(
-                    id=id,
-                    type=type,
-                    actor=actor,
-                    agent_id=agent_id,
-                    subject=subject,
-                    payload=payload,
-                    created=created,
-                ).body(),
-            )
-            for id, ns_id, ns, type, actor, agent_id, subject, payload, created in rows
-        ]
+        """Publish what each namespace has sequenced beyond its `published`; returns how many."""
+        rows = await (await self.conn.execute(_PENDING)).fetchall()
+        total = 0
+        for ns_id, ns, published, head in rows:
+            stall = self.stalls.get(ns_id)
+            if stall is not None and time.monotonic() < stall.retry_at:
+                continue
+            try:
+                while published < head:
+                    published = await self._publish(ns_id, ns, published, min(head, published + BATCH))
+                    total += 1
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                redis.ConnectionError,
+                redis.TimeoutError,
+            ):
+                raise  # the stores, not this namespace: the outer loop waits for them
+            except Exception as exc:
+                self._stalled(ns_id, ns, exc)
+            else:
+                if self.stalls.pop(ns_id, None) is not None:
+                    log.info("%s publishes namespace %s again", self.name, ns)
+                    await self._report()
+        return total
+
+    async def _publish(self, ns_id: int, ns: str, after: int, through: int) -> int:
+        rows = await (await self.conn.execute(_FETCH, [ns_id, after, through])).fetchall()
+        if len(rows) != through - after:  # positions are dense: anything else is a broken log
+            raise RuntimeError(f"positions {after + 1}..{through} of {ns} read {len(rows)} events")
         pipe = self.redis.pipeline(transaction=False)
-        for _, ns, body in events:
+        key = r.stream_key(ns)
+        for row in rows:
             pipe.xadd(
-                r.stream_key(ns),
-                {"event": json.dumps(body)},
-                id=f"{body['id']}-0",
+                key,
+                {"event": body_json(*row)},
+                id=f"{row[0]}-0",
                 maxlen=settings.EVENT_STREAM_MAXLEN,
                 approximate=True,
             )
@@ -140,30 +203,72 @@ class Relay:
             # A stream that already has this id got it before a crash: exactly once, by Redis' rule.
             if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
                 raise result
-        for ns_id, ns, body in events:
-            await live.broadcast(ns_id, ns, body)
-        self.published = events[-1][2]["id"]
+        await live.broadcast(ns_id, ns, through)
         await self.conn.execute(
-            "UPDATE memory_admin_relaycursor SET published = %s, updated = now() WHERE id = 1",
-            [self.published],
+            "UPDATE memory_admin_namespace SET published = %s WHERE id = %s AND published < %s",
+            [through, ns_id, through],
         )
-        return len(events)
+        self.published += len(rows)
+        return through
+
+    def _stalled(self, ns_id: int, ns: str, exc: Exception) -> None:
+        previous = self.stalls.get(ns_id)
+        attempts = previous.attempts + 1 if previous else 1
+        delay = min(STALL_BACKOFF[0] * 2 ** (attempts - 1), STALL_BACKOFF[1])
+        self.stalls[ns_id] = Stall(attempts, time.monotonic() + delay, f"{type(exc).__name__}: {exc}"[:500])
+        log.error(
+            "%s cannot publish namespace %s (attempt %s, next in %.1fs): %s",
+            self.name,
+            ns,
+            attempts,
+            delay,
+            exc,
+        )
+        asyncio.ensure_future(self._report())
+
+    async def _report(self) -> None:
+        """What operators see of the relay (views: the overview's relay panel)."""
+        stalled = {
+            str(ns_id): json.dumps({"attempts": s.attempts, "error": s.error})
+            for ns_id, s in self.stalls.items()
+        }
+        with contextlib.suppress(Exception):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(STATUS_KEY)
+            if stalled:
+                pipe.hset(STATUS_KEY, mapping=stalled)
+            await pipe.execute()
+
+    async def _waiting(self) -> bool:
+        """Whether committed events wait for the horizon to pass them."""
+        return (await (await self.conn.execute(_WAITING)).fetchone())[0]
 
     async def _sweep(self) -> None:
         self.last_sweep = time.monotonic()
         await sync_to_async(_sweep_once, thread_sensitive=True)()
 
-    async def _wait_for_notify(self) -> None:
-        # Let the generator finish by itself (stop_after): leaving it with `break` would keep
-        # the connection's lock held by the suspended generator and stall the next query.
-        async for _ in self.conn.notifies(timeout=POLL_SECONDS, stop_after=1):
-            pass
+    async def _wait_for_doorbell(self, timeout: float) -> None:
+        if self.pubsub is None:
+            await self._sleep(timeout)
+            return
+        try:
+            message = await self.pubsub.get_message(timeout=timeout)
+            # Everything that rang meanwhile is answered by the one pass that follows.
+            while message is not None:
+                message = await self.pubsub.get_message(timeout=0)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("%s lost the doorbell (%s); polling", self.name, exc)
+            self.pubsub = None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
     async def _close(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()
+            self.pubsub = None
         if self.conn is not None:
             await self.conn.close()  # closing the session releases the advisory lock
             self.conn = None

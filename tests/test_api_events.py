@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 from tests.test_api_support import api_for, error, state
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_publishing_an_event_returns_201_with_the_event(alpha):
     response = api_for(alpha).post("/events", {"type": "draft.ready", "payload": {"section": 2}})
     assert response.status_code == 201
@@ -24,7 +24,7 @@ def test_publishing_an_event_returns_201_with_the_event(alpha):
         "alpha",
         {"section": 2},
     )
-    assert Event.objects.get(pk=event["id"]).type == "draft.ready"
+    assert Event.objects.get(ns=alpha.ns, position=event["id"]).type == "draft.ready"
 
 
 @pytest.mark.django_db
@@ -84,7 +84,7 @@ def test_the_reserved_families_cover_every_type_the_server_writes():
     assert {t for t in written if not reserved_event_type(t)} == set()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_events_read_after_a_cursor_oldest_first_with_type_and_agent_filters(alpha, beta):
     a, b = api_for(alpha), api_for(beta)
     start = a.get("/events?limit=500").json()["items"][-1]["id"]
@@ -103,7 +103,7 @@ def test_events_read_after_a_cursor_oldest_first_with_type_and_agent_filters(alp
     assert [e["payload"]["n"] for e in a.get(f"/events?after={start}&agent_id=beta").json()["items"]] == [2]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_events_page_with_next_until_caught_up(alpha):
     api = api_for(alpha)
     for i in range(5):

@@ -9,7 +9,7 @@ import pytest
 from memory_admin import redis as r
 from memory_admin.models import ConsumerGroup, Event
 from memory_admin.services import Actor
-from memory_admin.services.events import publish_event
+from memory_admin.services.events import find_position, publish_event
 from memory_admin.services.tokens import issue_token
 from tests.conftest import wait_for
 from tests.test_api_support import api_for, error
@@ -25,10 +25,11 @@ def _client(web_server, agent) -> httpx.Client:
 
 
 def _publish(agent, n: int, type: str = "job") -> list[int]:
-    return [
-        publish_event(ns=agent.ns, type=type, payload={"i": i}, actor=Actor.of_agent(agent)).id
-        for i in range(n)
+    """Publish `n` events; their positions (sequenced here if no relay did yet)."""
+    published = [
+        publish_event(ns=agent.ns, type=type, payload={"i": i}, actor=Actor.of_agent(agent)) for i in range(n)
     ]
+    return [wait_for(lambda e=e: find_position(e).position) for e in published]
 
 
 def _in_stream(ns: str, event_id: int) -> bool:

@@ -5,6 +5,7 @@ import pytest
 
 from memory_admin import redis as r
 from memory_admin.models import Event
+from tests.conftest import api_clients, wait_for
 from tests.test_api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
@@ -17,7 +18,7 @@ def test_acquire_returns_the_lock_with_a_growing_fencing_token(alpha):
     lock = response.json()
     assert set(lock) >= {"resource", "owner", "fencing_token", "acquired_at", "expires_at"}
     assert (lock["resource"], lock["owner"]) == ("printer", "alpha")
-    assert api.get("/locks/printer").json() == lock
+    assert api.get("/locks/printer").json() == {**lock, "waiting": []}
     assert api.get("/locks").json()["items"] == [lock]
     assert api.delete(f"/locks/printer?fencing_token={lock['fencing_token']}").status_code == 204
     again = api.post("/locks/printer").json()
@@ -37,7 +38,7 @@ def test_a_held_lock_is_409_lock_held_with_holder_and_expiry_and_not_reentrant(a
     assert failure["held_by"] == "alpha" and failure["expires_at"]
     error(a.post("/locks/printer"), 409, "lock_held")
     assert state() == before
-    assert a.get("/locks/printer").json() == lock
+    assert a.get("/locks/printer").json() == {**lock, "waiting": []}
 
 
 def test_acquire_waits_for_the_holder_to_release(alpha, beta):
@@ -89,7 +90,7 @@ def test_release_by_another_agent_or_with_a_wrong_token_is_409_and_keeps_the_loc
     error(a.delete(f"/locks/printer?fencing_token={lock['fencing_token'] + 1}"), 409, "not_lock_holder")
     error(a.delete("/locks/never?fencing_token=1"), 409, "not_lock_holder")
     assert state() == before
-    assert a.get("/locks/printer").json() == lock
+    assert a.get("/locks/printer").json() == {**lock, "waiting": []}
     assert not Event.objects.filter(type="lock.released").exists()
 
 
@@ -118,3 +119,62 @@ def test_bad_lock_requests_are_422_and_change_nothing(alpha, method, path, body)
     error(response, 422, "validation_error")
     assert state() == before
     assert not r.client().exists(r.lock_key("team", "printer"))
+
+
+# --- waiting: first come, first served, woken when freed --------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiters_are_served_first_come_first_served_and_woken_by_each_release(web_server, make_agent):
+    holder, *waiters = api_clients(web_server, [make_agent(n) for n in ("holder", "w1", "w2", "w3")])
+    first = holder.post("/locks/queue/printer", json={"ttl_seconds": 60}).json()
+    order: list[str] = []
+    tokens: dict[str, int] = {}
+    releases: dict[str, threading.Event] = {}
+
+    def wait_and_hold(client, name):
+        response = client.post("/locks/queue/printer", json={"ttl_seconds": 60, "wait_seconds": 20})
+        assert response.status_code == 200, response.text
+        order.append(name)
+        tokens[name] = response.json()["fencing_token"]
+        releases[name].wait(20)
+        client.delete(f"/locks/queue/printer?fencing_token={tokens[name]}")
+
+    threads = []
+    for client, name in zip(waiters, ("w1", "w2", "w3"), strict=True):
+        releases[name] = threading.Event()
+        threads.append(threading.Thread(target=wait_and_hold, args=(client, name)))
+        threads[-1].start()
+        # Queued in this order: each is in the lock's waiting list before the next one asks.
+        wait_for(
+            lambda n=name: n in holder.get("/locks/queue/printer").json()["waiting"], message=f"{name} queued"
+        )
+    assert holder.get("/locks/queue/printer").json()["waiting"] == ["w1", "w2", "w3"]
+
+    holder.delete(f"/locks/queue/printer?fencing_token={first['fencing_token']}")
+    for name in ("w1", "w2", "w3"):
+        wait_for(lambda n=name: n in order, message=f"{name} served")
+        releases[name].set()
+    for thread in threads:
+        thread.join(30)
+    assert order == ["w1", "w2", "w3"]
+    assert [tokens[n] for n in order] == sorted(tokens.values()) and tokens["w1"] > first["fencing_token"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_gets_a_lock_whose_holder_died_when_its_lease_lapses(web_server, make_agent):
+    dead, waiter = api_clients(web_server, [make_agent("dead"), make_agent("waiter")])
+    taken = dead.post("/locks/lease", json={"ttl_seconds": 1}).json()  # and never released
+    response = waiter.post("/locks/lease", json={"ttl_seconds": 30, "wait_seconds": 15})
+    assert response.status_code == 200, response.text
+    assert response.json()["owner"] == "waiter"
+    assert response.json()["fencing_token"] == taken["fencing_token"] + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_that_gives_up_leaves_the_queue_and_gets_lock_held(web_server, make_agent):
+    holder, waiter = api_clients(web_server, [make_agent("holder"), make_agent("waiter")])
+    holder.post("/locks/busy", json={"ttl_seconds": 60})
+    refused = waiter.post("/locks/busy", json={"wait_seconds": 0.3})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "lock_held")
+    assert holder.get("/locks/busy").json()["waiting"] == []

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from memory_admin.models import Event
+from memory_admin.services.events import sequence
 from tests.conftest import api_clients, run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,8 +83,11 @@ def test_16_clients_moving_value_between_two_records_keep_the_sum_and_show_no_ha
     assert a["version"] == b["version"] == CLIENTS * MOVES + 1  # no lost update, no half move
     assert sums and set(sums) == {TOTAL}  # no reader saw one side moved without the other
     # The log: each committed move appended both its writes, and they are next to each other.
+    sequence()  # every committed move's events take their place in the log
     written = list(
-        Event.objects.filter(ns__name="team", type="record.written", id__gt=log_start).order_by("id")
+        Event.objects.filter(ns__name="team", type="record.written", position__gt=log_start).order_by(
+            "position"
+        )
     )
     assert len(written) == 2 * CLIENTS * MOVES
     for first_half, second_half in zip(written[::2], written[1::2], strict=True):

@@ -12,7 +12,7 @@ import pytest
 from memory_admin_client import AgentEvent, MemoryClient, Unavailable
 
 from memory_admin.models import Event, Fact
-from memory_admin.services.events import last_event_id, publish_event
+from memory_admin.services.events import head, publish_event, sequence
 from memory_admin.services.tokens import issue_token
 from tests.conftest import actor, start_web, wait_for
 from tests.test_client_support import FAST, client_for, run_agent
@@ -57,9 +57,11 @@ def assert_exactly_n_of_each_in_order(n: int, after: int = 0) -> None:
     """n facts and n events, none twice, in the order they were made: fact, event, fact, ..."""
     facts = Fact.objects.filter(category="offline").order_by("id")
     assert [f.fact for f in facts] == [f"fact {i}" for i in range(n)]
-    events = Event.objects.filter(type="offline_event").order_by("id")
+    events = Event.objects.filter(type="offline_event").order_by("seq")
     assert [e.payload["i"] for e in events] == list(range(n))
-    kinds = Event.objects.filter(id__gt=after, type__in=["fact.stored", "offline_event"]).order_by("id")
+    sequence()  # give positions to what no reader or relay has yet
+    kinds = Event.objects.filter(position__gt=after, type__in=["fact.stored", "offline_event"])
+    kinds = kinds.order_by("position")
     assert list(kinds.values_list("type", flat=True)) == ["fact.stored", "offline_event"] * n
 
 
@@ -73,7 +75,7 @@ def test_calls_made_while_the_server_is_away_are_replayed_in_order_when_it_is_ba
     )
     try:
         assert client.store_fact("alpha", "before", "online") is not None
-        start = last_event_id()
+        start = head(alpha.ns)
         server.stop()
         for i in range(20):  # the agent-process test below makes the 100 of each
             assert client.store_fact("alpha", f"fact {i}", "offline") is None
@@ -133,7 +135,7 @@ def test_a_second_process_cannot_share_an_offline_log(tmp_path, alpha):
 
 def test_subscribe_across_a_server_restart_misses_nothing_and_repeats_nothing(server, alpha):
     publisher = client_for(server.url, alpha)
-    start = last_event_id()
+    start = head(alpha.ns)
     got: list[int] = []
 
     def listen() -> None:

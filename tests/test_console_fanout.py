@@ -24,6 +24,7 @@ from bench.loadgen import WebSocket  # a minimal RFC 6455 client, the one the be
 from memory_admin import live
 from memory_admin import redis as r
 from memory_admin.models import Event, Fact
+from memory_admin.services.events import sequence
 from memory_admin.services.facts import store_fact
 from memory_admin.services.locks import acquire_lock
 from memory_admin.views.screens import last_event_id
@@ -111,7 +112,12 @@ async def until(predicate, timeout: float = 20) -> None:
 
 
 def committed_after(ns, start: int) -> list[int]:
-    return list(Event.objects.filter(ns=ns, id__gt=start).order_by("id").values_list("id", flat=True))
+    sequence()
+    return list(
+        Event.objects.filter(ns=ns, position__gt=start)
+        .order_by("position")
+        .values_list("position", flat=True)
+    )
 
 
 def test_many_consoles_on_one_page_get_every_event_once_and_in_order_while_agents_write(
@@ -252,7 +258,7 @@ def test_consoles_at_one_cursor_share_one_log_read_and_one_render_per_permission
             True
         ] * doorbells
     # One log read per doorbell for all eight sockets (it was one per socket) ...
-    assert _reads(queries, Event._meta.db_table, '"id" >') == doorbells
+    assert _reads(queries, Event._meta.db_table, '"position" >') == doorbells
     # ... and one render per doorbell for each permission: the operators' and the viewers'.
     assert _reads(queries, Fact._meta.db_table, '"id" IN') == 2 * doorbells
 

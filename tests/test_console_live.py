@@ -17,6 +17,7 @@ from django.test import Client
 from config.asgi import application
 from memory_admin import live
 from memory_admin.models import Event
+from memory_admin.services.events import sequence
 from memory_admin.services.facts import store_fact
 from memory_admin.services.locks import acquire_lock, force_release
 from memory_admin.services.status import heartbeat
@@ -54,11 +55,14 @@ async def open_page(path: str, cookie: str, after: int) -> WebsocketCommunicator
 async def publish(*events: Event) -> None:
     """What the relay does for each committed event: one doorbell to the namespace's group."""
     for event in events:
-        await live.broadcast(event.ns_id, event.ns.name, event.body())
+        await live.broadcast(event.ns_id, event.ns.name, event.position)
 
 
 def newest(type: str) -> Event:
-    return Event.objects.select_related("ns").filter(type=type).order_by("-id").first()
+    sequence()  # what no relay runs here to do
+    return (
+        Event.objects.select_related("ns").filter(type=type, position__isnull=False).order_by("-seq").first()
+    )
 
 
 def cursor_of(html: str) -> int:

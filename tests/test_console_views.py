@@ -125,6 +125,7 @@ def test_every_page_renders_for_viewers(as_viewer, ns, world):
         assert "Force release" not in html and "Issue token" not in html and "Save merge" not in html, name
 
 
+@pytest.mark.django_db(transaction=True)  # the log shows committed events only
 def test_pages_show_their_data(as_viewer, ns, world):
     urls = pages(ns, world)
     assert b"researching" in as_viewer.get(urls["agents"]).content
@@ -155,6 +156,7 @@ def test_fragments_render_alone_for_htmx(as_viewer, ns, world):
     assert as_viewer.get(urls["locks"] + "?fragment=nope").status_code == 404
 
 
+@pytest.mark.django_db(transaction=True)  # the log shows committed events only
 def test_timeline_filters_and_pages_back_by_cursor(as_viewer, ns, alpha):
     for i in range(60):
         store_fact(ns=ns, fact=f"fact {i}", category="bulk", actor=actor(alpha))
@@ -354,6 +356,7 @@ def test_operator_issues_a_token_shown_once_and_revokes_it(as_operator, ns, alph
     assert Event.objects.filter(type="agent.token_revoked", actor="operator:otto").exists()
 
 
+@pytest.mark.django_db(transaction=True)  # the log shows committed events only
 def test_an_agent_page_shows_its_work(as_viewer, ns, world):
     html = as_viewer.get(reverse("agent", args=[ns.name, "beta"])).content.decode()
     assert "report/draft" in html  # the lock it holds

@@ -1,4 +1,5 @@
-"""The relay: every committed event reaches Redis once, in order, whatever dies when."""
+"""The relay: every committed event reaches Redis once, in order, whatever dies when; and one
+namespace that cannot be published never stalls another."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.contrib.auth.models import User
+from django.test import Client
 
 from memory_admin import live
 from memory_admin import redis as r
-from memory_admin.models import Event, RelayCursor
-from memory_admin.services.events import publish_event
+from memory_admin.models import Event, Namespace
+from memory_admin.relay import STATUS_KEY
+from memory_admin.services.events import find_position, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
 
@@ -22,7 +26,11 @@ def stream_ids(ns) -> list[int]:
 
 
 def publish(ns, agent, count: int) -> list[int]:
-    return [publish_event(ns=ns, type="tick", payload={"i": i}, actor=actor(agent)).id for i in range(count)]
+    """Publish `count` events; their positions (sequenced here if no relay did yet)."""
+    published = [
+        publish_event(ns=ns, type="tick", payload={"i": i}, actor=actor(agent)) for i in range(count)
+    ]
+    return [wait_for(lambda e=e: find_position(e).position, message="a position") for e in published]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -36,15 +44,16 @@ def test_a_new_relay_publishes_what_a_killed_one_left_each_event_exactly_once_in
     finally:
         first.stop(signal.SIGKILL)
     # And as if it had died between XADD and storing its cursor: the cursor lags the stream.
-    RelayCursor.objects.filter(pk=1).update(published=ids[10])
+    Namespace.objects.filter(pk=ns.pk).update(published=ids[10])
 
     second = start_relay(tmp_path, "relay-2")
     try:
-        every = list(Event.objects.filter(ns=ns).order_by("id").values_list("id", flat=True))
         wait_for(lambda: stream_ids(ns)[-1:] == ids[-1:], message="the rest published")
         time.sleep(0.5)
+        every = list(Event.objects.filter(ns=ns).order_by("position").values_list("position", flat=True))
+        assert every == list(range(1, len(every) + 1)), "positions are dense"
         assert stream_ids(ns) == every
-        assert RelayCursor.objects.get(pk=1).published == ids[-1]
+        assert Namespace.objects.get(pk=ns.pk).published == ids[-1]
     finally:
         second.stop()
 
@@ -71,16 +80,48 @@ def test_a_standby_relay_takes_over_within_five_seconds(ns, alpha, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_each_event_reaches_the_namespaces_channel_group(ns, alpha, outsider, relay):
+def test_each_namespace_group_hears_its_own_log_grow(ns, alpha, outsider, relay):
     layer = get_channel_layer()
     mine, theirs = async_to_sync(layer.new_channel)(), async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(live.group_name(ns.pk), mine)
     async_to_sync(layer.group_add)(live.group_name(outsider.ns.pk), theirs)
 
-    event = publish_event(ns=ns, type="tick", payload={"n": 1}, actor=actor(alpha))
+    [position] = publish(ns, alpha, 1)
     message = async_to_sync(layer.receive)(mine)
-    assert message["type"] == "memory.changed"
-    assert message["event"] == json.loads(json.dumps(Event.objects.get(pk=event.id).body()))
+    assert message == {"type": "memory.changed", "ns": ns.name, "event": {"id": position}}
 
     other = publish_event(ns=outsider.ns, type="tick", payload={}, actor=actor(outsider))
-    assert async_to_sync(layer.receive)(theirs)["event"]["id"] == other.id
+    assert async_to_sync(layer.receive)(theirs)["event"]["id"] == find_position(other).position
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_carries_each_event_as_the_api_shows_it(ns, alpha, relay):
+    deep = {"n": 18446744073709551615, "text": "naïve ✓", "nested": [[[{"a": None}]]]}
+    event = publish_event(ns=ns, type="odd", payload=deep, actor=actor(alpha))
+    position = wait_for(lambda: find_position(event).position)
+    wait_for(lambda: position in stream_ids(ns), message="published")
+    [(_, fields)] = r.client().xrange(r.stream_key(ns.name), f"{position}-0", f"{position}-0")
+    assert json.loads(fields["event"]) == json.loads(json.dumps(Event.objects.get(seq=event.seq).body()))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_namespace_that_cannot_be_published_does_not_stall_the_others(ns, alpha, outsider, relay):
+    # Namespace B's stream key holds something that is not a stream: every XADD to it fails.
+    r.client().set(r.stream_key(outsider.ns.name), "not a stream")
+    stuck = publish(outsider.ns, outsider, 3)
+    wait_for(lambda: r.client().hgetall(STATUS_KEY), message="the stalled namespace reported")
+    assert "WRONGTYPE" in json.loads(r.client().hget(STATUS_KEY, str(outsider.ns.pk)))["error"]
+
+    ids = publish(ns, alpha, 5)
+    wait_for(lambda: stream_ids(ns)[-5:] == ids, timeout=5, message="namespace A still published")
+    assert relay.proc.poll() is None, "the relay is alive"
+    operator = Client()
+    operator.force_login(User.objects.create_user("olga"))
+    assert (
+        "The relay cannot publish this namespace" in operator.get(f"/ns/{outsider.ns.name}/").content.decode()
+    )
+    assert "The relay cannot publish this namespace" not in operator.get(f"/ns/{ns.name}/").content.decode()
+
+    r.client().delete(r.stream_key(outsider.ns.name))  # repaired: B catches up, and is no longer reported
+    wait_for(lambda: stream_ids(outsider.ns)[-3:] == stuck, timeout=40, message="B published after repair")
+    wait_for(lambda: not r.client().exists(STATUS_KEY), message="the report cleared")

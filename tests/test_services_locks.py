@@ -163,7 +163,7 @@ def test_a_lapsed_lock_taken_before_the_sweep_still_gets_its_expiry_recorded_onc
     time.sleep(1.1)
     taken = acquire_lock(ns=ns, resource="r", actor=actor(beta), ttl_seconds=30)
     assert sweep_expired_locks() == 0
-    types = list(Event.objects.filter(subject="r").order_by("id").values_list("type", "agent_id"))
+    types = list(Event.objects.filter(subject="r").order_by("seq").values_list("type", "agent_id"))
     assert types == [("lock.acquired", "alpha"), ("lock.expired", "alpha"), ("lock.acquired", "beta")]
     assert Event.objects.get(type="lock.expired").payload["fencing_token"] == lock.token < taken.token
 

@@ -160,5 +160,5 @@ def test_every_write_appends_its_event_in_the_same_transaction(ns, alpha):
     write_record(ns=ns, key="k", value=1, actor=actor(alpha))
     with pytest.raises(VersionConflict):
         write_record(ns=ns, key="k", value=2, expected_version=0, actor=actor(alpha))
-    types = list(Event.objects.order_by("id").values_list("type", flat=True)[before:])
+    types = list(Event.objects.order_by("seq").values_list("type", flat=True)[before:])
     assert types == ["record.written", "conflict.opened"]

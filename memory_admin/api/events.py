@@ -9,13 +9,25 @@ from typing import Any
 import django.db
 import redis
 from django.http import HttpRequest, StreamingHttpResponse
-from ninja import Field, Query, Router, Schema, Status
+from ninja import Field, Query, Router, Schema
 
 from memory_admin import redis as r
-from memory_admin.api.common import Id, In, Limit, actor_of, errors, in_thread, ns_of, token_of
-from memory_admin.errors import Invalid
+from memory_admin.api.common import (
+    Id,
+    In,
+    Limit,
+    actor_of,
+    error_response,
+    errors,
+    in_thread,
+    json_response,
+    ns_of,
+    token_of,
+)
+from memory_admin.api.once import HEADER, once
+from memory_admin.errors import DomainError, Invalid
 from memory_admin.models import Namespace
-from memory_admin.services import events, tokens
+from memory_admin.services import events, idempotency, tokens
 
 router = Router(tags=["events"])
 log = logging.getLogger("memory_admin.api")
@@ -32,13 +44,14 @@ class EventIn(In):
 
 
 class EventOut(Schema):
-    id: int
+    id: int | None = Field(description="the event's position in the namespace's log")
     type: str
     agent_id: str | None
     actor: str
     subject: str
     payload: dict[str, Any]
     created_at: str
+    txn: str | None = Field(None, description="the /txn request that wrote it, if one did")
 
 
 class EventPage(Schema):
@@ -62,13 +75,47 @@ def _types(values: list[str]) -> list[str]:
     return [t for value in values for t in value.split(",") if t]
 
 
+POSITION_WAIT = 1.0  # seconds a published event's response waits for its position
+
+
 @router.post("/events", response={201: EventOut, **errors(403)}, url_name="publish_event")
-def publish_event(request: HttpRequest, body: EventIn):
-    """Append an event of the agent's own type."""
-    event = events.publish_event(
-        ns=ns_of(request), type=body.type, payload=body.payload, actor=actor_of(request)
-    )
-    return Status(201, event.body())
+async def publish_event(request: HttpRequest, body: EventIn):
+    """Append an event of the agent's own type. The answer carries its `id` (its position in the
+    log) once it is sequenced, normally within milliseconds of the commit; `id` is null if that
+    took longer than a second (a transaction older than it still open): it is in the log, and
+    readers will see it in its place."""
+    ns, actor = ns_of(request), actor_of(request)
+    published: list = []
+
+    def compute():
+        try:
+            event = events.publish_event(ns=ns, type=body.type, payload=body.payload, actor=actor)
+        except DomainError as exc:
+            return error_response(exc)
+        published.append(event)
+        return json_response(event.body(), status=201)
+
+    response = await in_thread(once)(request, compute)
+    if not published or response.status_code != 201:
+        return response
+    # Committed: now it can be sequenced (by the relay, or here).
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + POSITION_WAIT, 0.001
+    event = published[-1]
+    while True:
+        event = await in_thread(events.find_position)(event)
+        if event.position is not None or loop.time() >= deadline:
+            break
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    if event.position is None:
+        return response
+    response = json_response(event.body(), status=201)
+    if request.headers.get(HEADER):  # a retry replays the body with its id
+        await in_thread(idempotency.update_body)(
+            token=token_of(request), key=request.headers[HEADER], body=response.content
+        )
+    return response
 
 
 @router.get("/events", response={200: EventPage, **errors()}, url_name="read_events")
@@ -83,7 +130,7 @@ def read_events(request: HttpRequest, query: Query[EventQuery]):
         limit=query.limit,
     )
     full = len(page) == query.limit
-    return {"items": [event.body() for event in page], "next": page[-1].id if full else None}
+    return {"items": [event.body() for event in page], "next": page[-1].position if full else None}
 
 
 @router.get(
@@ -103,7 +150,7 @@ async def event_stream(request: HttpRequest, query: Query[StreamQuery]):
     elif query.after is not None:
         cursor = query.after
     else:
-        cursor = await in_thread(events.last_event_id)()
+        cursor = await in_thread(events.head)(ns_of(request))
     response = StreamingHttpResponse(
         _follow(ns_of(request), cursor, _types(query.type), token_of(request).pk),
         content_type="text/event-stream",
@@ -139,7 +186,7 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
                 return  # revoked: the client's reconnect gets 401
             for event in batch:
                 yield _frame(event.body())
-                cursor = event.id
+                cursor = event.position
             if batch:
                 last_write = loop.time()
             if len(batch) == BATCH:

@@ -5,12 +5,14 @@ renewal of the resource before it.
 """
 
 import asyncio
-import random
+import contextlib
+import time
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
+from memory_admin import redis as r
 from memory_admin.api.common import (
     Id,
     In,
@@ -53,6 +55,10 @@ class LockOut(Schema):
     fencing_token: int
     acquired_at: str
     expires_at: str
+
+
+class LockDetail(LockOut):
+    waiting: list[str] = Field(description="agents waiting for the lock, first in line first")
 
 
 class LockList(Schema):
@@ -110,37 +116,120 @@ def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
 @router.post("/locks/{path:resource}", response={200: LockOut, **errors(403, 409)}, url_name="acquire_lock")
 async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | None = None):
     """Take the lock, waiting up to `wait_seconds` for its holder to go; else 409 `lock_held`.
-    Not re-entrant. The fencing token is larger than every earlier one for the resource."""
+    Not re-entrant. Waiters are served first come, first served, woken when the lock is freed.
+    The fencing token is larger than every earlier one for the resource."""
     body = body or AcquireIn()  # an empty body takes the defaults
     ns, actor = ns_of(request), actor_of(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
-    pause = 0.02
+    waiter = locks.new_waiter(actor) if body.wait_seconds > 0 else ""
+    wakeups = await wakeup_listener() if waiter else None
+    busy: list[locks.Busy] = []
 
-    def attempt() -> HttpResponse:
+    def attempt(queue: bool) -> HttpResponse:
         try:
-            lock = locks.acquire_lock(
-                ns=ns, resource=resource, actor=actor, ttl_seconds=body.ttl_seconds, wait_seconds=0
+            outcome = locks.try_acquire(
+                ns=ns,
+                resource=resource,
+                actor=actor,
+                ttl_seconds=body.ttl_seconds,
+                waiter=waiter,
+                queue=queue,
             )
         except DomainError as exc:
             return error_response(exc)
-        return json_response(lock_body(lock))
+        if isinstance(outcome, locks.Busy):
+            busy.append(outcome)
+            return error_response(outcome.error(resource))
+        return json_response(lock_body(outcome))
 
-    while True:
-        final = loop.time() >= deadline
-        # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
-        response = await in_thread(once)(
-            request, attempt, ready=lambda response, final=final: final or response.status_code != 409
-        )
-        if response is not None:
-            return response
-        await asyncio.sleep(max(0.0, min(pause * random.uniform(0.5, 1.5), deadline - loop.time())))
-        pause = min(pause * 1.5, 0.25)
+    try:
+        while True:
+            left = deadline - loop.time()
+            final = left <= 0
+            # Armed before the attempt, so a wake-up that comes while it runs is not lost.
+            woken = wakeups.arm(waiter) if wakeups is not None and not final else None
+            # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
+            response = await in_thread(once)(
+                request,
+                lambda final=final: attempt(not final),
+                ready=lambda response, final=final: final or response.status_code != 409,
+            )
+            if response is not None:
+                return response
+            pause = min(left, locks.WAITER_LOOK_SECONDS)
+            holder_expires = busy[-1].expires_ms if busy else None
+            if holder_expires:  # a lease that lapses frees the lock without a wake-up
+                pause = min(pause, max(0.0, holder_expires / 1000 - time.time()) + 0.005)
+            await wakeups.wait(woken, pause)
+    finally:
+        if waiter:
+            with contextlib.suppress(Exception):
+                await in_thread(locks.leave_queue)(ns=ns, resource=resource, waiter=waiter)
 
 
-@router.get("/locks/{path:resource}", response={200: LockOut, **errors(404)}, url_name="get_lock")
+class WakeupListener:
+    """This process's one subscription to lock wake-ups: a freed lock names its next waiter,
+    and the request waiting under that id (if it is here) tries again at once."""
+
+    def __init__(self) -> None:
+        self.futures: dict[str, asyncio.Future] = {}
+        self.client = r.async_client()
+        self.task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    def arm(self, waiter: str) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.futures[waiter] = future
+        return future
+
+    async def wait(self, future: asyncio.Future | None, timeout: float) -> None:
+        if future is None or timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    async def listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(locks.wake_channel())
+                self.ready.set()
+                while True:
+                    message = await pubsub.get_message(timeout=30)
+                    if message is None:
+                        continue
+                    waiter = message["data"].rsplit("\n", 1)[-1]
+                    future = self.futures.pop(waiter, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: waiters still look every WAITER_LOOK_SECONDS
+                self.ready.set()
+                await asyncio.sleep(1)
+
+
+_listeners: dict[asyncio.AbstractEventLoop, WakeupListener] = {}
+
+
+async def wakeup_listener() -> WakeupListener:
+    loop = asyncio.get_running_loop()
+    listener = _listeners.get(loop)
+    if listener is None:
+        listener = _listeners[loop] = WakeupListener()
+        listener.task = loop.create_task(listener.listen())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(listener.ready.wait(), 1)
+    return listener
+
+
+@router.get("/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock")
 def get_lock(request: HttpRequest, resource: Key):
-    return lock_body(locks.get_lock(ns=ns_of(request), resource=resource))
+    """The lock as held now, with `waiting`: the agents queued for it, first in line first."""
+    ns = ns_of(request)
+    lock = locks.get_lock(ns=ns, resource=resource)
+    return {**lock_body(lock), "waiting": locks.waiters(ns=ns, resource=resource)}
 
 
 @router.delete("/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock")

@@ -1,43 +1,72 @@
-"""The event log: append in the caller's transaction, read after a cursor.
+"""The event log: appended in the writer's transaction, positioned after commit, read by position.
 
-Ids come from a one-row counter taken with a row lock as the last write of a
-transaction: the lock is held until commit, so ids are handed out in commit order and
-without gaps (a rolled-back transaction gives its number back). A reader that has seen
-id n has therefore seen every id below n — DESIGN.md rule 3 holds by construction, and
-a consumer that sees a jump in ids knows it missed something.
-Keep appends the last writes of a transaction: anything locked after the counter
-would make other writers wait behind it.
+No writer waits for another to append (DESIGN.md rule 3). An event is inserted with `seq` from a
+sequence and `ord`, at least its transaction's xid8 (`pg_current_xact_id()`). The horizon
+`pg_snapshot_xmin(pg_current_snapshot())` is the oldest transaction still running: every event with
+`ord` below it was committed (or rolled back) by a transaction that has ended, and every event
+still to come has `ord` at or above it. So the set of events below the horizon only ever grows
+at its top: the sequencer stamps them with `position`, dense and ascending per namespace, in
+(ord, seq) order, and a reader that pages by position never skips one and never sees one move.
+
+`ord` alone would not keep one key's versions in order: a writer may take its xid, wait for the
+row lock of a record another writer holds, and write the next version with the smaller xid. So
+an event that follows another about the same subject (the next version of a record, the next
+act on a lock) takes `ord = max(its xid, the subject's last ord)`, read under the subject's row
+lock (`follows=`). Within one key the log shows versions in ascending order.
+
+The sequencer is the active relay; any reader that finds events waiting below the horizon
+stamps them itself (under the same advisory lock), so the log stays readable while no relay
+runs. Writers ring a doorbell (Redis PUBLISH) after commit to wake the relay at once; NOTIFY is
+never sent from a writing transaction (it takes a cluster-wide lock held through commit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils.timezone import now
 
+from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
 from memory_admin.services import Actor
 from memory_admin.validation import check_event_type, check_json, dumps
 
-CHANNEL = "ma_events"  # LISTEN/NOTIFY channel that wakes the relay
+log = logging.getLogger("memory_admin.events")
 
-# The counter row is taken with a row lock (an upsert, so an emptied table starts again at 1).
+SEQUENCER_LOCK = 0x6D61_7365_7175_656E  # "masequen": one sequencer at a time
+RELAY_STATUS_KEY = "ma:relay:status"  # namespaces the relay cannot publish (relay.py)
+SEQUENCE_BATCH = 2000
+
+# An xid8 as a bigint: xid8 has no cast to numbers; the text form is its decimal value.
+XID = "pg_current_xact_id()::text::bigint"
+# The horizon: the oldest transaction of this database still running, from the statement's own
+# snapshot (or, with none running, the first xid not yet completed). Transaction ids are
+# cluster-wide, so `pg_snapshot_xmin` alone would wait for every other database's transactions
+# too; only a running xid seen in pg_stat_activity in another named database is left out (it
+# cannot write our events). Anything not proven elsewhere counts, so the horizon is never late.
+HORIZON = """(SELECT LEAST(
+    pg_snapshot_xmax(s.snap)::text::bigint,
+    (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) x
+     WHERE mod(x::text::bigint, 4294967296) NOT IN (
+         SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
+         WHERE a.backend_xid IS NOT NULL AND a.datname IS NOT NULL AND a.datname <> current_database())))
+  FROM (SELECT pg_current_snapshot() AS snap) s)"""
+
 _APPEND = f"""
-WITH n AS (
-    INSERT INTO memory_admin_eventcounter AS c (id, last) VALUES (1, 1)
-    ON CONFLICT (id) DO UPDATE SET last = c.last + 1
-    RETURNING last
-)
-INSERT INTO memory_admin_event (id, ns_id, type, actor, agent_id, subject, payload, created)
-SELECT n.last, %s, %s, %s, %s, %s,
-       CASE WHEN %s::text IS NULL THEN %s::jsonb ELSE %s::jsonb || jsonb_build_object(%s::text, n.last) END,
-       %s
-FROM n
-RETURNING id, pg_notify('{CHANNEL}', '')
+INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
+VALUES (%s, GREATEST({XID}, %s), %s, %s, %s, %s, %s, %s::jsonb, %s)
+RETURNING seq, ord
 """
+
+_txn: contextvars.ContextVar[str] = contextvars.ContextVar("memory_admin_txn", default="")
 
 
 def append_event(
@@ -48,19 +77,32 @@ def append_event(
     agent_id: str | None = None,
     subject: str = "",
     payload: dict[str, Any] | None = None,
-    id_field: str | None = None,
+    follows: int = 0,
 ) -> Event:
-    """Append one event in the current transaction; `id_field` copies the new id into the payload."""
-    actor_name, agent_id, payload, created = _fields(actor, agent_id, payload)
+    """Append one event in the current transaction (which must be the change's own).
+
+    `follows`: the `ord` of the last event about the same subject, read under its row lock;
+    the new event orders after it. Returns the event with its `seq` and `ord` (no position yet).
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("events must be appended inside the transaction of the change they record")
+    actor_name = actor if isinstance(actor, str) else actor.name
+    if agent_id is None:
+        agent_id = "" if isinstance(actor, str) else actor.agent_id
+    payload = payload or {}
+    created = now()
+    txn = _txn.get()
     with connection.cursor() as cursor:
-        _execute_append(cursor, ns, type, actor_name, agent_id, subject, payload, created, id_field)
-        # The relay is notified at commit; identical notifications of a transaction fold into one.
-        event_id = cursor.fetchone()[0]
-    if id_field:
-        payload = {**payload, id_field: event_id}
+        cursor.execute(
+            _APPEND, [ns.pk, follows, txn, type, actor_name, agent_id, subject, dumps(payload), created]
+        )
+        seq, ord = cursor.fetchone()
+    ring_after_commit()
     return Event(
-        id=event_id,
+        seq=seq,
         ns=ns,
+        ord=ord,
+        txn=txn,
         type=type,
         actor=actor_name,
         agent_id=agent_id,
@@ -70,66 +112,116 @@ def append_event(
     )
 
 
-def append_last_event(
-    *,
-    ns: Namespace,
-    type: str,
-    actor: Actor | str,
-    agent_id: str | None = None,
-    subject: str = "",
-    payload: dict[str, Any] | None = None,
-) -> None:
-    """append_event for the last write of a transaction, when nobody needs the new id.
-
-    Under pipelined_commit() the append is sent without waiting for its result (psycopg's
-    pipeline mode) and the COMMIT follows at once. The counter row is still taken by the
-    append, but no longer held while its result travels back, this thread waits to run again
-    and the COMMIT travels out: in the benchmark that wait was half of what every writer
-    queued for, and versioned writes at 16 clients went from 224 to 323 a second.
-    Nothing may follow it but the commit.
-    """
-    actor_name, agent_id, payload, created = _fields(actor, agent_id, payload)
-    tail = getattr(connection, "pipelined_commit", None)
-    if tail is not None:
-        connection.pipelined_commit = None
-        tail.enter_context(connection.connection.pipeline())
-    with connection.cursor() as cursor:
-        _execute_append(cursor, ns, type, actor_name, agent_id, subject, payload, created, None)
-
-
 @contextlib.contextmanager
-def pipelined_commit() -> Iterator[None]:
-    """Around an outermost atomic block: its append_last_event() and COMMIT are pipelined.
+def in_txn(txn_id: str) -> Iterator[None]:
+    """Every event appended inside carries `txn_id` (the events of one /txn request)."""
+    token = _txn.set(txn_id)
+    try:
+        yield
+    finally:
+        _txn.reset(token)
 
-    Only that tail is: an error earlier in the transaction (a savepoint's caught
-    IntegrityError) would abort every statement after it in a pipeline. Inside someone
-    else's transaction the commit is theirs, and nothing changes.
+
+def current_txn() -> str:
+    return _txn.get()
+
+
+# --- the doorbell -------------------------------------------------------------------------
+
+
+def doorbell_channel() -> str:
+    """The Redis channel that wakes the relay; one per database, so servers sharing a Redis
+    (tests, several deployments) wake only their own relay."""
+    return f"ma:doorbell:{settings.DATABASES['default']['NAME']}"
+
+
+def ring_after_commit() -> None:
+    """Wake the relay once this transaction has committed (once per transaction)."""
+    # Django keeps (savepoint ids, callback, robust) per registered callback.
+    if not any(func is ring for _, func, _ in connection.run_on_commit):
+        transaction.on_commit(ring)
+
+
+def ring_after_write() -> None:
+    """After appending outside `transaction.atomic` (a statement that committed by itself): ring
+    now; inside a transaction: ring when it commits."""
+    if connection.in_atomic_block:
+        ring_after_commit()
+    else:
+        ring()
+
+
+def ring() -> None:
+    """Wake the relay now. Never fails: a relay that misses it finds the events by polling."""
+    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        r.client().publish(doorbell_channel(), "1")
+
+
+# --- the sequencer ----------------------------------------------------------------------
+
+# Stamps positions on the events below the horizon that have none: the first `limit` of them in
+# (ord, seq) order, each namespace's numbered on from its head. Returns each namespace touched
+# with its new head.
+SEQUENCE_SQL = f"""
+WITH todo AS (
+    SELECT seq, ns_id, row_number() OVER (PARTITION BY ns_id ORDER BY ord, seq) AS n
+    FROM (SELECT seq, ns_id, ord FROM memory_admin_event
+          WHERE position IS NULL AND ord < {HORIZON}
+          ORDER BY ord, seq LIMIT %s) waiting
+), counts AS (
+    SELECT ns_id, count(*) AS n FROM todo GROUP BY ns_id
+), heads AS (
+    UPDATE memory_admin_namespace ns SET head = ns.head + counts.n
+    FROM counts WHERE ns.id = counts.ns_id
+    RETURNING ns.id, ns.head AS head, ns.head - counts.n AS base
+), stamped AS (
+    UPDATE memory_admin_event e SET position = heads.base + todo.n
+    FROM todo JOIN heads ON heads.id = todo.ns_id
+    WHERE e.seq = todo.seq
+    RETURNING e.ns_id
+)
+SELECT heads.id, heads.head, (SELECT count(*) FROM stamped) FROM heads
+"""
+
+_WAITING = f"""
+SELECT EXISTS (SELECT 1 FROM memory_admin_event WHERE position IS NULL AND ord < {HORIZON})
+"""
+
+
+def sequence(*, wait: bool = True, limit: int = SEQUENCE_BATCH) -> dict[int, int]:
+    """Stamp positions on events waiting below the horizon; returns {ns_id: new head}.
+
+    One sequencer at a time (an advisory lock held to commit). With `wait` false, another
+    sequencer at work means nothing is done here: it stamps what this one would have.
+    The lock is taken in a statement of its own, so the stamping statement's snapshot is
+    taken after the previous sequencer committed and sees its positions.
     """
     if connection.in_atomic_block:
-        yield
-        return
-    with contextlib.ExitStack() as tail:  # left after the atomic block has committed
-        connection.pipelined_commit = tail
-        try:
-            yield
-        finally:
-            connection.pipelined_commit = None
+        raise RuntimeError("the sequencer runs in a transaction of its own")
+    with transaction.atomic(), connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
+        else:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
+            if not cursor.fetchone()[0]:
+                return {}
+        cursor.execute(SEQUENCE_SQL, [limit])
+        return {ns_id: head for ns_id, head, _ in cursor.fetchall()}
 
 
-def _fields(actor, agent_id, payload) -> tuple[str, str, dict[str, Any], Any]:
-    if not connection.in_atomic_block:
-        raise RuntimeError("events must be appended inside the transaction of the change they record")
-    actor_name = actor if isinstance(actor, str) else actor.name
-    if agent_id is None:
-        agent_id = "" if isinstance(actor, str) else actor.agent_id
-    return actor_name, agent_id, payload or {}, now()
+def sequence_waiting() -> None:
+    """For a reader: stamp what waits below the horizon (after the sequencer at work, if any, so
+    that what committed before this read is in it unless an older transaction is still open)."""
+    if connection.in_atomic_block:
+        return  # inside someone's transaction: never commit for them
+    with connection.cursor() as cursor:
+        cursor.execute(_WAITING)
+        waiting = cursor.fetchone()[0]
+    if waiting:
+        sequence()
 
 
-def _execute_append(cursor, ns, type, actor_name, agent_id, subject, payload, created, id_field) -> None:
-    body = dumps(payload)
-    cursor.execute(
-        _APPEND, [ns.pk, type, actor_name, agent_id, subject, id_field, body, body, id_field, created]
-    )
+# --- reading ----------------------------------------------------------------------------
 
 
 @transaction.atomic
@@ -148,16 +240,62 @@ def read_events(
     agent_id: str | None = None,
     limit: int = 50,
 ) -> list[Event]:
-    """Events with id > `after`, oldest first; never skips one (see the module docstring)."""
-    events = Event.objects.filter(ns=ns, id__gt=after)
+    """Events at positions after `after`, oldest first; never skips one (module docstring)."""
+    sequence_waiting()
+    events = Event.objects.filter(ns=ns, position__gt=after)
     if types:
         events = events.filter(type__in=types)
     if agent_id:
         events = events.filter(agent_id=agent_id)
-    return list(events.order_by("id")[:limit])
+    return list(events.order_by("position")[:limit])
 
 
-def last_event_id() -> int:
-    from memory_admin.models import EventCounter
+def head(ns: Namespace) -> int:
+    """The position of the namespace's newest event in the log (0 when empty)."""
+    sequence_waiting()
+    return Namespace.objects.filter(pk=ns.pk).values_list("head", flat=True).first() or 0
 
-    return EventCounter.objects.values_list("last", flat=True).filter(pk=1).first() or 0
+
+def position_of(ns: Namespace, seq: int) -> int | None:
+    """The position an appended event got, or None while it waits for the sequencer."""
+    return Event.objects.filter(ns=ns, seq=seq).values_list("position", flat=True).first()
+
+
+def find_position(event: Event) -> Event:
+    """`event` with its position if it has one now, sequencing what waits (after any sequencer at
+    work). A committed event waits only for transactions older than it to end (milliseconds)."""
+    event.position = position_of(event.ns, event.seq)
+    if event.position is None:
+        sequence_waiting()
+        event.position = position_of(event.ns, event.seq)
+    return event
+
+
+_STATUS = """
+SELECT (SELECT count(*) FROM memory_admin_event WHERE position IS NULL),
+       (SELECT extract(epoch FROM now() - min(created)) FROM memory_admin_event WHERE position IS NULL),
+       (SELECT head - published FROM memory_admin_namespace WHERE id = %s),
+       (SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1)
+"""
+
+
+def log_status(ns: Namespace) -> dict[str, Any]:
+    """How far the log's readers are behind its writers: events committed but not yet sequenced
+    (waiting for the horizon or the relay) and the age of the oldest, events of `ns` sequenced but
+    not yet published to Redis, and how long the oldest open writing transaction has been open
+    (it holds the horizon back)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_STATUS, [ns.pk])
+        waiting, waiting_for, unpublished, oldest = cursor.fetchone()
+    stalled = None
+    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        report = r.client().hget(RELAY_STATUS_KEY, str(ns.pk))
+        stalled = json.loads(report) if report else None
+    return {
+        "waiting": waiting,
+        "waiting_seconds": float(waiting_for or 0),
+        "unpublished": unpublished or 0,
+        "oldest_transaction_seconds": float(oldest or 0),
+        "stalled": stalled,  # the relay cannot publish this namespace: {"attempts", "error"}
+    }

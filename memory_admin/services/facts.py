@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.postgres.search import SearchQuery
-from django.db import transaction
+from django.db import connection
+from django.utils.timezone import now
 
 from memory_admin.errors import NotFound
 from memory_admin.models import Fact, Namespace
 from memory_admin.services import Actor
-from memory_admin.services.events import append_last_event, pipelined_commit
-from memory_admin.validation import check_category, check_json
+from memory_admin.services.events import current_txn, ring_after_write
+from memory_admin.validation import check_category, check_json, dumps
 
 
 def store_fact(
@@ -21,18 +22,42 @@ def store_fact(
     check_category(category)
     check_json(fact, "fact")
     check_json(metadata or {}, "metadata")
-    with pipelined_commit(), transaction.atomic():
-        stored = Fact.objects.create(
-            ns=ns, agent=actor.agent, fact=fact, category=category, metadata=metadata or {}
+    stored = Fact(
+        ns=ns, agent=actor.agent, fact=fact, category=category, metadata=metadata or {}, created=now()
+    )
+    with connection.cursor() as cursor:  # the fact and its event: one statement, one commit
+        cursor.execute(
+            _STORE,
+            {
+                "ns": ns.pk,
+                "agent": actor.agent.pk,
+                "fact": fact,
+                "category": category,
+                "metadata": dumps(stored.metadata),
+                "stamp": stored.created,
+                "txn": current_txn(),
+                "actor": actor.name,
+                "agent_id": actor.agent_id,
+            },
         )
-        append_last_event(
-            ns=ns,
-            type="fact.stored",
-            actor=actor,
-            subject=str(stored.pk),
-            payload={"fact_id": stored.pk, "category": category},
-        )
+        stored.pk = cursor.fetchone()[0]
+    ring_after_write()
     return stored
+
+
+_STORE = """
+WITH f AS (
+    INSERT INTO memory_admin_fact (ns_id, agent_id, fact, category, metadata, created)
+    VALUES (%(ns)s, %(agent)s, %(fact)s, %(category)s, %(metadata)s::jsonb, %(stamp)s)
+    RETURNING id
+), e AS (
+    INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
+    SELECT %(ns)s, pg_current_xact_id()::text::bigint, %(txn)s, 'fact.stored', %(actor)s, %(agent_id)s,
+           f.id::text, jsonb_build_object('fact_id', f.id, 'category', %(category)s::text), %(stamp)s
+    FROM f
+)
+SELECT id FROM f
+"""
 
 
 def get_fact(*, ns: Namespace, fact_id: int) -> Fact:

@@ -27,7 +27,7 @@ from memory_admin import redis as r
 from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import ConsumerGroup, Event, Namespace, ParkedEvent
 from memory_admin.services import SYSTEM_ACTOR, Actor
-from memory_admin.services.events import append_event, last_event_id
+from memory_admin.services.events import append_event, head
 from memory_admin.validation import check_key
 
 log = logging.getLogger("memory_admin.groups")
@@ -96,7 +96,7 @@ def _ensure(*, ns: Namespace, name: str, start: str) -> ConsumerGroup:
     if row is not None:
         return row
     # "latest" means after the last committed event, which the stream may not have yet.
-    floor = 0 if start == "earliest" else last_event_id()
+    floor = 0 if start == "earliest" else head(ns)
     try:
         with transaction.atomic():
             row = ConsumerGroup.objects.create(ns=ns, name=name, floor=floor)
@@ -204,7 +204,7 @@ def _bodies(ns: Namespace, entries: list) -> list[dict]:
         else:  # trimmed from the stream while pending: the log still has it
             missing.append(_event_id(entry_id))
     if missing:
-        bodies.extend(event.body() for event in Event.objects.filter(ns=ns, id__in=missing))
+        bodies.extend(event.body() for event in Event.objects.filter(ns=ns, position__in=missing))
         bodies.sort(key=lambda body: body["id"])
     return bodies
 
@@ -241,14 +241,14 @@ def _recreate(*, ns: Namespace, row: ConsumerGroup) -> None:
                     first = pipe.xrange(key, count=1)
                     newest = pipe.xrevrange(key, count=1)
                     top = _event_id(newest[0][0]) if newest else 0
-                    # Ids are global, so a namespace's stream is sparse: ask the log what is missing.
-                    missing = Event.objects.filter(ns=ns, id__gt=row.floor)
+                    # Is any event after the floor missing from the stream (trimmed, or lost)?
+                    missing = Event.objects.filter(ns=ns, position__gt=row.floor)
                     if first:
-                        missing = missing.filter(id__lt=_event_id(first[0][0]))
+                        missing = missing.filter(position__lt=_event_id(first[0][0]))
                     gap = missing.exists()
                     pipe.multi()
                     if gap and not groups:
-                        _reseed(pipe, ns, key, after=row.floor, through=max(top, last_event_id()))
+                        _reseed(pipe, ns, key, after=row.floor, through=max(top, head(ns)))
                     elif gap:
                         log.warning(
                             "group %s of %s recreated at %s; events before %s are no longer in the stream",
@@ -268,12 +268,14 @@ def _recreate(*, ns: Namespace, row: ConsumerGroup) -> None:
 def _reseed(pipe, ns: Namespace, key: str, *, after: int, through: int) -> None:
     """Rebuild the stream (no group uses it now) with the log's events after `after`."""
     keep = settings.EVENT_STREAM_MAXLEN
-    found = list(Event.objects.filter(ns=ns, id__gt=after, id__lte=through).order_by("-id")[:keep])
+    found = list(
+        Event.objects.filter(ns=ns, position__gt=after, position__lte=through).order_by("-position")[:keep]
+    )
     if len(found) == keep:
         log.warning("re-seeding %s: only the newest %s events after %s fit the stream", key, keep, after)
     pipe.delete(key)
     for event in reversed(found):
-        pipe.xadd(key, {"event": json.dumps(event.body())}, id=f"{event.id}-0")
+        pipe.xadd(key, {"event": json.dumps(event.body(), ensure_ascii=False)}, id=f"{event.position}-0")
 
 
 def _event_id(stream_id: str) -> int:

@@ -99,3 +99,8 @@ def _claim(*, token: Token, key: str, fingerprint: str) -> Idempotency:
         ignore_conflicts=True,
     )
     return Idempotency.objects.select_for_update().get(token=token, key=key)
+
+
+def update_body(*, token: Token, key: str, body: bytes) -> None:
+    """Complete a stored reply with what became known after its commit (an event's position)."""
+    Idempotency.objects.filter(token=token, key=key).update(body=body)

@@ -1,126 +1,254 @@
-"""Distributed locks: held in Redis (Lua, TTL), fenced by tokens from the Postgres log.
+"""Distributed locks: held in Redis (Lua, TTL), fenced by a durable counter per lock in Postgres.
 
-A fencing token is the id of the lock's `lock.acquired` event: ids only grow, so
-tokens keep growing across expiry, force-release and a Redis that lost its data.
-Acquire and release run the Redis script inside the Postgres transaction that records
-them: if Redis refuses, the event and the token roll back; if Redis is down, nothing
-is half-done.
+An acquire reserves the lock in Redis (set-if-absent, first come first served among waiters),
+then bumps the lock's fencing counter and appends `lock.acquired` in one Postgres statement that
+commits before the token is handed out, then confirms the reservation with the token. Tokens so
+only grow, also after Redis loses its data and after a Postgres crash; a reservation whose
+Postgres part failed is given back. A release marks the lock `releasing` in Redis (only its
+holder with its token may), records it in Postgres, then frees it and wakes the next waiter: no
+acquire can slip between, so the log shows each lock's acts in order. Postgres work per acquire
+or release: one statement.
 """
 
 from __future__ import annotations
 
-import random
-import time
+import contextlib
+import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import redis as r
 from memory_admin.errors import Invalid, LockHeld, NotFound, NotLockHolder
 from memory_admin.models import HeldLock, LockFence, Namespace, iso
-from memory_admin.services import SYSTEM_ACTOR, Actor
-from memory_admin.services.events import append_event, append_last_event, pipelined_commit
+from memory_admin.services import SYSTEM, Actor
+from memory_admin.services.events import append_event, current_txn, ring_after_write
 from memory_admin.validation import check_key
+
+# A waiter's place in a lock's queue lapses this long after its last look (a waiter whose
+# process died drops out); waiters look again at least every WAITER_LOOK_SECONDS.
+WAITER_LEASE_MS = 3000
+WAITER_LOOK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Busy:
+    """An acquire that did not get the lock: who holds it (None while an earlier waiter's turn)."""
+
+    owner: str | None
+    expires_ms: int | None
+
+    def error(self, resource: str) -> LockHeld:
+        expires = iso(r.from_ms(self.expires_ms)) if self.expires_ms else None
+        who = self.owner or "an earlier waiter"
+        return LockHeld(f"{resource!r} is held by {who}", held_by=self.owner, expires_at=expires)
+
+
+def new_waiter(actor: Actor) -> str:
+    """A waiter id: unique, naming its agent (the lock page shows who waits)."""
+    return f"{uuid.uuid4().hex[:12]} {actor.name}"
+
+
+def wake_channel() -> str:
+    """Where freeing a lock announces its next waiter: one channel for the whole database."""
+    from memory_admin.services.events import doorbell_channel
+
+    return doorbell_channel().replace("doorbell", "lockfree", 1)
+
+
+def wake_message(ns: str, resource: str) -> str:
+    """The prefix of a wake-up; the waiter's id follows it."""
+    return f"{ns}\n{resource}\n"
 
 
 def acquire_lock(
     *, ns: Namespace, resource: str, actor: Actor, ttl_seconds: int = 30, wait_seconds: float = 0
 ) -> HeldLock:
-    """Take `resource` for `ttl_seconds`, waiting up to `wait_seconds` for the holder to go."""
+    """Take `resource` for `ttl_seconds`, waiting up to `wait_seconds` for the holder to go
+    (in this thread; the API waits without one, api/locks.py)."""
+    import time
+
     check_key(resource, "resource")
     deadline = time.monotonic() + wait_seconds
-    pause = 0.02
-    while True:
-        holder = _holder(ns.name, resource)
-        if holder is None:
-            lock = _try_acquire(ns=ns, resource=resource, actor=actor, ttl_seconds=ttl_seconds)
-            if isinstance(lock, HeldLock):
-                return lock
-            holder = lock
-        if time.monotonic() + pause > deadline:
-            owner, expires = holder
-            raise LockHeld(
-                f"{resource!r} is held by {owner}",
-                held_by=owner,
-                expires_at=iso(r.from_ms(expires)) if expires else None,
-            )
-        time.sleep(pause * random.uniform(0.5, 1.5))
-        pause = min(pause * 1.5, 0.25)
-
-
-@r.unavailable_on_error
-def _holder(ns: str, resource: str) -> tuple[str, str] | None:
-    owner, expires = r.client().hmget(r.lock_key(ns, resource), "owner", "expires")
-    return None if owner is None else (owner, expires)
-
-
-@r.unavailable_on_error
-def _try_acquire(*, ns, resource, actor, ttl_seconds) -> HeldLock | tuple[str, str]:
-    """One attempt: the lock, or (owner, expires) of whoever holds it."""
-    acquired_in_redis = None
+    waiter = new_waiter(actor) if wait_seconds > 0 else ""
     try:
-        with transaction.atomic():
-            stamp = now()
-            expires = stamp + timedelta(seconds=ttl_seconds)
-            LockFence.objects.bulk_create(
-                [LockFence(ns=ns, resource=resource, token=0, holder="", held=False, expires=stamp)],
-                ignore_conflicts=True,
+        while True:
+            left = deadline - time.monotonic()
+            outcome = try_acquire(
+                ns=ns, resource=resource, actor=actor, ttl_seconds=ttl_seconds, waiter=waiter, queue=left > 0
             )
-            fence = LockFence.objects.select_for_update().get(ns=ns, resource=resource)
-            if fence.held:
-                # The last holder never released: its lease lapsed (or Redis lost it) and the
-                # relay's sweep has not recorded that yet. Record it here, before the new
-                # acquire, or the log would show the lock changing hands without its end.
-                # Should Redis still hold it (a renewal the fence row has not seen), the
-                # script below refuses and this event rolls back with the rest.
-                append_event(
-                    ns=ns,
-                    type="lock.expired",
-                    actor=SYSTEM_ACTOR,
-                    agent_id=fence.holder,
-                    subject=resource,
-                    payload={"resource": resource, "holder": fence.holder, "fencing_token": fence.token},
-                )
-            event = append_event(
-                ns=ns,
-                type="lock.acquired",
-                actor=actor,
-                subject=resource,
-                payload={"resource": resource, "ttl_seconds": ttl_seconds, "expires_at": iso(expires)},
-                id_field="fencing_token",
-            )
-            result = r.script(r.ACQUIRE)(
-                keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)],
-                args=[actor.name, event.id, r.to_ms(stamp), ttl_seconds * 1000, resource],
-            )
-            if int(result[0]) == 0:
-                raise _Taken(result[1], result[3])
-            acquired_in_redis = event.id
-            fence.token, fence.holder, fence.held, fence.acquired, fence.expires = (
-                event.id,
-                actor.name,
-                True,
-                stamp,
-                expires,
-            )
-            fence.save(update_fields=["token", "holder", "held", "acquired", "expires"])
-    except _Taken as taken:
-        return taken.owner, taken.expires
-    except DatabaseError:
-        if acquired_in_redis is not None:  # the commit failed: give the Redis lock back
-            r.script(r.RELEASE)(
-                keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)],
-                args=[actor.name, acquired_in_redis, resource],
-            )
+            if isinstance(outcome, HeldLock):
+                return outcome
+            if left <= 0:
+                raise outcome.error(resource)
+            time.sleep(min(left, 0.05))
+    finally:
+        if waiter:
+            leave_queue(ns=ns, resource=resource, waiter=waiter)
+
+
+@r.unavailable_on_error
+def try_acquire(
+    *, ns: Namespace, resource: str, actor: Actor, ttl_seconds: int, waiter: str = "", queue: bool = False
+) -> HeldLock | Busy:
+    """One attempt: the lock, or who holds it. With `queue`, a caller that did not get it keeps
+    (or takes) its place among the waiters under `waiter`."""
+    check_key(resource, "resource")
+    if not 1 <= ttl_seconds <= 3600:
+        raise Invalid("ttl_seconds must be 1-3600", {"ttl_seconds": "1-3600"})
+    stamp = now()
+    keys = r.lock_keys(ns.name, resource)
+    reserved = r.script(r.ACQUIRE)(
+        keys=keys,
+        args=[actor.name, r.to_ms(stamp), ttl_seconds * 1000, waiter, WAITER_LEASE_MS, int(queue)],
+    )
+    if int(reserved[0]) == 0:
+        return Busy(owner=reserved[1], expires_ms=int(float(reserved[3])) if reserved[3] else None)
+    if int(reserved[0]) == 2:
+        return Busy(owner=None, expires_ms=None)
+    expires = stamp + timedelta(seconds=ttl_seconds)
+    try:
+        token = _record_acquire(
+            ns=ns, resource=resource, actor=actor, stamp=stamp, expires=expires, ttl=ttl_seconds
+        )
+    except BaseException:
+        _undo(ns, resource, actor)
         raise
-    return HeldLock(resource=resource, owner=actor.name, token=event.id, acquired=stamp, expires=expires)
+    if not r.script(r.CONFIRM)(keys=keys[:2], args=[actor.name, token, resource]):
+        # The reservation's lease ran out before Postgres answered: it was never held with
+        # this token. Record its end, so the fence does not name a holder that has none.
+        _record_end(ns=ns, resource=resource, owner=actor.name, token=token, type="lock.expired")
+        return Busy(owner=None, expires_ms=None)
+    return HeldLock(resource=resource, owner=actor.name, token=token, acquired=stamp, expires=expires)
 
 
-class _Taken(Exception):
-    def __init__(self, owner: str, expires: str) -> None:
-        self.owner, self.expires = owner, expires
+def _undo(ns: Namespace, resource: str, actor: Actor) -> None:
+    keys = r.lock_keys(ns.name, resource)[:4]
+    with contextlib.suppress(Exception):  # Redis is what failed: the reservation lapses with its TTL
+        r.script(r.UNDO)(
+            keys=keys,
+            args=[actor.name, resource, wake_channel(), wake_message(ns.name, resource), r.to_ms(now())],
+        )
+
+
+@r.unavailable_on_error
+def leave_queue(*, ns: Namespace, resource: str, waiter: str) -> None:
+    """A waiter that stopped waiting (served, timed out, gone) gives up its place."""
+    r.script(r.LEAVE)(keys=r.lock_keys(ns.name, resource)[2:4], args=[waiter])
+
+
+@r.unavailable_on_error
+def wake_if_lapsed(*, ns: Namespace, resource: str) -> None:
+    """A lock whose lease lapsed frees itself without a release: wake its next waiter."""
+    r.script(r.WAKE)(
+        keys=r.lock_keys(ns.name, resource)[:4],
+        args=[resource, wake_channel(), wake_message(ns.name, resource), r.to_ms(now())],
+    )
+
+
+_XID = "pg_current_xact_id()::text::bigint"
+_EVENT_COLUMNS = "ns_id, ord, txn, type, actor, agent_id, subject, payload, created"
+
+# The fencing counter bumped and the holder recorded, with `lock.acquired` (and, when the fence
+# still names a holder whose lease lapsed unrecorded, its `lock.expired` first), in one statement.
+# The FOR UPDATE sub-select reads the fence as it is once locked, so `was` is the previous holder.
+_ACQUIRE = f"""
+WITH bumped AS (
+    UPDATE memory_admin_lockfence f
+    SET token = f.token + 1, holder = %(owner)s, held = true, acquired = %(stamp)s,
+        expires = %(expires)s, ord = GREATEST(f.ord, {_XID})
+    FROM (SELECT id, holder, token, held FROM memory_admin_lockfence
+          WHERE ns_id = %(ns)s AND resource = %(resource)s FOR UPDATE) was
+    WHERE f.id = was.id
+    RETURNING f.token, f.ord, was.holder AS was_holder, was.token AS was_token, was.held AS was_held
+), created AS (
+    INSERT INTO memory_admin_lockfence (ns_id, resource, token, holder, held, acquired, expires, ord)
+    SELECT %(ns)s, %(resource)s, 1, %(owner)s, true, %(stamp)s, %(expires)s, {_XID}
+    WHERE NOT EXISTS (SELECT 1 FROM bumped)
+    ON CONFLICT (ns_id, resource) DO NOTHING
+    RETURNING token, ord, ''::varchar AS was_holder, 0::bigint AS was_token, false AS was_held
+), f AS (
+    SELECT * FROM bumped UNION ALL SELECT * FROM created
+), e AS (
+    INSERT INTO memory_admin_event ({_EVENT_COLUMNS})
+    SELECT %(ns)s, f.ord, %(txn)s, 'lock.expired', '{SYSTEM}', f.was_holder, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'holder', f.was_holder,
+                              'fencing_token', f.was_token),
+           %(stamp)s
+    FROM f WHERE f.was_held
+    UNION ALL
+    SELECT %(ns)s, f.ord, %(txn)s, 'lock.acquired', %(owner)s, %(agent_id)s, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
+                              'expires_at', %(expires_at)s::text,
+                              'fencing_token', f.token),
+           %(stamp)s
+    FROM f
+)
+SELECT token FROM f
+"""
+
+# The holder's fence marked free, with its `lock.released` / `lock.expired` event.
+_END = f"""
+WITH f AS (
+    UPDATE memory_admin_lockfence SET held = false, ord = GREATEST(ord, {_XID})
+    WHERE ns_id = %(ns)s AND resource = %(resource)s AND token = %(token)s AND holder = %(owner)s AND held
+    RETURNING ord
+)
+INSERT INTO memory_admin_event ({_EVENT_COLUMNS})
+SELECT %(ns)s, f.ord, %(txn)s, %(type)s, %(actor)s, %(owner)s, %(resource)s,
+       jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint)
+       || CASE WHEN %(type)s::text = 'lock.released' THEN '{{}}'::jsonb
+               ELSE jsonb_build_object('holder', %(owner)s::text) END,
+       %(stamp)s
+FROM f
+"""
+
+
+def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
+    params = {
+        "ns": ns.pk,
+        "resource": resource,
+        "owner": actor.name,
+        "agent_id": actor.agent_id,
+        "stamp": stamp,
+        "expires": expires,
+        "expires_at": iso(expires),
+        "ttl": ttl,
+        "txn": current_txn(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_ACQUIRE, params)
+        row = cursor.fetchone()
+        if row is None:  # a first acquire raced another for the new fence row: it exists now
+            cursor.execute(_ACQUIRE, params)
+            row = cursor.fetchone()
+    ring_after_write()
+    return row[0]
+
+
+def _record_end(*, ns, resource, owner, token, type, actor: str | None = None) -> bool:
+    """Mark the holder's fence free with its event; False if the fence no longer names it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _END,
+            {
+                "ns": ns.pk,
+                "resource": resource,
+                "owner": owner,
+                "token": token,
+                "type": type,
+                "actor": actor or (owner if type == "lock.released" else SYSTEM),
+                "stamp": now(),
+                "txn": current_txn(),
+            },
+        )
+        ended = cursor.rowcount > 0
+    if ended:
+        ring_after_write()
+    return ended
 
 
 @r.unavailable_on_error
@@ -147,26 +275,16 @@ def renew_lock(*, ns: Namespace, resource: str, token: int, actor: Actor, ttl_se
 def release_lock(*, ns: Namespace, resource: str, token: int, actor: Actor) -> None:
     """Release, if `actor` holds `resource` with `token` (compared in Redis, atomically)."""
     check_key(resource, "resource")
-    with pipelined_commit(), transaction.atomic():
-        fence = LockFence.objects.select_for_update().filter(ns=ns, resource=resource).first()
-        if fence is None:
-            raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
-        released = r.script(r.RELEASE)(
-            keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)], args=[actor.name, token, resource]
-        )
-        if not released:
-            raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
-        if fence.token == token:
-            fence.held = False
-            fence.save(update_fields=["held"])
-        # Last, so the log's counter is not held across the Redis call (services/events.py).
-        append_last_event(
-            ns=ns,
-            type="lock.released",
-            actor=actor,
-            subject=resource,
-            payload={"resource": resource, "fencing_token": token},
-        )
+    keys = r.lock_keys(ns.name, resource)[:4]
+    args = [actor.name, token, resource, wake_channel(), wake_message(ns.name, resource)]
+    if not r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "begin"]):
+        raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
+    try:
+        _record_end(ns=ns, resource=resource, owner=actor.name, token=token, type="lock.released")
+    except BaseException:
+        r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "undo"])
+        raise
+    r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "end"])
 
 
 @r.unavailable_on_error
@@ -179,7 +297,7 @@ def force_release(*, ns: Namespace, resource: str, reason: str, actor: Actor) ->
     with transaction.atomic():
         fence = LockFence.objects.select_for_update().filter(ns=ns, resource=resource).first()
         held = get_lock(ns=ns, resource=resource)  # NotFound when nobody holds it
-        append_event(
+        event = append_event(
             ns=ns,
             type="lock.force_released",
             actor=actor,
@@ -191,23 +309,40 @@ def force_release(*, ns: Namespace, resource: str, reason: str, actor: Actor) ->
                 "fencing_token": held.token,
                 "reason": reason,
             },
+            follows=fence.ord if fence is not None else 0,
         )
         r.script(r.FORCE_RELEASE)(
-            keys=[r.lock_key(ns.name, resource), r.locks_index(ns.name)], args=[resource]
+            keys=r.lock_keys(ns.name, resource)[:4],
+            args=[resource, wake_channel(), wake_message(ns.name, resource), r.to_ms(now())],
         )
         if fence is not None:
-            fence.held = False
-            fence.save(update_fields=["held"])
+            fence.held, fence.ord = False, event.ord
+            fence.save(update_fields=["held", "ord"])
     return held
+
+
+def waiters(*, ns: Namespace, resource: str) -> list[str]:
+    """Who waits for the lock, first in line first (their leases not lapsed)."""
+    stamp = r.to_ms(now())
+    client = r.client()
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(r.lock_queue(ns.name, resource), 0, -1)
+    pipe.hgetall(r.lock_leases(ns.name, resource))
+    queue, leases = pipe.execute()
+    return [w.split(" ", 1)[-1] for w in queue if float(leases.get(w, 0)) >= stamp]
 
 
 @r.unavailable_on_error
 def get_lock(*, ns: Namespace, resource: str) -> HeldLock:
+    """The lock as held now, with who waits for it; NotFound when nobody holds it."""
     check_key(resource, "resource")
-    fields = r.client().hgetall(r.lock_key(ns.name, resource))
+    pipe = r.client().pipeline(transaction=False)
+    pipe.hgetall(r.lock_key(ns.name, resource))
+    pipe.zrange(r.lock_queue(ns.name, resource), 0, -1)
+    fields, queue = pipe.execute()
     if not fields or not fields.get("token"):
         raise NotFound(f"lock {resource!r} is not held")
-    return _held(resource, fields)
+    return _held(resource, fields, queue)
 
 
 @r.unavailable_on_error
@@ -229,7 +364,13 @@ def list_locks(*, ns: Namespace, limit: int | None = None, owner: str | None = N
     pipe = client.pipeline(transaction=False)
     for resource in resources:
         pipe.hgetall(r.lock_key(ns.name, resource))
-    held = [_held(res, fields) for res, fields in zip(resources, pipe.execute(), strict=True) if fields]
+        pipe.zrange(r.lock_queue(ns.name, resource), 0, -1)
+    replies = pipe.execute()
+    held = [
+        _held(res, fields, queue)
+        for res, fields, queue in zip(resources, replies[::2], replies[1::2], strict=True)
+        if fields and fields.get("token")  # not a reservation still being recorded
+    ]
     if owner is not None:
         held = sorted((lock for lock in held if lock.owner == owner), key=lambda lock: lock.expires)
     return held
@@ -265,7 +406,7 @@ def lock_items(*, ns: Namespace, after: str = "", limit: int | None = None) -> l
         keys = [r.lock_key(ns.name, resource) for resource in batch]
         fields = r.hmget_each(keys, "owner", "token", "acquired", "expires")
         for resource, (owner, token, acquired, expires) in zip(batch, fields, strict=True):
-            if owner is not False and int(expires) >= now_ms:
+            if owner is not False and token and int(expires) >= now_ms:
                 items.append(
                     {
                         "resource": resource,
@@ -287,18 +428,20 @@ def count_locks(*, ns: Namespace) -> int:
     return r.client().zcount(r.locks_index(ns.name), r.to_ms(now()), "+inf")
 
 
-def _held(resource: str, fields: dict[str, str]) -> HeldLock:
+def _held(resource: str, fields: dict[str, str], queue: list[str] = ()) -> HeldLock:
     return HeldLock(
         resource=resource,
         owner=fields["owner"],
         token=int(fields["token"]),
         acquired=r.from_ms(fields["acquired"]),
         expires=r.from_ms(fields["expires"]),
+        waiting=tuple(waiter.split(" ", 1)[-1] for waiter in queue),
     )
 
 
 def sweep_expired_locks(*, limit: int = 500) -> int:
-    """Record `lock.expired` for locks whose TTL lapsed (run by the relay). Returns how many."""
+    """Record `lock.expired` for locks whose TTL lapsed, and wake their waiters (run by the
+    relay). Returns how many."""
     client = r.client()
     count = 0
     candidates = LockFence.objects.filter(held=True, expires__lte=now()).select_related("ns")[:limit]
@@ -307,18 +450,12 @@ def sweep_expired_locks(*, limit: int = 500) -> int:
         if fields[0] == str(fence.token):  # renewed: learn the new expiry
             LockFence.objects.filter(pk=fence.pk, token=fence.token).update(expires=r.from_ms(fields[1]))
             continue
-        with transaction.atomic():
-            if not LockFence.objects.filter(pk=fence.pk, token=fence.token, held=True).update(held=False):
-                continue  # released or re-acquired meanwhile
-            if fields[0] is None:  # gone, not taken over: drop it from the listing index
-                client.zrem(r.locks_index(fence.ns.name), fence.resource)
-            append_event(
-                ns=fence.ns,
-                type="lock.expired",
-                actor=SYSTEM_ACTOR,
-                agent_id=fence.holder,
-                subject=fence.resource,
-                payload={"resource": fence.resource, "holder": fence.holder, "fencing_token": fence.token},
-            )
-        count += 1
+        # Gone, or reserved by a new acquirer: the end is recorded once, here or by that acquire.
+        if _record_end(
+            ns=fence.ns, resource=fence.resource, owner=fence.holder, token=fence.token, type="lock.expired"
+        ):
+            count += 1
+        if fields[0] is None:  # not taken over: drop it from the listing index, wake a waiter
+            client.zrem(r.locks_index(fence.ns.name), fence.resource)
+            wake_if_lapsed(ns=fence.ns, resource=fence.resource)
     return count

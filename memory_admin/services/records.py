@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import rows
 from memory_admin.errors import NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
-from memory_admin.services.events import append_event, append_last_event, pipelined_commit
+from memory_admin.services.events import append_event, current_txn, ring_after_write
 from memory_admin.validation import check_json, check_key, check_record_key, dumps
 
 
@@ -72,117 +72,129 @@ def write_record(
     """
     check_record_key(key)
     check_json(value)
-    with pipelined_commit():  # record.written, last, pipelined with the COMMIT
-        outcome = _write(
-            ns=ns, key=key, value=value, actor=actor, expected_version=expected_version, fence=fence
-        )
+    if fence is None:
+        outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version)
+    else:
+        with transaction.atomic():
+            # The fence row is share-locked to commit: a new acquire orders after this write.
+            check_fence(ns=ns, fence=fence, actor=actor)
+            outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version)
     if isinstance(outcome, Conflict):
         raise _conflict_error(outcome)
     return outcome
 
 
-@transaction.atomic
-def _write(*, ns, key, value, actor, expected_version, fence) -> tuple[Record, bool] | Conflict:
-    if fence is not None:
-        check_fence(ns=ns, fence=fence, actor=actor)
-    stamp = now()
-    created = False
-    if expected_version in (None, 0):
-        record = Record.objects.select_for_update().filter(ns=ns, key=key).first()
-        if record is None:
-            record = _insert(ns=ns, key=key, value=value, actor=actor, stamp=stamp)
-            created = record is not None
-            if record is None:  # a concurrent create won the race
-                if expected_version == 0:
-                    return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=0)
-                record = Record.objects.select_for_update().get(ns=ns, key=key)
-        if not created:
-            if expected_version == 0 and not record.deleted:
-                return _open_conflict(ns=ns, key=key, value=value, actor=actor, expected=0, current=record)
-            created = record.deleted
-            record.value, record.deleted, record.updated_by, record.updated = value, False, actor.name, stamp
-            record.version += 1
-            record.save(update_fields=["value", "deleted", "updated_by", "updated", "version"])
-    else:
-        record = _update_if_version(
-            ns=ns, key=key, value=value, actor=actor, expected=expected_version, stamp=stamp
-        )
-        if record is None or not record.written:
+def _write(*, ns, key, value, actor, expected_version) -> tuple[Record, bool] | Conflict:
+    """The write as one statement — the record, its version row, its event and the writer's
+    superseded conflicts with theirs — so that outside a transaction it commits by itself in
+    one round trip; or, when refused, the writer's conflict."""
+    statement = _WRITE[expected_version if expected_version in (None, 0) else "n"]
+    params = {
+        "ns": ns.pk,
+        "key": key,
+        "value": dumps(value),
+        "expected": expected_version,
+        "actor": actor.name,
+        "agent_id": actor.agent_id,
+        "stamp": now(),
+        "txn": current_txn(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is None or not row[-2]:  # refused: absent, or the version did not match
+        current = None if row is None else rows.load(Record, row)
+        # The statement read the record as of its start; a writer that won meanwhile is newer.
+        stale = current is None or current.version == expected_version
+        with transaction.atomic():
             return _open_conflict(
                 ns=ns,
                 key=key,
                 value=value,
                 actor=actor,
-                expected=expected_version,
-                current=record,
-                known=True,
+                expected=expected_version or 0,
+                current=None if stale else current,
+                known=not stale,
             )
-        _close_conflicts(ns=ns, key=key, actor=actor, version=record.version, ids=record.open_conflicts)
-        _append_written(ns=ns, record=record, actor=actor, created=False)
-        return record, False
-    RecordVersion.objects.create(
-        record=record, version=record.version, value=value, updated_by=actor.name, updated=stamp
-    )
-    _close_conflicts(ns=ns, key=key, actor=actor, version=record.version)
-    _append_written(ns=ns, record=record, actor=actor, created=created)
-    return record, created
+    ring_after_write()
+    return rows.load(Record, row), row[-1]
 
 
-# The hot path of optimistic locking in one round trip: the conditional UPDATE, the new
-# version's history row and the writer's open conflicts on the key (to close them) — or,
-# when the version did not match, the record as it stands (for the 409).
-_UPDATE_IF_VERSION = """
-WITH u AS (
-    UPDATE memory_admin_record
-    SET value = %s::jsonb, version = version + 1, updated_by = %s, updated = %s
-    WHERE ns_id = %s AND key = %s AND version = %s AND NOT deleted
-    RETURNING *
-), v AS (
+# Each form of the write: the record row (inserted, or updated in place), its history row, the
+# `record.written` event and the writer's open conflicts on the key closed as superseded, with a
+# `conflict.resolved` event each; it returns the record, written = true and created. When it
+# writes nothing it returns the record as it stands with written = false (or no row if absent).
+# The event's log order follows the key's last one (services/events.py: `ord`).
+_THEN = """
+, v AS (
     INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
-    SELECT id, version, value, false, updated_by, updated FROM u
+    SELECT id, version, value, false, updated_by, updated FROM w
+), c AS (
+    UPDATE memory_admin_conflict SET status = 'resolved', resolution = 'superseded',
+        resolved_by = %(actor)s, resolved = %(stamp)s
+    WHERE ns_id = %(ns)s AND key = %(key)s AND actor = %(actor)s AND status = 'open'
+      AND EXISTS (SELECT 1 FROM w)
+    RETURNING id
+), e AS (
+    INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
+    SELECT w.ns_id, w.ord, %(txn)s, 'record.written', %(actor)s, %(agent_id)s, w.key,
+           jsonb_build_object('key', w.key, 'version', w.version, 'created', w.is_new), %(stamp)s
+    FROM w
+    UNION ALL
+    SELECT w.ns_id, w.ord, %(txn)s, 'conflict.resolved', %(actor)s, %(agent_id)s, w.key,
+           jsonb_build_object('conflict_id', c.id, 'key', w.key, 'resolution', 'superseded',
+                              'version', w.version), %(stamp)s
+    FROM w, c
 )
-SELECT {columns_u}, true AS written, ARRAY(
-    SELECT id FROM memory_admin_conflict
-    WHERE ns_id = %s AND key = %s AND actor = %s AND status = 'open'
-) AS open_conflicts
-FROM u
+SELECT {w}, true, w.is_new FROM w
 UNION ALL
-SELECT {columns_r}, false, '{{}}'::bigint[] FROM memory_admin_record r
-WHERE r.ns_id = %s AND r.key = %s AND NOT EXISTS (SELECT 1 FROM u)
-""".format(columns_u=rows.columns(Record, "u"), columns_r=rows.columns(Record, "r"))
+SELECT {r}, false, false FROM memory_admin_record r
+WHERE r.ns_id = %(ns)s AND r.key = %(key)s AND NOT EXISTS (SELECT 1 FROM w)
+""".format(w=rows.columns(Record, "w"), r=rows.columns(Record, "r"))
 
+_RETURNING = "RETURNING memory_admin_record.*, {created} AS is_new"
+_XID = "pg_current_xact_id()::text::bigint"
 
-def _update_if_version(*, ns, key, value, actor, expected, stamp) -> Record | None:
-    """The written record (`written` true), the unchanged one (`written` false), or None if absent."""
-    params = [dumps(value), actor.name, stamp, ns.pk, key, expected, ns.pk, key, actor.name, ns.pk, key]
-    with connection.cursor() as cursor:
-        cursor.execute(_UPDATE_IF_VERSION, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    record = rows.load(Record, row)
-    record.written, record.open_conflicts = row[-2:]
-    return record
-
-
-def _append_written(*, ns, record, actor, created) -> None:
-    append_last_event(
-        ns=ns,
-        type="record.written",
-        actor=actor,
-        subject=record.key,
-        payload={"key": record.key, "version": record.version, "created": created},
-    )
-
-
-def _insert(*, ns, key, value, actor, stamp) -> Record | None:
-    try:
-        with transaction.atomic():
-            return Record.objects.create(
-                ns=ns, key=key, value=value, version=1, updated_by=actor.name, updated=stamp, created=stamp
-            )
-    except IntegrityError:
-        return None
+_WRITE = {
+    # Over version n only.
+    "n": f"""
+WITH w AS (
+    UPDATE memory_admin_record
+    SET value = %(value)s::jsonb, version = version + 1, updated_by = %(actor)s, updated = %(stamp)s,
+        ord = GREATEST(ord, {_XID})
+    WHERE ns_id = %(ns)s AND key = %(key)s AND version = %(expected)s AND NOT deleted
+    {_RETURNING.format(created="false")}
+)"""
+    + _THEN,
+    # Unconditional: insert, or the next version. A tombstone comes back to life as created (its
+    # `created` time is the new life's; the statement tells its own writes by that stamp).
+    None: f"""
+WITH w AS (
+    INSERT INTO memory_admin_record AS rec
+        (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
+    VALUES (%(ns)s, %(key)s, %(value)s::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID})
+    ON CONFLICT (ns_id, key) DO UPDATE SET
+        value = EXCLUDED.value, version = rec.version + 1, deleted = false,
+        updated_by = EXCLUDED.updated_by, updated = EXCLUDED.updated, ord = GREATEST(rec.ord, {_XID}),
+        created = CASE WHEN rec.deleted THEN EXCLUDED.created ELSE rec.created END
+    RETURNING rec.*, (rec.xmax = 0 OR rec.created = %(stamp)s) AS is_new
+)"""
+    + _THEN,
+    # Create only: insert, or bring a tombstone back; a live record refuses.
+    0: f"""
+WITH w AS (
+    INSERT INTO memory_admin_record AS rec
+        (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
+    VALUES (%(ns)s, %(key)s, %(value)s::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID})
+    ON CONFLICT (ns_id, key) DO UPDATE SET
+        value = EXCLUDED.value, version = rec.version + 1, deleted = false,
+        updated_by = EXCLUDED.updated_by, updated = EXCLUDED.updated, ord = GREATEST(rec.ord, {_XID}),
+        created = EXCLUDED.created
+    WHERE rec.deleted
+    RETURNING rec.*, true AS is_new
+)"""
+    + _THEN,
+}
 
 
 def delete_record(*, ns: Namespace, key: str, actor: Actor, expected_version: int | None = None) -> Record:
@@ -210,9 +222,18 @@ def _delete(*, ns, key, actor, expected_version) -> Record | Conflict:
                 delete=True,
             )
         stamp = now()
-        record.value, record.deleted, record.updated_by, record.updated = None, True, actor.name, stamp
         record.version += 1
-        record.save(update_fields=["value", "deleted", "updated_by", "updated", "version"])
+        event = append_event(
+            ns=ns,
+            type="record.deleted",
+            actor=actor,
+            subject=key,
+            payload={"key": key, "version": record.version},
+            follows=record.ord,
+        )
+        record.value, record.deleted, record.updated_by, record.updated = None, True, actor.name, stamp
+        record.ord = event.ord
+        record.save(update_fields=["value", "deleted", "updated_by", "updated", "version", "ord"])
         RecordVersion.objects.create(
             record=record,
             version=record.version,
@@ -222,13 +243,6 @@ def _delete(*, ns, key, actor, expected_version) -> Record | Conflict:
             updated=stamp,
         )
         _close_conflicts(ns=ns, key=key, actor=actor, version=record.version)
-        append_event(
-            ns=ns,
-            type="record.deleted",
-            actor=actor,
-            subject=key,
-            payload={"key": key, "version": record.version},
-        )
         return record
 
 
@@ -278,9 +292,9 @@ def _open_conflict(
     """Keep a refused write for operators: one open conflict per (key, writer).
 
     A retry loop that keeps losing refreshes its open conflict instead of filling the
-    inbox, and does so without an event, so it never queues behind the log's counter.
-    `known` says `current` is already the record as it stands (None: absent). `group` names
-    the aborted transaction whose writes were refused together (services/txn.py).
+    inbox, and does so without an event. `known` says `current` is already the record as it
+    stands (None: absent). `group` names the aborted transaction whose writes were refused
+    together (services/txn.py).
     """
     if current is None and not known:
         current = Record.objects.filter(ns=ns, key=key).first()
@@ -360,14 +374,14 @@ def _conflict_error(conflict: Conflict) -> VersionConflict:
     )
 
 
-def _close_conflicts(*, ns, key, actor, version, ids: list[int] | None = None) -> None:
-    """A successful write by the same actor supersedes its open conflicts on that key."""
-    if ids is None:
-        ids = list(
-            Conflict.objects.filter(
-                ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN
-            ).values_list("pk", flat=True)
+def _close_conflicts(*, ns, key, actor, version) -> None:
+    """A successful delete by the same actor supersedes its open conflicts on that key (a write
+    does it in its own statement, _THEN)."""
+    ids = list(
+        Conflict.objects.filter(ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN).values_list(
+            "pk", flat=True
         )
+    )
     if not ids:
         return
     Conflict.objects.filter(pk__in=ids).update(

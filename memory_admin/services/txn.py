@@ -163,7 +163,7 @@ def run_batch(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> li
 
 def _stamped(txn: str) -> contextlib.AbstractContextManager:
     """The events appended inside carry the transaction's id (Event.txn)."""
-    return contextlib.nullcontext()
+    return events.in_txn(txn)
 
 
 RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure

@@ -82,6 +82,14 @@ def ms_duration(ms: int | None) -> str:
 
 
 @register.filter
+def lag(seconds: float) -> str:
+    """How far behind, for people: milliseconds under a second, else seconds."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    return f"{seconds:.1f} s"
+
+
+@register.filter
 def since(moment: datetime | None) -> str:
     return "" if moment is None else duration((now() - moment).total_seconds())
 

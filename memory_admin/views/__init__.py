@@ -572,7 +572,7 @@ def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
     events = view.events(ns)
     before = _int(request.GET.get("before"))
     if before:
-        events = events.filter(id__lt=before)
+        events = events.filter(position__lt=before)
     page = list(events[: PAGE_SIZE + 1])
     context = {
         "cursor": cursor,

@@ -24,6 +24,8 @@ from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record,
 from memory_admin.services import activity
 from memory_admin.services import groups as group_service
 from memory_admin.services.conflicts import list_conflicts
+from memory_admin.services.events import head as log_head
+from memory_admin.services.events import log_status
 from memory_admin.services.leftovers import stale_with_leftovers
 from memory_admin.services.locks import count_locks, list_locks
 from memory_admin.services.status import count_agents, list_agents
@@ -78,7 +80,7 @@ class View:
             )
         if self.agent:
             events = events.filter(Q(agent_id=self.agent) | Q(actor=self.agent))
-        return events.order_by("-id")
+        return events.filter(position__isnull=False).order_by("-position")
 
     def shows_event(self, event: Event) -> bool:
         if self.type and not (
@@ -101,7 +103,7 @@ def _search(q: str) -> SearchQuery:
 
 def last_event_id(ns: Namespace) -> int:
     """Where this page's live feed starts: read before the page's data, so nothing falls between."""
-    return Event.objects.filter(ns=ns).order_by("-id").values_list("id", flat=True).first() or 0
+    return log_head(ns)
 
 
 # The distinct values of an indexed (ns_id, column, ...) column, one index probe per value (a
@@ -150,6 +152,7 @@ def overview_counts(ns: Namespace) -> dict[str, Any]:
         "conflicts": open_conflict_count(ns),
         "locks": count_locks(ns=ns),
         "per_minute": Event.objects.filter(ns=ns, created__gte=now() - timedelta(minutes=1)).count(),
+        "log": log_status(ns),
     }
 
 
@@ -165,7 +168,11 @@ def overview_context(ns: Namespace) -> dict[str, Any]:
         "counts": counts,
         "agents": list_agents(ns=ns, limit=AGENT_CARDS),
         "agents_hidden": max(0, total - AGENT_CARDS),
-        "latest": list(Event.objects.filter(ns=ns).exclude(type__in=OVERVIEW_HIDES).order_by("-id")[:15]),
+        "latest": list(
+            Event.objects.filter(ns=ns, position__isnull=False)
+            .exclude(type__in=OVERVIEW_HIDES)
+            .order_by("-position")[:15]
+        ),
         "conflicts": list_conflicts(ns=ns, limit=5),
         "expiring": list_locks(ns=ns, limit=5),  # soonest to expire first
         "stale_leftovers": stale_with_leftovers(ns=ns),

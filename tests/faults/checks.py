@@ -7,26 +7,38 @@ from tests.faults.cluster import Cluster, wait_for
 
 
 def event_ids(cluster: Cluster, ns: str, after: int = 0) -> list[int]:
+    """The positions of the namespace's log (events not yet sequenced are not in it)."""
     rows = cluster.sql(
-        "SELECT e.id FROM memory_admin_event e JOIN memory_admin_namespace n ON n.id = e.ns_id "
-        "WHERE n.name = %s AND e.id > %s ORDER BY e.id",
+        "SELECT e.position FROM memory_admin_event e JOIN memory_admin_namespace n ON n.id = e.ns_id "
+        "WHERE n.name = %s AND e.position > %s ORDER BY e.position",
         [ns, after],
     )
     return [row[0] for row in rows]
 
 
+def unsequenced(cluster: Cluster, ns: str) -> int:
+    rows = cluster.sql(
+        "SELECT count(*) FROM memory_admin_event e JOIN memory_admin_namespace n ON n.id = e.ns_id "
+        "WHERE n.name = %s AND e.position IS NULL",
+        [ns],
+    )
+    return rows[0][0]
+
+
 def stream_ids(cluster: Cluster, ns: str) -> list[int]:
-    entries = cluster.redis_client().xrange(f"ma:{{{ns}}}:events")
-    return [int(entry_id.split("-")[0]) for entry_id, _ in entries]
+    entries = cluster.redis_client().xrange(f"ma:{{{ns}}}:log")
+    return [int(entry_id.split("-")[0]) for entry_id, _ in entries if entry_id.endswith("-0")]
 
 
-def relay_cursor(cluster: Cluster) -> int:
-    rows = cluster.sql("SELECT published FROM memory_admin_relaycursor WHERE id = 1")
+def published(cluster: Cluster, ns: str) -> int:
+    """The last position the relay has published of the namespace."""
+    rows = cluster.sql("SELECT published FROM memory_admin_namespace WHERE name = %s", [ns])
     return rows[0][0] if rows else 0
 
 
 def wait_for_relay(cluster: Cluster, ns: str, timeout: float = 15) -> None:
-    """Until the relay has published the namespace's newest event."""
+    """Until every committed event of the namespace is sequenced and published."""
+    wait_for(lambda: unsequenced(cluster, ns) == 0, timeout=timeout, message="the sequencer to catch up")
     newest = event_ids(cluster, ns)[-1]
     wait_for(lambda: newest in set(stream_ids(cluster, ns)), timeout=timeout, message="the relay to catch up")
 
@@ -82,7 +94,7 @@ def lock_events_match(cluster: Cluster, ns: str) -> list[str]:
     acquired = {
         (resource, int(token))
         for resource, token in cluster.sql(
-            "SELECT e.subject, e.id FROM memory_admin_event e "
+            "SELECT e.subject, (e.payload->>'fencing_token')::bigint FROM memory_admin_event e "
             "JOIN memory_admin_namespace n ON n.id = e.ns_id WHERE n.name = %s AND e.type = 'lock.acquired'",
             [ns],
         )

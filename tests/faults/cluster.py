@@ -234,7 +234,7 @@ print("TOKENS=" + json.dumps(tokens))
         live = [relay for relay in self.relays if relay.alive()]
         for relay in live:
             lines = [line for line in relay.output().splitlines() if relay.name in line]
-            if lines and " active from event" in lines[-1]:
+            if lines and " active from" in lines[-1]:
                 return relay
         return None
 

@@ -29,7 +29,7 @@ def test_a_redis_restart_costs_only_503s_on_redis_calls_and_the_service_heals_it
         time.sleep(3)
         killed = load.history.note("redis killed")
         cluster.kill_redis()
-        published_before = checks.relay_cursor(cluster)  # the relay cannot move it without Redis
+        published_before = checks.published(cluster, ns)  # the relay cannot move it without Redis
         time.sleep(3)
         cluster.start_redis()
         back = load.history.note("redis started again, empty")
@@ -57,12 +57,15 @@ def test_a_redis_restart_costs_only_503s_on_redis_calls_and_the_service_heals_it
     assert set(stream) <= set(logged)
     assert [i for i in logged if i > published_before and i not in set(stream)] == []
 
-    # Fencing tokens kept growing across the lost lock keys.
+    # Fencing tokens kept growing across the lost lock keys (each lock counts its own).
     acquires = [op for op in load.history.ops if op.kind == "acquire" and op.ok]
-    before = [op.body["fencing_token"] for op in acquires if op.ret < killed]
-    after = [op.body["fencing_token"] for op in acquires if op.invoke > back]
-    assert before and after
-    assert min(after) > max(before)
+    grew = []
+    for resource in {op.target for op in acquires}:
+        before = [op.body["fencing_token"] for op in acquires if op.target == resource and op.ret < killed]
+        after = [op.body["fencing_token"] for op in acquires if op.target == resource and op.invoke > back]
+        if before and after:
+            grew.append(min(after) > max(before))
+    assert grew and all(grew)
 
     assert check(load.history, "redis-restart", lease_breaks=[killed]) == []
     assert checks.half_written(cluster, ns) == []

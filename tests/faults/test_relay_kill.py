@@ -16,7 +16,7 @@ TAKEOVER_SECONDS = 5
 
 def active_since(relay) -> float:
     """When `relay` logged that it became active (epoch seconds)."""
-    line = next(line for line in relay.output().splitlines() if f"{relay.name} active from event" in line)
+    line = next(line for line in relay.output().splitlines() if f"{relay.name} active from" in line)
     stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", line).group(1)
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 

@@ -53,7 +53,10 @@ class Command(BaseCommand):
         try:
             self._check_token(url, tokens[team[0][1]][1])
             started = (
-                Event.objects.filter(ns__name=namespace).order_by("-id").values_list("id", flat=True).first()
+                Event.objects.filter(ns__name=namespace)
+                .order_by("-seq")
+                .values_list("seq", flat=True)
+                .first()
             )
             died = self._run(url, team, tokens, seconds)
         finally:
@@ -135,7 +138,10 @@ class Command(BaseCommand):
             return
         draft = Record.objects.filter(ns=ns, key="report/draft").first()
         counts = dict(
-            Event.objects.filter(ns=ns, id__gt=started).values_list("type").annotate(n=Count("id")).order_by()
+            Event.objects.filter(ns=ns, seq__gt=started)
+            .values_list("type")
+            .annotate(n=Count("seq"))
+            .order_by()
         )
         resolved = Conflict.objects.filter(ns=ns, status="resolved").count()
         outcome = f"Demo ended with {len(died)} of {size} agents dead" if died else "Demo finished"
