@@ -98,9 +98,15 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, logfile: Path, timeo
 def server_argv(port: int, app: str) -> list[str]:
     """The production web command (config/web.py: uvicorn, one worker per core), for ours and the
     hello-world alike. BENCH_WORKERS=n changes the worker count of both; BENCH_SERVER=daphne runs
-    both in one Daphne process instead, for comparison (`pip install daphne` first)."""
+    both in one Daphne process instead, BENCH_SERVER=granian both on granian with as many workers,
+    for comparison (`pip install daphne` / `pip install granian` first)."""
     if os.environ.get("BENCH_SERVER") == "daphne":
         return [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), app]
+    if os.environ.get("BENCH_SERVER") == "granian":  # `pip install granian` first
+        return [
+            sys.executable, "-m", "granian", "--interface", "asginl", "--host", HOST, "--port", str(port),
+            "--workers", str(server_workers()), "--no-ws" if "hello" in app else "--ws", app,
+        ]  # fmt: skip
     return config_web.argv(HOST, port, server_workers(), app)
 
 
@@ -111,6 +117,8 @@ def server_workers() -> int:
 def server_name() -> str:
     if os.environ.get("BENCH_SERVER") == "daphne":
         return "daphne, 1 process"
+    if os.environ.get("BENCH_SERVER") == "granian":
+        return f"granian, {server_workers()} workers"
     return f"uvicorn, {server_workers()} workers"
 
 

@@ -81,6 +81,18 @@ def actor(agent: Agent) -> Actor:
     return Actor.of_agent(agent)
 
 
+def sequence_here() -> None:
+    """What the sequencer does once a transaction commits, for a test that never commits (its
+    events sit above the horizon for good): positions for every event waiting, the test's own
+    included. Only inside a test's transaction: elsewhere the horizon must be respected."""
+    from django.db import connection
+
+    from memory_admin.services.events import HORIZON, SEQUENCE_SQL
+
+    with connection.cursor() as cursor:
+        cursor.execute(SEQUENCE_SQL.replace(HORIZON, str(2**63 - 1)), [100_000])
+
+
 # --- processes ------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from memory_admin.services.records import write_record
 from memory_admin.services.status import heartbeat
 from memory_admin.templatetags.console import json_preview, when
 from memory_admin.views.screens import View
-from tests.conftest import actor
+from tests.conftest import actor, sequence_here
 
 # What a Python repr of a JSON value shows and JSON never does: {'k', ['x', True, None.
 PYTHON_REPR = r"[{\[]'|: (?:True|False|None)\b|\b(?:True|False|None)[,}\]]"
@@ -90,6 +90,7 @@ def test_the_fact_page_shows_a_formatted_time_with_its_zone(superuser, ns, alpha
 
 def test_a_custom_event_without_a_subject_shows_its_type_once(superuser, ns, alpha):
     publish_event(ns=ns, type="section_written", payload={"section": "intro"}, actor=actor(alpha))
+    sequence_here()
     html = superuser.get(reverse("timeline", args=[ns.name])).content.decode()
     row = re.search(r'<li id="[^"]*" class="event kind-section_written.*?</li>', html, re.S).group(0)
     assert row.count("section_written") == 2  # the row's class and its type, not a link as well
@@ -112,9 +113,10 @@ def test_status_changes_stay_off_the_overviews_latest_events(superuser, ns, alph
     first = heartbeat(agent=alpha, status="drafting", detail="one", actor=actor(alpha))
     assert first.state == "live"
     heartbeat(agent=alpha, status="drafting", detail="two", actor=actor(alpha))
+    sequence_here()
     html = superuser.get(reverse("overview", args=[ns.name])).content.decode()
     latest = html.split('id="latest-events"', 1)[1].split("</ol>", 1)[0]
     assert "plan_checked" in latest and "status.changed" not in latest
-    events = list(Event.objects.filter(ns=ns).order_by("id"))
+    events = list(Event.objects.filter(ns=ns).order_by("position"))
     pushed = live.render_changes(ns, View("overview"), events)
     assert "plan_checked" in pushed and "status.changed" not in pushed.split("latest-events", 1)[1]

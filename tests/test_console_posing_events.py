@@ -8,10 +8,10 @@ import pytest
 from django.db import transaction
 
 from memory_admin import live
-from memory_admin.services.events import append_event
+from memory_admin.services.events import append_event, find_position
 from memory_admin.views.screens import View
 from tests import test_console_views
-from tests.conftest import actor
+from tests.conftest import actor, sequence_here
 from tests.test_console_views import pages
 
 # The console tests' fixtures: a viewer's client and a namespace with something on every page.
@@ -50,7 +50,8 @@ def posing(ns, alpha, world):
         appended.append(
             append_event(ns=ns, type="status.changed", actor=actor(alpha), agent_id="a\nb", payload={})
         )
-    return appended
+    sequence_here()
+    return [find_position(event) for event in appended]
 
 
 def test_every_page_answers_200_over_events_that_pose_as_ours(as_viewer, ns, world, posing):

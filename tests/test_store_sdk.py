@@ -76,7 +76,7 @@ def test_every_put_is_a_new_version_of_one_record_with_its_event(store, alpha):
         (2, {"v": 2}, False),
         (3, None, True),
     ]
-    types = list(Event.objects.filter(subject=record.key).order_by("id").values_list("type", "actor"))
+    types = list(Event.objects.filter(subject=record.key).order_by("seq").values_list("type", "actor"))
     assert types == [("record.written", "alpha"), ("record.written", "alpha"), ("record.deleted", "alpha")]
 
 
