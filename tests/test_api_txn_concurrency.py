@@ -93,5 +93,7 @@ def test_16_clients_moving_value_between_two_records_keep_the_sum_and_show_no_ha
     for first_half, second_half in zip(written[::2], written[1::2], strict=True):
         assert (first_half.subject, second_half.subject) == ("a", "b")
         assert first_half.payload["version"] == second_half.payload["version"]
+        assert first_half.txn == second_half.txn != ""  # one move, one txn id
+    assert {event.txn for event in written} == {body["txn"] for body in committed}
     moves = CLIENTS * MOVES
     print(f"\ntxn moves: {moves} in {seconds:.1f}s = {moves / seconds:.0f}/s, {retries[0]} retries")

@@ -9,6 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from memory_admin.models import Conflict, Event, Record
+from tests.conftest import sequence_here
 from tests.test_api_support import api_for
 
 pytestmark = pytest.mark.django_db
@@ -101,3 +102,34 @@ def test_a_viewer_cannot_resolve_a_group(as_viewer, ns, aborted):
     response = as_viewer.post(reverse("resolve_group", args=[ns.name, aborted]), {"action": "keep"})
     assert response.status_code == 403
     assert set(Conflict.objects.filter(group=aborted).values_list("status", flat=True)) == {"open"}
+
+
+def test_the_events_of_a_txn_share_its_id_and_the_timeline_groups_and_filters_them(as_viewer, ns, alpha):
+    api = api_for(alpha)
+    api.post("/events", {"type": "before.txn", "payload": {}})
+    done = api.post(
+        "/txn",
+        {
+            "success": [
+                {"put": {"key": "g1", "value": 1}},
+                {"event": {"type": "work.done", "payload": {"n": 1}}},
+            ]
+        },
+    ).json()
+    sequence_here()
+    stamped = Event.objects.filter(txn=done["txn"])
+    assert sorted(stamped.values_list("type", flat=True)) == ["record.written", "work.done"]
+    assert done["results"][1]["body"]["type"] == "work.done"
+    listed = [e for e in api.get("/events?limit=500").json()["items"] if e.get("txn") == done["txn"]]
+    assert len(listed) == 2
+    page = as_viewer.get(reverse("timeline", args=[ns.name])).content.decode()
+    assert page.count(f'data-txn="{done["txn"]}"') == 2 and page.count("txn-start") == 1
+    assert '<span class="etype">before.txn' in page
+    only = as_viewer.get(reverse("timeline", args=[ns.name]) + f"?txn={done['txn']}").content.decode()
+    assert only.count('class="event ') == 2 and '<span class="etype">before.txn' not in only
+
+
+def test_an_aborted_txns_kept_conflicts_announce_themselves_under_its_id(ns, alpha, aborted):
+    sequence_here()
+    opened = Event.objects.filter(type="conflict.opened", txn=aborted)
+    assert opened.count() == 3

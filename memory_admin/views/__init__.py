@@ -566,7 +566,10 @@ def locks(request: HttpRequest, ns: Namespace) -> HttpResponse:
 @console
 def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
     view = View(
-        "timeline", type=request.GET.get("type", "").strip(), agent=request.GET.get("agent", "").strip()
+        "timeline",
+        type=request.GET.get("type", "").strip(),
+        agent=request.GET.get("agent", "").strip(),
+        txn=request.GET.get("txn", "").strip()[:40],
     )
     cursor = last_event_id(ns)
     events = view.events(ns)

@@ -45,6 +45,7 @@ class View:
     key: str = ""
     prefix: str = ""
     conflict: int = 0
+    txn: str = ""  # the timeline of one /txn: its events alone
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> View:
@@ -80,12 +81,16 @@ class View:
             )
         if self.agent:
             events = events.filter(Q(agent_id=self.agent) | Q(actor=self.agent))
+        if self.txn:
+            events = events.filter(txn=self.txn)
         return events.filter(position__isnull=False).order_by("-position")
 
     def shows_event(self, event: Event) -> bool:
         if self.type and not (
             event.type == self.type if "." in self.type else event.type.startswith(self.type)
         ):
+            return False
+        if self.txn and event.txn != self.txn:
             return False
         return not self.agent or self.agent in (event.agent_id, event.actor)
 
