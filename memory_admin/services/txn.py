@@ -2,10 +2,10 @@
 /batch (independent operations, one result each). Both compose the nouns' own services inside
 one Postgres transaction, so every change still appends its own event and keeps its rules.
 
-Why one transaction for a batch too: a commit (a WAL flush) costs more than the operation,
-and each service already runs in a savepoint of its own (its `transaction.atomic`), so an
-operation that fails rolls back alone and the others commit together (measured: docs/DESIGN.md,
-"Transactions and batches").
+Why one transaction for a batch too: a commit (a WAL flush) costs more than the operation
+(measured: docs/DESIGN.md, "Transactions and batches"). An operation that is refused changes
+nothing — its service refuses before writing, or inside a savepoint of its own — so it is its
+own result and the others commit together.
 
 The keys a request names are locked first, in one order: two requests that write the same
 keys in a different order queue instead of deadlocking, and a compare on a record holds
