@@ -641,7 +641,7 @@ def explain_plans() -> list[dict]:
             )
         )
         # Time travel: a page of records and of agents' status as of event 500,000.
-        at = Event.objects.get(ns=ns, id=500_000).created
+        at = Event.objects.get(ns=ns, position=500_000).created
         plans.append(
             _explain(
                 cursor,
