@@ -107,6 +107,23 @@ def row_delete_record(other, world):
     same_answer(lambda k: other.delete(f"/records/{k}?expected_version=1"), "plan", "nothing-here")
 
 
+def row_get_record_exact(other, world):
+    same_answer(lambda k: other.get(f"/records/{k}~"), "plan", "nothing-here")
+
+
+def row_get_versions_exact(other, world):
+    same_answer(lambda k: other.get(f"/records/{k}~versions"), "plan", "nothing-here")
+
+
+def row_delete_record_exact(other, world):
+    same_answer(lambda k: other.delete(f"/records/{k}~"), "plan", "nothing-here")
+
+
+def row_put_record_exact(other, world):
+    assert other.put("/records/plan~", {"value": "theirs again"}).status_code in (200, 201)
+    assert body(world["team"].get("/records/plan~"))["value"] == "team secret"
+
+
 def row_get_conflicts(other, world):
     for query in ("", "?status=open", "?status=resolved"):
         response = other.get(f"/conflicts{query}")
@@ -145,6 +162,29 @@ def row_renew_lock(other, world):
     same_answer(
         lambda r: other.post(f"/locks/{r}/renew", {"fencing_token": token}), "printer", "nothing-here"
     )
+
+
+def row_get_lock_exact(other, world):
+    same_answer(lambda r: other.get(f"/locks/{r}~"), "printer", "nothing-here")
+
+
+def row_post_lock_exact(other, world):
+    mine = other.post("/locks/printer~", {"ttl_seconds": 5})
+    assert mine.status_code == 200 and body(mine)["owner"] == "outsider"
+    assert body(world["team"].get("/locks/printer~")) == world["lock"]
+    other.delete(f"/locks/printer~?fencing_token={body(mine)['fencing_token']}")
+
+
+def row_renew_lock_exact(other, world):
+    token = world["lock"]["fencing_token"]
+    same_answer(
+        lambda r: other.post(f"/locks/{r}~renew", {"fencing_token": token}), "printer", "nothing-here"
+    )
+
+
+def row_delete_lock_exact(other, world):
+    token = world["lock"]["fencing_token"]
+    same_answer(lambda r: other.delete(f"/locks/{r}~?fencing_token={token}"), "printer", "nothing-here")
 
 
 def row_delete_lock(other, world):
@@ -275,8 +315,12 @@ ROWS = {
     ("GET", "/records"): row_get_records,
     ("GET", "/records/{key}"): row_get_record,
     ("GET", "/records/{key}/versions"): row_get_versions,
+    ("GET", "/records/{key}~"): row_get_record_exact,
+    ("GET", "/records/{key}~versions"): row_get_versions_exact,
     ("DELETE", "/records/{key}"): row_delete_record,  # before PUT makes "plan" its own
+    ("DELETE", "/records/{key}~"): row_delete_record_exact,
     ("PUT", "/records/{key}"): row_put_record,
+    ("PUT", "/records/{key}~"): row_put_record_exact,
     ("GET", "/conflicts"): row_get_conflicts,
     ("PUT", "/status"): row_put_status,
     ("GET", "/agents"): row_get_agents,
@@ -286,6 +330,10 @@ ROWS = {
     ("POST", "/locks/{resource}"): row_post_lock,
     ("POST", "/locks/{resource}/renew"): row_renew_lock,
     ("DELETE", "/locks/{resource}"): row_delete_lock,
+    ("GET", "/locks/{resource}~"): row_get_lock_exact,
+    ("POST", "/locks/{resource}~"): row_post_lock_exact,
+    ("POST", "/locks/{resource}~renew"): row_renew_lock_exact,
+    ("DELETE", "/locks/{resource}~"): row_delete_lock_exact,
     ("POST", "/events"): row_post_event,
     ("GET", "/events"): row_get_events,
     ("GET", "/events/stream"): row_event_stream,

@@ -36,6 +36,12 @@ def segment(value: str) -> str:
     return quote(str(value), safe="/:@")
 
 
+def item(noun: str, key: str, sub: str = "") -> str:
+    """The path of a record or lock, or of its sub-resource, in the form no key can be
+    mistaken in: the key ends at `~`, which keys cannot contain (API.md: Reaching every key)."""
+    return f"/{noun}/{segment(key)}~{sub}"
+
+
 @dataclass
 class Call:
     """One logical API call. Its idempotency key is made once and reused by every retry."""
@@ -173,20 +179,18 @@ def list_agents() -> Call:
 
 def acquire(resource: str, ttl_seconds: int, wait_seconds: float, agent_id: str | None = None) -> Call:
     body = {"ttl_seconds": int(ttl_seconds), "wait_seconds": wait_seconds}
-    return Call(
-        "POST", f"/locks/{segment(resource)}", body=encode(body), wait=wait_seconds, agent_id=agent_id
-    )
+    return Call("POST", item("locks", resource), body=encode(body), wait=wait_seconds, agent_id=agent_id)
 
 
 def renew(resource: str, token: int, ttl_seconds: int) -> Call:
     body = {"fencing_token": token, "ttl_seconds": int(ttl_seconds)}
-    return Call("POST", f"/locks/{segment(resource)}/renew", body=encode(body))
+    return Call("POST", item("locks", resource, "renew"), body=encode(body))
 
 
 def release(resource: str, token: int, agent_id: str | None = None) -> Call:
     return Call(
         "DELETE",
-        f"/locks/{segment(resource)}",
+        item("locks", resource),
         params={"fencing_token": token},
         then=lambda b: True,
         agent_id=agent_id,
@@ -194,7 +198,7 @@ def release(resource: str, token: int, agent_id: str | None = None) -> Call:
 
 
 def get_lock(resource: str) -> Call:
-    return Call("GET", f"/locks/{segment(resource)}", missing=None)
+    return Call("GET", item("locks", resource), missing=None)
 
 
 def list_locks() -> Call:
@@ -255,7 +259,7 @@ def ack(group: str, ids: Iterable[int]) -> Call:
 
 
 def read_record(key: str) -> Call:
-    return Call("GET", f"/records/{segment(key)}", missing=None)
+    return Call("GET", item("records", key), missing=None)
 
 
 def write_record(key: str, value: Any, expected_version: int | None, fence: tuple[str, int] | None) -> Call:
@@ -264,12 +268,12 @@ def write_record(key: str, value: Any, expected_version: int | None, fence: tupl
         body["expected_version"] = int(expected_version)
     if fence is not None:
         body["fence"] = {"lock": fence[0], "token": int(fence[1])}
-    return Call("PUT", f"/records/{segment(key)}", body=encode(body))
+    return Call("PUT", item("records", key), body=encode(body))
 
 
 def delete_record(key: str, expected_version: int | None) -> Call:
     params = {"expected_version": int(expected_version)} if expected_version is not None else None
-    return Call("DELETE", f"/records/{segment(key)}", params=params, then=lambda b: None)
+    return Call("DELETE", item("records", key), params=params, then=lambda b: None)
 
 
 def list_records(prefix: str, after: str, limit: int) -> Call:
@@ -277,7 +281,7 @@ def list_records(prefix: str, after: str, limit: int) -> Call:
 
 
 def versions(key: str, limit: int) -> Call:
-    return Call("GET", f"/records/{segment(key)}/versions", params={"limit": limit}, then=items)
+    return Call("GET", item("records", key, "versions"), params={"limit": limit}, then=items)
 
 
 def conflicts(status: str, limit: int) -> Call:

@@ -82,6 +82,6 @@ def list_agents(request: HttpRequest, query: Query[PageQuery]):
     return response
 
 
-@router.get("/agents/{agent_id}", response={200: AgentOut, **errors(404)}, url_name="get_agent")
+@router.get("/agents/{path:agent_id}", response={200: AgentOut, **errors(404)}, url_name="get_agent")
 def get_agent(request: HttpRequest, agent_id: Key):
     return status_body(statuses.get_agent(ns=ns_of(request), agent_id=agent_id))

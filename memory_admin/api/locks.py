@@ -1,7 +1,10 @@
 """Locks: mutual exclusion with fencing tokens.
 
-Resources may contain `/`, so the resource is the rest of the path; `.../renew` is the
-renewal of the resource before it.
+Resources may contain `/` and `:`, so the resource is the rest of the path, and a sub-resource
+follows it after `~`, which no resource contains: `POST /locks/{resource}~renew` renews and
+`/locks/{resource}~` is the lock itself for any resource (API.md: Reaching every key). The older
+`POST /locks/{resource}/renew` still renews the resource before it; GET and DELETE on such a
+path reach the resource that ends in `/renew`, as nothing else answers them there.
 """
 
 import asyncio
@@ -99,7 +102,14 @@ def list_locks(request: HttpRequest, query: Query[PageQuery]):
 
 
 @router.post(
-    "/locks/{path:resource}/renew", response={200: LockOut, **errors(403, 409)}, url_name="renew_lock"
+    "/locks/{path:resource}~renew", response={200: LockOut, **errors(403, 409)}, url_name="renew_lock"
+)
+@router.post(
+    "/locks/{path:resource}/renew",
+    response={200: LockOut, **errors(403, 409)},
+    url_name="renew_lock_alias",
+    operation_id="renew_lock_alias",
+    deprecated=True,
 )
 def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
     """Extend the lease; only the holder with its current token may (else 409 `not_lock_holder`)."""
@@ -113,7 +123,15 @@ def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
     return lock_body(lock)
 
 
+# Each `~` form is the lower decorator, so its URL pattern is registered first: the plain
+# pattern would otherwise take `resource~` as a (bad) resource.
 @router.post("/locks/{path:resource}", response={200: LockOut, **errors(403, 409)}, url_name="acquire_lock")
+@router.post(
+    "/locks/{path:resource}~",
+    response={200: LockOut, **errors(403, 409)},
+    url_name="acquire_lock_exact",
+    operation_id="acquire_lock_exact",
+)
 async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | None = None):
     """Take the lock, waiting up to `wait_seconds` for its holder to go; else 409 `lock_held`.
     Not re-entrant. Waiters are served first come, first served, woken when the lock is freed.
@@ -225,6 +243,12 @@ async def wakeup_listener() -> WakeupListener:
 
 
 @router.get("/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock")
+@router.get(
+    "/locks/{path:resource}~",
+    response={200: LockDetail, **errors(404)},
+    url_name="get_lock_exact",
+    operation_id="get_lock_exact",
+)
 def get_lock(request: HttpRequest, resource: Key):
     """The lock as held now, with `waiting`: the agents queued for it, first in line first."""
     ns = ns_of(request)
@@ -233,9 +257,31 @@ def get_lock(request: HttpRequest, resource: Key):
 
 
 @router.delete("/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock")
+@router.delete(
+    "/locks/{path:resource}~",
+    response={204: None, **errors(403, 409)},
+    url_name="release_lock_exact",
+    operation_id="release_lock_exact",
+)
 def release_lock(request: HttpRequest, resource: Key, query: Query[ReleaseQuery]):
     """Release; only the holder with its token may (else 409 `not_lock_holder`)."""
     locks.release_lock(
         ns=ns_of(request), resource=resource, token=query.fencing_token, actor=actor_of(request)
     )
     return HttpResponse(status=204)
+
+
+# The older renew path takes every URL ending in `/renew`; a read or release there is of the
+# resource that ends so (its POST stays the renewal, which older agents rely on).
+@router.get(
+    "/locks/{path:resource}/renew", response={200: LockDetail, **errors(404)}, include_in_schema=False
+)
+def get_renew_lock(request: HttpRequest, resource: Key):
+    return get_lock(request, f"{resource}/renew")
+
+
+@router.delete(
+    "/locks/{path:resource}/renew", response={204: None, **errors(403, 409)}, include_in_schema=False
+)
+def release_renew_lock(request: HttpRequest, resource: Key, query: Query[ReleaseQuery]):
+    return release_lock(request, f"{resource}/renew", query)

@@ -1,7 +1,10 @@
 """Versioned JSON records with optimistic locking and fenced writes.
 
-Keys may contain `/`, so the key is the rest of the path; `.../versions` is therefore
-the versions of the key before it.
+Keys may contain `/` and `:`, so the key is the rest of the path, and a sub-resource follows
+it after `~`, which no key contains: `/records/{key}~versions` are the key's versions, and
+`/records/{key}~` is the record itself for any key (API.md: Reaching every key). The older
+`/records/{key}/versions` still reads the versions of the key before it; PUT and DELETE on such
+a path reach the key that ends in `/versions`, as nothing else answers them there.
 """
 
 from typing import Any
@@ -90,7 +93,10 @@ def list_records(request: HttpRequest, query: Query[RecordQuery]):
 
 
 @router.get(
-    "/records/{path:key}/versions", response={200: VersionPage, **errors(404)}, url_name="record_versions"
+    "/records/{path:key}~versions",
+    response={200: VersionPage, **errors(404)},
+    url_name="record_versions",
+    operation_id="record_versions",
 )
 def record_versions(request: HttpRequest, key: RecordKey, query: Query[VersionQuery]):
     """A key's versions, newest first; a delete is a version with `deleted` true and value null."""
@@ -98,8 +104,28 @@ def record_versions(request: HttpRequest, key: RecordKey, query: Query[VersionQu
     return {"items": [_version_body(version) for version in found]}
 
 
+@router.get(
+    "/records/{path:key}/versions",
+    response={200: VersionPage, **errors(404)},
+    url_name="record_versions_alias",
+    operation_id="record_versions_alias",
+    deprecated=True,
+)
+def record_versions_alias(request: HttpRequest, key: RecordKey, query: Query[VersionQuery]):
+    """The older form of `/records/{key}~versions`: the versions of the key before `/versions`."""
+    return record_versions(request, key, query)
+
+
+# Each `~` form is the lower decorator, so its URL pattern is registered first: the plain
+# pattern would otherwise take `key~` as a (bad) key.
 @router.get("/records/{path:key}", response={200: RecordOut, **errors(404)}, url_name="get_record")
-def get_record(request: HttpRequest, key: RecordKey):
+@router.get(
+    "/records/{path:key}~",
+    response={200: RecordOut, **errors(404)},
+    url_name="get_record_exact",
+    operation_id="get_record_exact",
+)
+def get_record(request: HttpRequest, key: Key):
     """The record with header `ETag: "<version>"`."""
     return _with_etag(records.get_record(ns=ns_of(request), key=key))
 
@@ -109,7 +135,13 @@ def get_record(request: HttpRequest, key: RecordKey):
     response={(200, 201): RecordOut, **errors(403, 409)},
     url_name="write_record",
 )
-def write_record(request: HttpRequest, key: Key, body: RecordIn):
+@router.put(
+    "/records/{path:key}~",
+    response={(200, 201): RecordOut, **errors(403, 409)},
+    url_name="write_record_exact",
+    operation_id="write_record_exact",
+)
+def write_record(request: HttpRequest, key: RecordKey, body: RecordIn):
     """Write with optimistic locking: 201 when created, 200 when updated, 409 `version_conflict`
     (kept as a conflict) or `stale_fencing_token`."""
     fence = records.Fence(lock=body.fence.lock, token=body.fence.token) if body.fence else None
@@ -125,12 +157,40 @@ def write_record(request: HttpRequest, key: Key, body: RecordIn):
 
 
 @router.delete("/records/{path:key}", response={204: None, **errors(403, 404, 409)}, url_name="delete_record")
-def delete_record(request: HttpRequest, key: Key, query: Query[DeleteQuery]):
+@router.delete(
+    "/records/{path:key}~",
+    response={204: None, **errors(403, 404, 409)},
+    url_name="delete_record_exact",
+    operation_id="delete_record_exact",
+)
+def delete_record(request: HttpRequest, key: RecordKey, query: Query[DeleteQuery]):
     """Delete; with `expected_version`, only if the stored version is still that."""
     records.delete_record(
         ns=ns_of(request), key=key, expected_version=query.expected_version, actor=actor_of(request)
     )
     return HttpResponse(status=204)
+
+
+# The older versions path takes every URL ending in `/versions`; a write or delete there is
+# of the key that ends so (its GET stays the alias above, which older agents rely on).
+@router.put(
+    "/records/{path:key}/versions",
+    response={(200, 201): RecordOut, **errors(403, 409)},
+    url_name="write_record_versions_key",
+    include_in_schema=False,
+)
+def write_versions_key(request: HttpRequest, key: RecordKey, body: RecordIn):
+    return write_record(request, f"{key}/versions", body)
+
+
+@router.delete(
+    "/records/{path:key}/versions",
+    response={204: None, **errors(403, 404, 409)},
+    url_name="delete_record_versions_key",
+    include_in_schema=False,
+)
+def delete_versions_key(request: HttpRequest, key: RecordKey, query: Query[DeleteQuery]):
+    return delete_record(request, f"{key}/versions", query)
 
 
 def _version_body(version: RecordVersion) -> dict[str, Any]:
