@@ -338,9 +338,13 @@ class Event(models.Model):
 
 
 class Idempotency(models.Model):
-    """A stored first response for a retried POST/PUT/DELETE (API.md: Idempotency)."""
+    """A stored first response for a retried POST/PUT/DELETE (API.md: Idempotency).
 
-    token = models.ForeignKey(Token, on_delete=models.CASCADE)
+    Keyed by the agent, not its token: an offline log replayed after the token was rotated
+    must still find the responses its first attempts stored.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE)
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)  # sha256 of method, path, body
     status = models.PositiveSmallIntegerField()
@@ -351,7 +355,7 @@ class Idempotency(models.Model):
     KEEP = timedelta(hours=24)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_token_key_uniq")]
+        constraints = [models.UniqueConstraint(fields=["agent", "key"], name="idempotency_agent_key_uniq")]
         indexes = [models.Index(fields=["created"], name="idempotency_created_idx")]
 
 

@@ -6,8 +6,8 @@ import pytest
 from django.utils.timezone import now
 
 from memory_admin.models import Conflict, Event, Fact, Idempotency, Record
-from memory_admin.services.tokens import issue_token
-from tests.test_api_support import api_for, error, redis_down, state
+from memory_admin.services.tokens import issue_token, revoke_token
+from tests.test_api_support import Api, api_for, error, redis_down, state
 
 FACT = {"fact": "sky is blue", "category": "colour"}
 
@@ -40,11 +40,20 @@ def test_the_same_key_with_a_different_request_is_422_and_changes_nothing(alpha)
 
 
 @pytest.mark.django_db
-def test_keys_are_per_token(alpha):
-    a, b = api_for(alpha), api_for(alpha)
-    assert a.post("/facts", FACT, headers={"Idempotency-Key": "same"}).status_code == 201
-    replay = b.post("/facts", FACT, headers={"Idempotency-Key": "same"})
-    assert replay.status_code == 201 and "Idempotent-Replayed" not in replay
+def test_keys_belong_to_the_agent_so_a_retry_with_a_rotated_token_is_replayed(alpha):
+    old, new = issue_token(agent=alpha), issue_token(agent=alpha)
+    first = Api(old[1]).post("/facts", FACT, headers={"Idempotency-Key": "same"})
+    revoke_token(token=old[0])
+    replay = Api(new[1]).post("/facts", FACT, headers={"Idempotency-Key": "same"})
+    assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json() and Fact.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_keys_of_different_agents_never_meet(alpha, beta):
+    assert api_for(alpha).post("/facts", FACT, headers={"Idempotency-Key": "same"}).status_code == 201
+    other = api_for(beta).post("/facts", FACT, headers={"Idempotency-Key": "same"})
+    assert other.status_code == 201 and "Idempotent-Replayed" not in other
     assert Fact.objects.count() == 2
 
 

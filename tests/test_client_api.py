@@ -22,7 +22,7 @@ from memory_admin_client import (
 )
 
 from memory_admin.models import Conflict, Event, Fact
-from memory_admin.services.tokens import issue_token
+from memory_admin.services.tokens import issue_token, revoke_token
 from tests.conftest import free_port
 from tests.test_client_support import FAST, FaultProxy, client_for
 
@@ -253,6 +253,23 @@ def test_a_retry_after_a_lost_answer_never_doubles_a_write(web_server, alpha):
         proxy.busy = 1  # 503 with Retry-After: 1
         assert client.publish("after_busy", {})
         assert proxy.seen["POST /api/v1/events"] == 2
+    finally:
+        proxy.close()
+
+
+def test_an_offline_log_replayed_after_a_token_rotation_does_not_double_a_write(web_server, alpha, tmp_path):
+    proxy = FaultProxy(web_server.url)
+    old = issue_token(agent=alpha)
+    try:
+        with MemoryClient(proxy.url, old[1], wal_path=tmp_path / "a.wal", flush_interval=None) as client:
+            client.me()
+            proxy.drop = 1  # the server stores the fact; its answer never arrives
+            assert client.store_fact(None, "said once", "rotated") is None  # kept in the log
+            assert Fact.objects.filter(category="rotated").count() == 1
+        revoke_token(token=old[0])
+        with MemoryClient(web_server.url, issue_token(agent=alpha)[1], wal_path=tmp_path / "a.wal") as client:
+            assert client.flush() == 1
+        assert Fact.objects.filter(category="rotated").count() == 1
     finally:
         proxy.close()
 

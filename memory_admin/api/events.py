@@ -17,6 +17,7 @@ from memory_admin.api.common import (
     In,
     Limit,
     actor_of,
+    agent_of,
     error_response,
     errors,
     in_thread,
@@ -120,7 +121,7 @@ async def publish_event(request: HttpRequest, body: EventIn):
     response = json_response(event.body(), status=201)
     if request.headers.get(HEADER):  # a retry replays the body with its id
         await in_thread(idempotency.update_body)(
-            token=token_of(request), key=request.headers[HEADER], body=response.content
+            agent=agent_of(request), key=request.headers[HEADER], body=response.content
         )
     return response
 

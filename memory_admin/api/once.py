@@ -71,7 +71,7 @@ def once(
 
     try:
         stored, replayed = idempotency.respond_once(
-            token=getattr(request, "auth", None) or bearer(request),
+            agent=(getattr(request, "auth", None) or bearer(request)).agent,
             key=key,
             fingerprint=idempotency.fingerprint(
                 method=request.method, path=request.get_full_path(), body=request.body

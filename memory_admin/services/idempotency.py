@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils.timezone import now
 
 from memory_admin.errors import DomainError
-from memory_admin.models import Idempotency, Token
+from memory_admin.models import Agent, Idempotency
 
 MAX_KEY = 255
 PENDING = 0  # status of a claimed row whose response is not stored yet; never committed
@@ -62,19 +62,19 @@ def fingerprint(*, method: str, path: str, body: bytes) -> str:
 
 def respond_once(
     *,
-    token: Token,
+    agent: Agent,
     key: str,
     fingerprint: str,
     compute: Callable[[], Reply],
     keep: Callable[[Reply], bool],
 ) -> tuple[Reply, bool]:
-    """The stored reply for `key`, or compute one and store it with its effect if `keep(reply)`.
+    """The stored reply for `agent`'s `key`, or compute one and store it with its effect if `keep(reply)`.
 
     Returns (reply, replayed). A reply that is not kept rolls back everything `compute` did.
     """
     check_key(key)
     with transaction.atomic():
-        row = _claim(token=token, key=key, fingerprint=fingerprint)
+        row = _claim(agent=agent, key=key, fingerprint=fingerprint)
         if row.status != PENDING:
             if row.fingerprint != fingerprint:
                 raise KeyReused("this Idempotency-Key was used for a different request in the last 24 hours")
@@ -89,18 +89,18 @@ def respond_once(
         return reply, False
 
 
-def _claim(*, token: Token, key: str, fingerprint: str) -> Idempotency:
-    """This transaction's row for (token, key): inserted now, or the committed one, row-locked."""
-    # An expired key starts afresh; old keys of the token go with it.
-    Idempotency.objects.filter(token=token, created__lt=now() - Idempotency.KEEP).delete()
+def _claim(*, agent: Agent, key: str, fingerprint: str) -> Idempotency:
+    """This transaction's row for (agent, key): inserted now, or the committed one, row-locked."""
+    # An expired key starts afresh; old keys of the agent go with it.
+    Idempotency.objects.filter(agent=agent, created__lt=now() - Idempotency.KEEP).delete()
     # Waits on the unique index while a duplicate is in flight; nothing if one committed.
     Idempotency.objects.bulk_create(
-        [Idempotency(token=token, key=key, fingerprint=fingerprint, status=PENDING, body=b"")],
+        [Idempotency(agent=agent, key=key, fingerprint=fingerprint, status=PENDING, body=b"")],
         ignore_conflicts=True,
     )
-    return Idempotency.objects.select_for_update().get(token=token, key=key)
+    return Idempotency.objects.select_for_update().get(agent=agent, key=key)
 
 
-def update_body(*, token: Token, key: str, body: bytes) -> None:
+def update_body(*, agent: Agent, key: str, body: bytes) -> None:
     """Complete a stored reply with what became known after its commit (an event's position)."""
-    Idempotency.objects.filter(token=token, key=key).update(body=body)
+    Idempotency.objects.filter(agent=agent, key=key).update(body=body)
