@@ -5,7 +5,16 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from config import embedded, logs, web
-from config.env import database_config, env_bool, env_int, env_list, env_str, env_url, redis_url_with_db
+from config.env import (
+    database_config,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+    redis_url_with_db,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MEMORY_ADMIN_VAR", str(BASE_DIR / "var")))
@@ -44,7 +53,9 @@ _db = database_config(DATABASE_URL)
 _db["OPTIONS"]["pool"] = {
     "min_size": env_int("DB_POOL_MIN", 2, minimum=0, maximum=1000),
     "max_size": env_int("DB_POOL_MAX", 20, minimum=1, maximum=1000),
-    "timeout": env_int("DB_POOL_TIMEOUT", 10, minimum=1, maximum=300),
+    # Seconds a call waits for a pooled connection; short, so an outage is a quick 503
+    # (memory_admin/outage.py), not a wait.
+    "timeout": env_float("DB_POOL_TIMEOUT", 1.0, minimum=0.05, maximum=300),
 }
 # A transaction left open holds back the event log's horizon (services/events.py): nothing
 # committed after it is readable until it ends. Postgres ends sessions idle inside one for longer.
@@ -53,6 +64,9 @@ if _idle_in_transaction:
     _db["OPTIONS"]["options"] = (
         _db["OPTIONS"].get("options", "") + f" -c idle_in_transaction_session_timeout={_idle_in_transaction}s"
     ).strip()
+# The circuit that answers 503 at once while Postgres is down (memory_admin/outage.py).
+DB_CIRCUIT_FAILURES = env_int("DB_CIRCUIT_FAILURES", 3, minimum=1, maximum=1000)
+DB_CIRCUIT_PROBE_SECONDS = env_float("DB_CIRCUIT_PROBE_SECONDS", 0.5, minimum=0.05, maximum=60)
 _db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME", "test_memory_admin")}
 DATABASES = {"default": _db}
 
@@ -73,6 +87,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "memory_admin.middleware.OutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

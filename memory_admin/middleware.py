@@ -21,6 +21,9 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
+from django.template.loader import render_to_string
+
+from memory_admin import outage
 
 HEADER = "Content-Security-Policy"
 
@@ -279,3 +282,41 @@ async def _refuse(send, status: int, code: str, message: str, **details) -> None
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class OutageMiddleware:
+    """Console pages while Postgres is down (memory_admin/outage.py): a 503 page at once when
+    the circuit is open, and a 503 page, not a 500, when a page's query finds Postgres gone.
+    The API answers for itself (its gate), as do the outage banner and static files."""
+
+    EXEMPT = ("/api/", "/static/", "/metrics", "/outage/")
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if not request.path.startswith(self.EXEMPT) and not outage.postgres.allow():
+            return self._now(outage_page()) if self.is_async else outage_page()
+        return self.get_response(request)
+
+    @staticmethod
+    async def _now(response: HttpResponse) -> HttpResponse:
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if request.path.startswith(self.EXEMPT) or not outage.is_postgres_error(exception):
+            return None
+        outage.postgres_failed(exception)
+        return outage_page()
+
+
+def outage_page() -> HttpResponse:
+    # Rendered without the console's base: that reads the session and the user from Postgres.
+    response = HttpResponse(render_to_string("memory_admin/outage.html", {"page": True}), status=503)
+    response["Retry-After"] = "1"
+    return response

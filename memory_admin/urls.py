@@ -3,6 +3,7 @@ from django.urls import path, register_converter
 
 from memory_admin import views
 from memory_admin.views.login import LoginView
+from memory_admin.views.outage import banner
 
 
 class NamespaceConverter:
@@ -23,6 +24,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
     path("switch/", views.switch, name="switch"),
+    path("outage/", banner, name="outage"),
     path("ns/<ns:ns>/", views.overview, name="overview"),
     path("ns/<ns:ns>/agents/", views.agents, name="agents"),
     path("ns/<ns:ns>/agents/<path:name>", views.agent, name="agent"),

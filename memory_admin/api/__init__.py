@@ -27,6 +27,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
+from memory_admin import outage
 from memory_admin.api import (
     agents,
     conflicts,
@@ -49,6 +50,7 @@ from memory_admin.api.common import (
     UnsupportedMediaType,
     error_response,
     on_error,
+    postgres_unavailable,
 )
 from memory_admin.api.once import idempotent
 from memory_admin.errors import Invalid, NotFound
@@ -75,12 +77,16 @@ class StrictJsonParser(Parser):
         return check_document(document)
 
 
+# Answered while Postgres is down: health says which store is, the schema needs none.
+WITHOUT_POSTGRES = frozenset({"health", "openapi-json", "openapi-view"})
+
+
 class AgentAPI(NinjaAPI):
     def _get_urls(self) -> list:
         urls = super()._get_urls()
         for pattern in urls:
-            pattern.callback = gate(pattern.callback)
-        urls.append(re_path(r"^[\s\S]*$", gate(_unknown_path), name="unknown"))
+            pattern.callback = gate(pattern.callback, circuit=pattern.name not in WITHOUT_POSTGRES)
+        urls.append(re_path(r"^[\s\S]*$", gate(_unknown_path, circuit=False), name="unknown"))
         return urls
 
 
@@ -115,16 +121,17 @@ api.add_router("", store.router)
 # --- the gate -------------------------------------------------------------------------
 
 
-def gate(view: Callable) -> Callable:
-    """Size limit before parsing, the error shape for 405s and anything unexpected."""
+def gate(view: Callable, *, circuit: bool = True) -> Callable:
+    """Size limit before parsing, 503 at once while Postgres is known to be down (outage.py),
+    the error shape for 405s and anything unexpected."""
     if iscoroutinefunction(view):
 
         async def async_gated(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-            refused = _refuse(request)
+            refused = _refuse(request, circuit)
             if refused is not None:
                 return refused
             try:
-                return _shape(await view(request, *args, **kwargs))
+                return _passed(await view(request, *args, **kwargs))
             except Exception as exc:  # a bug of ours: logged, and still the error shape
                 return on_error(request, exc)
 
@@ -132,18 +139,26 @@ def gate(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def gated(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        refused = _refuse(request)
+        refused = _refuse(request, circuit)
         if refused is not None:
             return refused
         try:
-            return _shape(view(request, *args, **kwargs))
+            return _passed(view(request, *args, **kwargs))
         except Exception as exc:
             return on_error(request, exc)
 
     return gated
 
 
-def _refuse(request: HttpRequest) -> HttpResponse | None:
+def _passed(response: HttpResponse) -> HttpResponse:
+    if response.status_code < 500:  # Postgres answered (every call reads its token there)
+        outage.postgres.succeeded()
+    return _shape(response)
+
+
+def _refuse(request: HttpRequest, circuit: bool = True) -> HttpResponse | None:
+    if circuit and not outage.postgres.allow():
+        return postgres_unavailable()
     limit = settings.MAX_BODY_BYTES
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-import django.db
 import redis
 from asgiref.sync import sync_to_async
 from django.db import connection
@@ -16,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import Schema
 from pydantic import ConfigDict, Field, StringConstraints
 
+from memory_admin import outage
 from memory_admin.errors import DomainError, Invalid, NotFound, Unavailable
 from memory_admin.models import Agent, Namespace, Token, iso
 from memory_admin.services import Actor
@@ -109,9 +109,10 @@ def on_error(request: HttpRequest, exc: Exception) -> JsonResponse:
         return error_response(exc)
     if isinstance(exc, Http404):
         return error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
-    if isinstance(exc, django.db.OperationalError | django.db.InterfaceError):
+    if outage.is_postgres_error(exc):
         log.warning("Postgres unavailable on %s %s: %s", request.method, request.path, exc)
-        return error_response(Unavailable("Postgres is unreachable; retry shortly"))
+        outage.postgres_failed(exc)
+        return postgres_unavailable()
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         log.warning("Redis unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(Unavailable("Redis is unreachable; retry shortly"))
@@ -119,6 +120,10 @@ def on_error(request: HttpRequest, exc: Exception) -> JsonResponse:
         return error_response(Invalid("the input is nested too deeply", {"body": "too deeply nested"}))
     log.exception("unexpected error on %s %s", request.method, request.path)
     return error_response(InternalError("an unexpected error occurred; it has been logged"))
+
+
+def postgres_unavailable() -> JsonResponse:
+    return error_response(Unavailable("Postgres is unreachable; retry shortly"))
 
 
 def json_response(data: Any, status: int = 200) -> JsonResponse:

@@ -2,6 +2,7 @@ from django.db import connection
 from django.http import JsonResponse
 from ninja import Router
 
+from memory_admin import outage
 from memory_admin import redis as r
 
 router = Router(tags=["health"])
@@ -19,12 +20,26 @@ def health(request):
 
 
 def _postgres() -> str:
+    return "ok" if postgres_answers() else "down"
+
+
+def postgres_answers() -> bool:
+    """Whether Postgres answers through the pool; at once False while the circuit is open."""
+    if not outage.postgres.allow():
+        return False
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return "ok"
-    except Exception:  # any failure to answer is "down" for a health check
-        return "down"
+    except Exception as exc:  # any failure to answer is "down" for a health check
+        if outage.is_postgres_error(exc):
+            outage.postgres_failed(exc)
+        return False
+    outage.postgres.succeeded()
+    return True
+
+
+def redis_answers() -> bool:
+    return _redis() == "ok"
 
 
 def _redis() -> str:
