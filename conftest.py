@@ -12,3 +12,7 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-01234567
 os.environ.setdefault("DB_IDLE_IN_TRANSACTION_SECONDS", "0")
 # Tests use their own Redis database, so a run never touches the data of a dev server.
 os.environ.setdefault("REDIS_DB", "15")
+# The test processes share one Postgres with other runs, which may refuse connections for a
+# few seconds when full; they wait for the pool as long as they used to. The fault suite's
+# servers (tests/faults/cluster.py) run with production's default, which is what it measures.
+os.environ.setdefault("DB_POOL_TIMEOUT", "10")

@@ -6,6 +6,9 @@ from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
+from config import web  # noqa: E402
+
+web.share_metrics()  # before anything imports prometheus_client (memory_admin/metrics.py)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup(set_prefix=False)  # before anything imports models (what get_asgi_application does)
 

@@ -4,6 +4,7 @@ A bad value stops start-up with a message naming the variable, instead of
 surfacing later as a confusing error deep inside a request.
 """
 
+import ipaddress
 import os
 from urllib.parse import urlsplit
 
@@ -70,6 +71,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
             f"{name} must be a comma-separated list without empty items; got {value!r}"
         )
     return items
+
+
+def env_networks(name: str, default: list[str]) -> list:
+    """Addresses or networks (CIDR), comma-separated."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an address or network") from None
+    return networks
 
 
 def env_url(name: str, schemes: set[str]) -> str | None:

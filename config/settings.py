@@ -11,6 +11,7 @@ from config.env import (
     env_float,
     env_int,
     env_list,
+    env_networks,
     env_str,
     env_url,
     redis_url_with_db,
@@ -53,9 +54,10 @@ _db = database_config(DATABASE_URL)
 _db["OPTIONS"]["pool"] = {
     "min_size": env_int("DB_POOL_MIN", 2, minimum=0, maximum=1000),
     "max_size": env_int("DB_POOL_MAX", 20, minimum=1, maximum=1000),
-    # Seconds a call waits for a pooled connection; short, so an outage is a quick 503
-    # (memory_admin/outage.py), not a wait.
-    "timeout": env_float("DB_POOL_TIMEOUT", 1.0, minimum=0.05, maximum=300),
+    # Seconds a call waits for a pooled connection: enough for a cold pool to grow through a
+    # burst, short beside the 10 s it was. During an outage calls do not wait it out: the
+    # circuit (memory_admin/outage.py) fails the waiting ones when it opens.
+    "timeout": env_float("DB_POOL_TIMEOUT", 3.0, minimum=0.05, maximum=300),
 }
 # A transaction left open holds back the event log's horizon (services/events.py): nothing
 # committed after it is readable until it ends. Postgres ends sessions idle inside one for longer.
@@ -87,6 +89,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "memory_admin.middleware.MetricsMiddleware",
     "memory_admin.middleware.OutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -154,6 +157,11 @@ BODY_TIMEOUT_SECONDS = env_int("BODY_TIMEOUT_SECONDS", 30, minimum=1, maximum=36
 STORE_RANKING = "memory_admin.services.store.FullTextRanking"
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 6000, minimum=1, maximum=10_000_000)
 EVENT_STREAM_MAXLEN = env_int("EVENT_STREAM_MAXLEN", 100_000, minimum=100, maximum=100_000_000)
+
+# GET /metrics (README: Metrics): for a bearer METRICS_TOKEN, or from an address in METRICS_ALLOW
+# (addresses or networks; by default this machine only).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOW = env_networks("METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
 
 # --- security (README: "Security settings") -------------------------------------------------
 # Headers are on in every mode, so a page that breaks the CSP breaks in development first.

@@ -12,8 +12,12 @@ this module does not import the settings (they would start embedded servers).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from config.env import env_int, env_str
 
@@ -48,6 +52,46 @@ def argv(host: str, port: int, workers: int = 1, app: str = APP) -> list[str]:
         "--timeout-graceful-shutdown", "5",  # open console websockets must not hold a stop up
         *forwarding(),
     ]  # fmt: skip
+
+
+METRICS_DIRS = "memory-admin-metrics-"
+
+
+def share_metrics() -> None:
+    """Called first thing in each web process (config/asgi.py): when it is one of several
+    uvicorn workers, point prometheus_client at a folder that every worker of this server
+    writes and any worker's /metrics reads (its multiprocess mode), before anything imports
+    prometheus_client. The folder is named after the uvicorn supervisor (pid and start time),
+    so a restarted server starts from zero; folders of supervisors that are gone are removed.
+    A PROMETHEUS_MULTIPROC_DIR set by the operator is used as it is (empty it at each start).
+    """
+    parent = multiprocessing.parent_process()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or parent is None:
+        return  # one process: its own counters are all there is
+    base = Path(tempfile.gettempdir())
+    folder = base / f"{METRICS_DIRS}{parent.pid}-{_started(parent.pid)}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    # What a dead worker last said of open sockets and pools is no longer so (the supervisor
+    # replaces a worker that dies); its counters stay, as they should.
+    for gauge in folder.glob("gauge_live*_*.db"):
+        pid = gauge.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            gauge.unlink(missing_ok=True)
+    for old in base.glob(f"{METRICS_DIRS}*"):
+        pid, _, started = old.name.removeprefix(METRICS_DIRS).partition("-")
+        if old != folder and pid.isdigit() and _started(int(pid)) != started:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _started(pid: int) -> str:
+    """The process' start time in clock ticks since boot ("" when it is gone): with the pid,
+    a name no later process has."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from memory_admin import live
+from memory_admin import live, metrics
 from memory_admin.models import Namespace
 from memory_admin.views.screens import View
 
@@ -258,6 +258,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
     health: asyncio.Task | None = None
     pump: asyncio.Task | None = None
     gone = False  # disconnect() ran: what fails from now on failed because the browser left
+    counted = False  # in metrics.WEBSOCKETS
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -279,6 +280,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.feed = feed_for(self.ns)
         await self.feed.join(self)
         await self.accept()
+        self.counted = True
+        metrics.WEBSOCKETS.inc()
         self.health = asyncio.create_task(self._check_health())
         self.health.add_done_callback(_retrieve)
 
@@ -298,6 +301,9 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.gone = True
+        if self.counted:
+            self.counted = False
+            metrics.WEBSOCKETS.dec()
         for task in (self.health, self.pump):
             if task is not None:
                 task.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -23,7 +24,7 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.template.loader import render_to_string
 
-from memory_admin import outage
+from memory_admin import metrics, outage
 
 HEADER = "Content-Security-Policy"
 
@@ -320,3 +321,31 @@ def outage_page() -> HttpResponse:
     response = HttpResponse(render_to_string("memory_admin/outage.html", {"page": True}), status=503)
     response["Retry-After"] = "1"
     return response
+
+
+class MetricsMiddleware:
+    """Every request counted and timed by route and status (memory_admin/metrics.py); the
+    outermost middleware, so the 503s of an outage and the 413s of the gate count too."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if self.is_async:
+            return self._acall(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        metrics.observe_request(request, response, time.perf_counter() - started)
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = await self.get_response(request)
+        metrics.observe_request(request, response, time.perf_counter() - started)
+        return response

@@ -3,8 +3,9 @@
 Closed, every call goes to Postgres. After `DB_CIRCUIT_FAILURES` consecutive calls failed for
 want of Postgres (a broken connection, a refused connect, a pool that gave no connection
 within `DB_POOL_TIMEOUT`), a background thread probes Postgres with a connection of its own.
-If the probe fails, the circuit opens: calls are answered 503 `unavailable` with
-`Retry-After` at once, without waiting on the pool, and the probe repeats every
+If the probe fails, the circuit opens: the pool is closed, so calls waiting for a connection
+fail at once, and calls are answered 503 `unavailable` with `Retry-After` at once, without
+touching the pool, and the probe repeats every
 `DB_CIRCUIT_PROBE_SECONDS`. The first probe that gets through closes the circuit, and the
 pool is replaced, so calls find fresh connections instead of waiting out the backoff of a
 pool that watched Postgres go away. (A probe that gets through at once means the pool was
@@ -42,7 +43,9 @@ class Circuit:
         self._broken = False  # a connection broke since the last success: the pool's are suspect
         self._opened: float | None = None  # monotonic time it opened; None while closed
         self._prober: threading.Thread | None = None
-        # after a probe got through where connections had broken: replace the pool
+        # when it opens: fail the calls waiting for a connection; after a probe got through
+        # where connections had broken: replace the pool
+        self.on_open: Callable[[], None] | None = None
         self.on_close: Callable[[], None] | None = None
 
     @property
@@ -74,9 +77,11 @@ class Circuit:
         try:
             while not self._probe():
                 with self._lock:
-                    if self._opened is None:
-                        self._opened = time.monotonic()
-                        log.warning("Postgres unreachable: answering 503 until a probe gets through")
+                    opening, self._opened = self._opened is None, self._opened or time.monotonic()
+                if opening:
+                    log.warning("Postgres unreachable: answering 503 until a probe gets through")
+                    if self.on_open is not None:
+                        self.on_open()
                 time.sleep(self.probe_every)
             with self._lock:
                 opened, broken = self._opened, self._broken
@@ -105,8 +110,9 @@ def probe_postgres() -> bool:
 
 
 def _refresh_pool() -> None:
-    """Drop the pool's connections and pending reconnects: the next call builds a fresh pool
-    rather than waiting out the backoff of one that watched Postgres go away."""
+    """Close the pool: calls waiting for one of its connections fail at once (503) instead of
+    waiting out DB_POOL_TIMEOUT, and the next call builds a fresh pool rather than waiting out
+    the reconnect backoff of one that watched Postgres go away."""
     try:
         connection.close_pool()
     except Exception:  # a pool that cannot close cleanly is replaced all the same
@@ -118,7 +124,7 @@ postgres = Circuit(
     probe_every=settings.DB_CIRCUIT_PROBE_SECONDS,
     probe=probe_postgres,
 )
-postgres.on_close = _refresh_pool
+postgres.on_open = postgres.on_close = _refresh_pool
 
 
 def is_postgres_error(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ import redis
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Query, Router, Schema
 
+from memory_admin import metrics
 from memory_admin import redis as r
 from memory_admin.api.common import (
     Id,
@@ -176,6 +177,7 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
     loop = asyncio.get_running_loop()
     client = r.async_client()
     key = r.stream_key(ns.name)
+    metrics.EVENT_STREAMS.inc()
     try:
         # The start as the stream's last event id, sent first: a client that reconnects before
         # the first event resumes from here, not from a later "now" (which would skip what came
@@ -214,6 +216,7 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
                 yield ": keepalive\n\n"
                 last_write = loop.time()
     finally:
+        metrics.EVENT_STREAMS.dec()
         await client.aclose()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils.timezone import now
 
-from memory_admin import rows
+from memory_admin import metrics, rows
 from memory_admin.errors import NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
@@ -72,15 +72,21 @@ def write_record(
     """
     check_record_key(key)
     check_json(value)
-    if fence is None:
-        outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version)
-    else:
-        with transaction.atomic():
-            # The fence row is share-locked to commit: a new acquire orders after this write.
-            check_fence(ns=ns, fence=fence, actor=actor)
+    try:
+        if fence is None:
             outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version)
+        else:
+            with transaction.atomic():
+                # The fence row is share-locked to commit: a new acquire orders after this write.
+                check_fence(ns=ns, fence=fence, actor=actor)
+                outcome = _write(ns=ns, key=key, value=value, actor=actor, expected_version=expected_version)
+    except StaleFence:
+        metrics.record_written("fenced")
+        raise
     if isinstance(outcome, Conflict):
+        metrics.record_written("conflict")
         raise _conflict_error(outcome)
+    transaction.on_commit(lambda: metrics.record_written("ok"))  # not if an outer /txn rolls back
     return outcome
 
 

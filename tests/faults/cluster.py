@@ -151,8 +151,10 @@ class Cluster:
     # --- app processes --------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
+        # production's pool timeout (the test process' own is longer: see the root conftest.py)
+        inherited = {name: value for name, value in os.environ.items() if name != "DB_POOL_TIMEOUT"}
         return {
-            **os.environ,
+            **inherited,
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "REDIS_DB": "",
