@@ -280,6 +280,7 @@ def test_the_openapi_document_describes_every_path_and_its_errors(alpha):
         "/api/v1/txn": {"post"},
         "/api/v1/batch": {"post"},
         "/api/v1/events/groups/{group}": {"get", "put"},
+        "/api/v1/events/groups/{group}~": {"get", "put"},
         "/api/v1/ok": {"get"},
         "/api/v1/store/items": {"get", "put", "delete"},
         "/api/v1/store/items/search": {"post"},

@@ -74,3 +74,13 @@ def test_the_older_renew_path_still_renews_the_resource_before_it(alpha):
 def test_an_agent_whose_name_has_a_slash_is_found(make_agent, alpha):
     make_agent("crew/scout")
     assert api_for(alpha).get("/agents/crew/scout").json()["agent_id"] == "crew/scout"
+
+
+def test_a_group_whose_name_ends_in_read_or_ack_is_configured_and_read(alpha):
+    api = api_for(alpha)
+    for name in ("jobs/read", "jobs/ack"):
+        configured = api.put(f"/events/groups/{name}", {"max_deliveries": 3})
+        assert configured.status_code == 200 and configured.json()["group"] == name, configured.content
+        assert api.get(f"/events/groups/{name}").json()["group"] == name
+        assert api.get(f"/events/groups/{name}~").json()["group"] == name
+    assert api.put("/events/groups/jobs~", {"max_deliveries": 2}).json()["group"] == "jobs"

@@ -262,6 +262,16 @@ def row_get_group(other, world):
     same_answer(lambda group: other.get(f"/events/groups/{group}"), "team-only", "nobody-group")
 
 
+def row_get_group_exact(other, world):
+    same_answer(lambda group: other.get(f"/events/groups/{group}~"), "team-only", "nobody-group")
+
+
+def row_put_group_exact(other, world):
+    mine = other.put("/events/groups/team-only~", {"max_deliveries": 6})
+    assert mine.status_code == 200 and not leaks(mine)
+    assert body(world["team"].get("/events/groups/team-only~"))["max_deliveries"] == 3
+
+
 def row_put_group(other, world):
     mine = other.put("/events/groups/team-only", {"max_deliveries": 5})
     assert mine.status_code == 200 and not leaks(mine) and body(mine)["consumers"] == []
@@ -342,7 +352,9 @@ ROWS = {
     ("POST", "/txn"): row_txn,
     ("POST", "/batch"): row_batch,
     ("GET", "/events/groups/{group}"): row_get_group,
+    ("GET", "/events/groups/{group}~"): row_get_group_exact,
     ("PUT", "/events/groups/{group}"): row_put_group,  # after GET made team's group
+    ("PUT", "/events/groups/{group}~"): row_put_group_exact,
     ("GET", "/ok"): row_get_ok,
     ("GET", "/store/items"): row_get_store_item,
     ("POST", "/store/items/search"): row_search_store,

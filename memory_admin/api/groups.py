@@ -171,6 +171,12 @@ def _state(request: HttpRequest, group: str) -> dict:
 
 # Registered after /read and /ack: `{path:group}` would take their suffix as part of the name.
 @router.get("/events/groups/{path:group}", response={200: GroupOut, **errors(404)}, url_name="get_group")
+@router.get(
+    "/events/groups/{path:group}~",
+    response={200: GroupOut, **errors(404)},
+    url_name="get_group_exact",
+    operation_id="get_group_exact",
+)
 def get_group(request: HttpRequest, group: Key):
     """The group's cursor, lag, unacked deliveries per consumer and how many events are parked."""
     return _state(request, group)
@@ -179,9 +185,45 @@ def get_group(request: HttpRequest, group: Key):
 @router.put(
     "/events/groups/{path:group}", response={200: GroupOut, **errors(403)}, url_name="configure_group"
 )
+@router.put(
+    "/events/groups/{path:group}~",
+    response={200: GroupOut, **errors(403)},
+    url_name="configure_group_exact",
+    operation_id="configure_group_exact",
+)
 def configure_group(request: HttpRequest, group: Key, body: ConfigureIn):
     """Set after how many failed deliveries the group parks an event (creating the group if new)."""
     groups.configure_group(
         ns=ns_of(request), group=group, max_deliveries=body.max_deliveries, actor=actor_of(request)
     )
     return _state(request, group)
+
+
+# The /read and /ack paths take every URL ending so; a GET or PUT there is of the group whose
+# name ends so (API.md: Reaching every key). `/events/groups/{group}~` reaches any group too.
+@router.get(
+    "/events/groups/{path:group}/read", response={200: GroupOut, **errors(404)}, include_in_schema=False
+)
+def get_read_group(request: HttpRequest, group: Key):
+    return get_group(request, f"{group}/read")
+
+
+@router.put(
+    "/events/groups/{path:group}/read", response={200: GroupOut, **errors(403)}, include_in_schema=False
+)
+def configure_read_group(request: HttpRequest, group: Key, body: ConfigureIn):
+    return configure_group(request, f"{group}/read", body)
+
+
+@router.get(
+    "/events/groups/{path:group}/ack", response={200: GroupOut, **errors(404)}, include_in_schema=False
+)
+def get_ack_group(request: HttpRequest, group: Key):
+    return get_group(request, f"{group}/ack")
+
+
+@router.put(
+    "/events/groups/{path:group}/ack", response={200: GroupOut, **errors(403)}, include_in_schema=False
+)
+def configure_ack_group(request: HttpRequest, group: Key, body: ConfigureIn):
+    return configure_group(request, f"{group}/ack", body)
