@@ -1,4 +1,4 @@
-"""Merges 0005_idempotency_per_agent with the other 0005s (no operations)."""
+"""Merges 0005_idempotency_per_agent with the rest of the graph (no operations)."""
 
 from django.db import migrations
 
@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
     dependencies = [
         ("memory_admin", "0005_idempotency_per_agent"),
-        ("memory_admin", "0006_merge_conflict_group_console_groups"),
+        ("memory_admin", "0007_store_items"),
     ]
 
     operations = []
