@@ -93,7 +93,7 @@ CIRCUIT = Gauge(
     "1 while a web process answers 503 at once because Postgres is down (outage.py).",
     multiprocess_mode="livemax",
 )
-LOCK_ROUTES = frozenset({"api/v1/locks/<path:resource>", "api/v1/locks/<path:resource>~"})
+LOCK_ROUTES = frozenset({"api/v1/locks/<path:resource>", "api/v1/locks/<path:resource>!"})
 
 
 # --- counted where they happen --------------------------------------------------------------

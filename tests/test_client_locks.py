@@ -50,12 +50,12 @@ def test_a_force_released_lock_makes_the_next_fenced_write_raise_stale_fence(pro
         with pytest.raises(StaleFence):
             lock.write("report/draft", {"by": "alpha, late"})
         assert lock.lost and not lock.held
-        sent = proxy.seen["PUT /api/v1/records/report/draft~"]
+        sent = proxy.seen["PUT /api/v1/records/report/draft!"]
         with pytest.raises(StaleFence, match="not sent"):
             lock.write("report/draft", {"by": "alpha, later"})
         with pytest.raises(StaleFence):
             a.update("report/draft", lambda v: {"by": "alpha, via update"}, fence=lock)
-        assert proxy.seen["PUT /api/v1/records/report/draft~"] == sent  # refused here, never sent
+        assert proxy.seen["PUT /api/v1/records/report/draft!"] == sent  # refused here, never sent
     assert b.read("report/draft")["value"] == {"by": "beta"}
     assert b.get_lock("report/intro")["owner"] == "beta"  # alpha's exit did not release beta's lock
 
@@ -70,8 +70,8 @@ def test_a_lock_whose_renewals_fail_is_lost_when_its_lease_runs_out(proxy, alpha
         assert lock.lost
         with pytest.raises(StaleFence):
             lock.write("report/draft", {"late": True})
-        assert proxy.seen["PUT /api/v1/records/report/draft~"] == 0
-        assert proxy.seen["POST /api/v1/locks/report/intro~renew"] >= 2
+        assert proxy.seen["PUT /api/v1/records/report/draft!"] == 0
+        assert proxy.seen["POST /api/v1/locks/report/intro!renew"] >= 2
     proxy.busy = 0
     # The client counts the lease from before its request, so it gives up first; the server's TTL follows.
     wait_for(lambda: a.get_lock("report/intro") is None, timeout=5, message="the server's TTL to lapse")

@@ -54,7 +54,7 @@ def test_a_multi_worker_server_counts_requests_writes_and_locks_across_its_worke
     stale = httpx.put(f"{url}/api/v1/records/plan", json={"value": 0, "expected_version": 1}, headers=b)
     assert stale.status_code == 409
     assert httpx.post(f"{url}/api/v1/locks/printer", json={}, headers=a).status_code == 200
-    assert httpx.post(f"{url}/api/v1/locks/printer~", json={}, headers=b).status_code == 409
+    assert httpx.post(f"{url}/api/v1/locks/printer!", json={}, headers=b).status_code == 409
     assert httpx.put(f"{url}/api/v1/status", json={"status": "busy"}, headers=b).status_code == 200
 
     after = scrape(url)

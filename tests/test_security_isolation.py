@@ -108,20 +108,20 @@ def row_delete_record(other, world):
 
 
 def row_get_record_exact(other, world):
-    same_answer(lambda k: other.get(f"/records/{k}~"), "plan", "nothing-here")
+    same_answer(lambda k: other.get(f"/records/{k}!"), "plan", "nothing-here")
 
 
 def row_get_versions_exact(other, world):
-    same_answer(lambda k: other.get(f"/records/{k}~versions"), "plan", "nothing-here")
+    same_answer(lambda k: other.get(f"/records/{k}!versions"), "plan", "nothing-here")
 
 
 def row_delete_record_exact(other, world):
-    same_answer(lambda k: other.delete(f"/records/{k}~"), "plan", "nothing-here")
+    same_answer(lambda k: other.delete(f"/records/{k}!"), "plan", "nothing-here")
 
 
 def row_put_record_exact(other, world):
-    assert other.put("/records/plan~", {"value": "theirs again"}).status_code in (200, 201)
-    assert body(world["team"].get("/records/plan~"))["value"] == "team secret"
+    assert other.put("/records/plan!", {"value": "theirs again"}).status_code in (200, 201)
+    assert body(world["team"].get("/records/plan!"))["value"] == "team secret"
 
 
 def row_get_conflicts(other, world):
@@ -165,26 +165,26 @@ def row_renew_lock(other, world):
 
 
 def row_get_lock_exact(other, world):
-    same_answer(lambda r: other.get(f"/locks/{r}~"), "printer", "nothing-here")
+    same_answer(lambda r: other.get(f"/locks/{r}!"), "printer", "nothing-here")
 
 
 def row_post_lock_exact(other, world):
-    mine = other.post("/locks/printer~", {"ttl_seconds": 5})
+    mine = other.post("/locks/printer!", {"ttl_seconds": 5})
     assert mine.status_code == 200 and body(mine)["owner"] == "outsider"
-    assert body(world["team"].get("/locks/printer~")) == world["lock"]
-    other.delete(f"/locks/printer~?fencing_token={body(mine)['fencing_token']}")
+    assert body(world["team"].get("/locks/printer!")) == world["lock"]
+    other.delete(f"/locks/printer!?fencing_token={body(mine)['fencing_token']}")
 
 
 def row_renew_lock_exact(other, world):
     token = world["lock"]["fencing_token"]
     same_answer(
-        lambda r: other.post(f"/locks/{r}~renew", {"fencing_token": token}), "printer", "nothing-here"
+        lambda r: other.post(f"/locks/{r}!renew", {"fencing_token": token}), "printer", "nothing-here"
     )
 
 
 def row_delete_lock_exact(other, world):
     token = world["lock"]["fencing_token"]
-    same_answer(lambda r: other.delete(f"/locks/{r}~?fencing_token={token}"), "printer", "nothing-here")
+    same_answer(lambda r: other.delete(f"/locks/{r}!?fencing_token={token}"), "printer", "nothing-here")
 
 
 def row_delete_lock(other, world):
@@ -263,13 +263,13 @@ def row_get_group(other, world):
 
 
 def row_get_group_exact(other, world):
-    same_answer(lambda group: other.get(f"/events/groups/{group}~"), "team-only", "nobody-group")
+    same_answer(lambda group: other.get(f"/events/groups/{group}!"), "team-only", "nobody-group")
 
 
 def row_put_group_exact(other, world):
-    mine = other.put("/events/groups/team-only~", {"max_deliveries": 6})
+    mine = other.put("/events/groups/team-only!", {"max_deliveries": 6})
     assert mine.status_code == 200 and not leaks(mine)
-    assert body(world["team"].get("/events/groups/team-only~"))["max_deliveries"] == 3
+    assert body(world["team"].get("/events/groups/team-only!"))["max_deliveries"] == 3
 
 
 def row_put_group(other, world):
@@ -325,12 +325,12 @@ ROWS = {
     ("GET", "/records"): row_get_records,
     ("GET", "/records/{key}"): row_get_record,
     ("GET", "/records/{key}/versions"): row_get_versions,
-    ("GET", "/records/{key}~"): row_get_record_exact,
-    ("GET", "/records/{key}~versions"): row_get_versions_exact,
+    ("GET", "/records/{key}!"): row_get_record_exact,
+    ("GET", "/records/{key}!versions"): row_get_versions_exact,
     ("DELETE", "/records/{key}"): row_delete_record,  # before PUT makes "plan" its own
-    ("DELETE", "/records/{key}~"): row_delete_record_exact,
+    ("DELETE", "/records/{key}!"): row_delete_record_exact,
     ("PUT", "/records/{key}"): row_put_record,
-    ("PUT", "/records/{key}~"): row_put_record_exact,
+    ("PUT", "/records/{key}!"): row_put_record_exact,
     ("GET", "/conflicts"): row_get_conflicts,
     ("PUT", "/status"): row_put_status,
     ("GET", "/agents"): row_get_agents,
@@ -340,10 +340,10 @@ ROWS = {
     ("POST", "/locks/{resource}"): row_post_lock,
     ("POST", "/locks/{resource}/renew"): row_renew_lock,
     ("DELETE", "/locks/{resource}"): row_delete_lock,
-    ("GET", "/locks/{resource}~"): row_get_lock_exact,
-    ("POST", "/locks/{resource}~"): row_post_lock_exact,
-    ("POST", "/locks/{resource}~renew"): row_renew_lock_exact,
-    ("DELETE", "/locks/{resource}~"): row_delete_lock_exact,
+    ("GET", "/locks/{resource}!"): row_get_lock_exact,
+    ("POST", "/locks/{resource}!"): row_post_lock_exact,
+    ("POST", "/locks/{resource}!renew"): row_renew_lock_exact,
+    ("DELETE", "/locks/{resource}!"): row_delete_lock_exact,
     ("POST", "/events"): row_post_event,
     ("GET", "/events"): row_get_events,
     ("GET", "/events/stream"): row_event_stream,
@@ -352,9 +352,9 @@ ROWS = {
     ("POST", "/txn"): row_txn,
     ("POST", "/batch"): row_batch,
     ("GET", "/events/groups/{group}"): row_get_group,
-    ("GET", "/events/groups/{group}~"): row_get_group_exact,
+    ("GET", "/events/groups/{group}!"): row_get_group_exact,
     ("PUT", "/events/groups/{group}"): row_put_group,  # after GET made team's group
-    ("PUT", "/events/groups/{group}~"): row_put_group_exact,
+    ("PUT", "/events/groups/{group}!"): row_put_group_exact,
     ("GET", "/ok"): row_get_ok,
     ("GET", "/store/items"): row_get_store_item,
     ("POST", "/store/items/search"): row_search_store,

@@ -38,8 +38,8 @@ def segment(value: str) -> str:
 
 def item(noun: str, key: str, sub: str = "") -> str:
     """The path of a record or lock, or of its sub-resource, in the form no key can be
-    mistaken in: the key ends at `~`, which keys cannot contain (API.md: Reaching every key)."""
-    return f"/{noun}/{segment(key)}~{sub}"
+    mistaken in: the key ends at `!`, which keys cannot contain (API.md: Reaching every key)."""
+    return f"/{noun}/{segment(key)}!{sub}"
 
 
 @dataclass

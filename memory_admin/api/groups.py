@@ -172,7 +172,7 @@ def _state(request: HttpRequest, group: str) -> dict:
 # Registered after /read and /ack: `{path:group}` would take their suffix as part of the name.
 @router.get("/events/groups/{path:group}", response={200: GroupOut, **errors(404)}, url_name="get_group")
 @router.get(
-    "/events/groups/{path:group}~",
+    "/events/groups/{path:group}!",
     response={200: GroupOut, **errors(404)},
     url_name="get_group_exact",
     operation_id="get_group_exact",
@@ -186,7 +186,7 @@ def get_group(request: HttpRequest, group: Key):
     "/events/groups/{path:group}", response={200: GroupOut, **errors(403)}, url_name="configure_group"
 )
 @router.put(
-    "/events/groups/{path:group}~",
+    "/events/groups/{path:group}!",
     response={200: GroupOut, **errors(403)},
     url_name="configure_group_exact",
     operation_id="configure_group_exact",
@@ -200,7 +200,7 @@ def configure_group(request: HttpRequest, group: Key, body: ConfigureIn):
 
 
 # The /read and /ack paths take every URL ending so; a GET or PUT there is of the group whose
-# name ends so (API.md: Reaching every key). `/events/groups/{group}~` reaches any group too.
+# name ends so (API.md: Reaching every key). `/events/groups/{group}!` reaches any group too.
 @router.get(
     "/events/groups/{path:group}/read", response={200: GroupOut, **errors(404)}, include_in_schema=False
 )

@@ -1,8 +1,8 @@
 """Locks: mutual exclusion with fencing tokens.
 
 Resources may contain `/` and `:`, so the resource is the rest of the path, and a sub-resource
-follows it after `~`, which no resource contains: `POST /locks/{resource}~renew` renews and
-`/locks/{resource}~` is the lock itself for any resource (API.md: Reaching every key). The older
+follows it after `!`, which no resource contains: `POST /locks/{resource}!renew` renews and
+`/locks/{resource}!` is the lock itself for any resource (API.md: Reaching every key). The older
 `POST /locks/{resource}/renew` still renews the resource before it; GET and DELETE on such a
 path reach the resource that ends in `/renew`, as nothing else answers them there.
 """
@@ -102,7 +102,7 @@ def list_locks(request: HttpRequest, query: Query[PageQuery]):
 
 
 @router.post(
-    "/locks/{path:resource}~renew", response={200: LockOut, **errors(403, 409)}, url_name="renew_lock"
+    "/locks/{path:resource}!renew", response={200: LockOut, **errors(403, 409)}, url_name="renew_lock"
 )
 @router.post(
     "/locks/{path:resource}/renew",
@@ -123,11 +123,11 @@ def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
     return lock_body(lock)
 
 
-# Each `~` form is the lower decorator, so its URL pattern is registered first: the plain
-# pattern would otherwise take `resource~` as a (bad) resource.
+# Each `!` form is the lower decorator, so its URL pattern is registered first: the plain
+# pattern would otherwise take `resource!` as a (bad) resource.
 @router.post("/locks/{path:resource}", response={200: LockOut, **errors(403, 409)}, url_name="acquire_lock")
 @router.post(
-    "/locks/{path:resource}~",
+    "/locks/{path:resource}!",
     response={200: LockOut, **errors(403, 409)},
     url_name="acquire_lock_exact",
     operation_id="acquire_lock_exact",
@@ -244,7 +244,7 @@ async def wakeup_listener() -> WakeupListener:
 
 @router.get("/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock")
 @router.get(
-    "/locks/{path:resource}~",
+    "/locks/{path:resource}!",
     response={200: LockDetail, **errors(404)},
     url_name="get_lock_exact",
     operation_id="get_lock_exact",
@@ -258,7 +258,7 @@ def get_lock(request: HttpRequest, resource: Key):
 
 @router.delete("/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock")
 @router.delete(
-    "/locks/{path:resource}~",
+    "/locks/{path:resource}!",
     response={204: None, **errors(403, 409)},
     url_name="release_lock_exact",
     operation_id="release_lock_exact",

@@ -1,8 +1,8 @@
 """Versioned JSON records with optimistic locking and fenced writes.
 
 Keys may contain `/` and `:`, so the key is the rest of the path, and a sub-resource follows
-it after `~`, which no key contains: `/records/{key}~versions` are the key's versions, and
-`/records/{key}~` is the record itself for any key (API.md: Reaching every key). The older
+it after `!`, which no key contains: `/records/{key}!versions` are the key's versions, and
+`/records/{key}!` is the record itself for any key (API.md: Reaching every key). The older
 `/records/{key}/versions` still reads the versions of the key before it; PUT and DELETE on such
 a path reach the key that ends in `/versions`, as nothing else answers them there.
 """
@@ -93,7 +93,7 @@ def list_records(request: HttpRequest, query: Query[RecordQuery]):
 
 
 @router.get(
-    "/records/{path:key}~versions",
+    "/records/{path:key}!versions",
     response={200: VersionPage, **errors(404)},
     url_name="record_versions",
     operation_id="record_versions",
@@ -112,15 +112,15 @@ def record_versions(request: HttpRequest, key: RecordKey, query: Query[VersionQu
     deprecated=True,
 )
 def record_versions_alias(request: HttpRequest, key: RecordKey, query: Query[VersionQuery]):
-    """The older form of `/records/{key}~versions`: the versions of the key before `/versions`."""
+    """The older form of `/records/{key}!versions`: the versions of the key before `/versions`."""
     return record_versions(request, key, query)
 
 
-# Each `~` form is the lower decorator, so its URL pattern is registered first: the plain
-# pattern would otherwise take `key~` as a (bad) key.
+# Each `!` form is the lower decorator, so its URL pattern is registered first: the plain
+# pattern would otherwise take `key!` as a (bad) key.
 @router.get("/records/{path:key}", response={200: RecordOut, **errors(404)}, url_name="get_record")
 @router.get(
-    "/records/{path:key}~",
+    "/records/{path:key}!",
     response={200: RecordOut, **errors(404)},
     url_name="get_record_exact",
     operation_id="get_record_exact",
@@ -136,7 +136,7 @@ def get_record(request: HttpRequest, key: Key):
     url_name="write_record",
 )
 @router.put(
-    "/records/{path:key}~",
+    "/records/{path:key}!",
     response={(200, 201): RecordOut, **errors(403, 409)},
     url_name="write_record_exact",
     operation_id="write_record_exact",
@@ -158,7 +158,7 @@ def write_record(request: HttpRequest, key: RecordKey, body: RecordIn):
 
 @router.delete("/records/{path:key}", response={204: None, **errors(403, 404, 409)}, url_name="delete_record")
 @router.delete(
-    "/records/{path:key}~",
+    "/records/{path:key}!",
     response={204: None, **errors(403, 404, 409)},
     url_name="delete_record_exact",
     operation_id="delete_record_exact",
