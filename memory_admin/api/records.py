@@ -125,7 +125,7 @@ def record_versions_alias(request: HttpRequest, key: RecordKey, query: Query[Ver
     url_name="get_record_exact",
     operation_id="get_record_exact",
 )
-def get_record(request: HttpRequest, key: Key):
+def get_record(request: HttpRequest, key: RecordKey):
     """The record with header `ETag: "<version>"`."""
     return _with_etag(records.get_record(ns=ns_of(request), key=key))
 
@@ -141,7 +141,7 @@ def get_record(request: HttpRequest, key: Key):
     url_name="write_record_exact",
     operation_id="write_record_exact",
 )
-def write_record(request: HttpRequest, key: RecordKey, body: RecordIn):
+def write_record(request: HttpRequest, key: Key, body: RecordIn):
     """Write with optimistic locking: 201 when created, 200 when updated, 409 `version_conflict`
     (kept as a conflict) or `stale_fencing_token`."""
     fence = records.Fence(lock=body.fence.lock, token=body.fence.token) if body.fence else None
@@ -163,7 +163,7 @@ def write_record(request: HttpRequest, key: RecordKey, body: RecordIn):
     url_name="delete_record_exact",
     operation_id="delete_record_exact",
 )
-def delete_record(request: HttpRequest, key: RecordKey, query: Query[DeleteQuery]):
+def delete_record(request: HttpRequest, key: Key, query: Query[DeleteQuery]):
     """Delete; with `expected_version`, only if the stored version is still that."""
     records.delete_record(
         ns=ns_of(request), key=key, expected_version=query.expected_version, actor=actor_of(request)
@@ -179,7 +179,7 @@ def delete_record(request: HttpRequest, key: RecordKey, query: Query[DeleteQuery
     url_name="write_record_versions_key",
     include_in_schema=False,
 )
-def write_versions_key(request: HttpRequest, key: RecordKey, body: RecordIn):
+def write_versions_key(request: HttpRequest, key: Key, body: RecordIn):
     return write_record(request, f"{key}/versions", body)
 
 
@@ -189,7 +189,7 @@ def write_versions_key(request: HttpRequest, key: RecordKey, body: RecordIn):
     url_name="delete_record_versions_key",
     include_in_schema=False,
 )
-def delete_versions_key(request: HttpRequest, key: RecordKey, query: Query[DeleteQuery]):
+def delete_versions_key(request: HttpRequest, key: Key, query: Query[DeleteQuery]):
     return delete_record(request, f"{key}/versions", query)
 
 
