@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
     dependencies = [
         ("memory_admin", "0005_idempotency_per_agent"),
-        ("memory_admin", "0007_store_items"),
+        ("memory_admin", "0008_merge_0007_log_positions_0007_store_items"),
     ]
 
     operations = []
