@@ -106,7 +106,7 @@ class Relay:
         while not self.stopping.is_set():
             try:
                 if await self._become_active():
-                    log.info("%s active from position heads %s", self.name, "as stored")
+                    log.info("%s active from the published positions of each namespace", self.name)
                     await self._loop()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 log.warning("%s lost Postgres (%s); standing by", self.name, exc)

@@ -2,7 +2,7 @@
 
 No writer waits for another to append (DESIGN.md rule 3). An event is inserted with `seq` from a
 sequence and `ord`, at least its transaction's xid8 (`pg_current_xact_id()`). The horizon
-`pg_snapshot_xmin(pg_current_snapshot())` is the oldest transaction still running: every event with
+(HORIZON below) is the oldest transaction of this database still running: every event with
 `ord` below it was committed (or rolled back) by a transaction that has ended, and every event
 still to come has `ord` at or above it. So the set of events below the horizon only ever grows
 at its top: the sequencer stamps them with `position`, dense and ascending per namespace, in
@@ -51,7 +51,8 @@ XID = "pg_current_xact_id()::text::bigint"
 # snapshot (or, with none running, the first xid not yet completed). Transaction ids are
 # cluster-wide, so `pg_snapshot_xmin` alone would wait for every other database's transactions
 # too; only a running xid seen in pg_stat_activity in another named database is left out (it
-# cannot write our events). Anything not proven elsewhere counts, so the horizon is never late.
+# cannot write our events). Anything not proven elsewhere counts, so the horizon never passes a
+# transaction that could still append.
 HORIZON = """(SELECT LEAST(
     pg_snapshot_xmax(s.snap)::text::bigint,
     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) x
