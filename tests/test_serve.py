@@ -112,6 +112,11 @@ def test_serve_runs_web_and_relay_and_stops_them_all_on_sigterm(serve_env, tmp_p
         # uvicorn's supervisor forks the workers; the relay has no children.
         workers = [pid for child in children for pid in web_workers(child)]
         assert len(workers) == 2, f"expected 2 web workers, found {workers}:\n{log.read_text()}"
+        # serve announces the console once it sees the port listening, on its next look: a stop
+        # sent between the first healthy answer and that look would find nothing announced yet.
+        announced = time.monotonic() + 10
+        while "Memory Admin console:" not in log.read_text() and time.monotonic() < announced:
+            time.sleep(0.1)
 
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, log.read_text()
