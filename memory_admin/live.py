@@ -171,7 +171,7 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
             part("overview.html#open-conflicts", conflicts=list_conflicts(ns=ns, limit=5))
         if "lock" in kinds:
             part("overview.html#expiring-locks", expiring=list_locks(ns=ns, limit=5))
-        part("overview.html#charts", charts=screens.overview_charts(ns, sample=False))
+        part("overview.html#charts", charts=screens.overview_charts(ns))
         if kinds & {"lock", "agent", "group"}:
             part("overview.html#stale-leftovers", stale_leftovers=stale_with_leftovers(ns=ns))
     elif page == "agents":

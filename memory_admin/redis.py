@@ -146,6 +146,21 @@ def activity_key(ns: str, agent: str = "") -> str:
     return f"{_tag(ns)}:activity:{agent}"
 
 
+def recent_activity_key(ns: str, agent: str = "") -> str:
+    """The last hour's buckets as last counted, kept a few seconds (services/activity.py)."""
+    return f"{_tag(ns)}:activity-now:{agent}"
+
+
+def lock_waits_key(ns: str, minute: int) -> str:
+    """Counter of the lock waits that began in one minute (epoch minutes), kept a little over an hour."""
+    return f"{_tag(ns)}:lockwaits:{minute}"
+
+
+def lock_wait_mark(ns: str, waiter: str) -> str:
+    """Set while a waiter's wait is counted, so that its later looks do not count it again."""
+    return f"{_tag(ns)}:lockwaited:{waiter}"
+
+
 def group_consumers_key(ns: str, group: str) -> str:
     """Hash of a consumer group's consumers: consumer name -> the agent that read as it."""
     return f"{_tag(ns)}:group:{group}:consumers"
@@ -319,6 +334,15 @@ wake(ARGV[2], ARGV[3], tonumber(ARGV[4]))
 return 1
 """
 )
+
+# KEYS: the waiter's mark, the minute's counter. ARGV: the mark's TTL (ms), the counter's (s).
+# Counts a wait once, however often its waiter looks again. Returns 1 when counted now.
+COUNT_WAIT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
 
 # KEYS: status, heartbeats index. ARGV: agent, status, detail, now_ms, ttl_ms.
 # Returns {previous status or false, previous detail or false, was_live (0/1), and what

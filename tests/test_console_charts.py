@@ -6,12 +6,13 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.test import Client
 from django.utils.timezone import now
 
 from memory_admin import positions
 from memory_admin import redis as r
-from memory_admin.errors import VersionConflict
-from memory_admin.models import Event
+from memory_admin.errors import LockHeld, VersionConflict
+from memory_admin.models import Event, Fact, Namespace
 from memory_admin.services import activity
 from memory_admin.services.events import publish_event, sequence
 from memory_admin.services.locks import acquire_lock
@@ -121,3 +122,84 @@ def test_a_busy_hour_is_counted_over_several_loads_newest_minutes_first(alpha, m
         if all(b.events is not None for b in buckets):
             break
     assert sum(b.events for b in buckets) == len(ordered)
+
+
+def test_an_acquire_that_waits_for_a_held_lock_is_charted_once_and_a_refusal_is_not(alpha, beta):
+    ns = alpha.ns
+    acquire_lock(ns=ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
+    with pytest.raises(LockHeld):  # refused at once: no wait
+        acquire_lock(ns=ns, resource="draft", actor=actor(beta))
+    assert activity.last_hour(ns)[-1].waits == 0
+    with pytest.raises(LockHeld):  # waits, looking again every 50 ms, then gives up
+        acquire_lock(ns=ns, resource="draft", actor=actor(beta), wait_seconds=0.3)
+    assert activity.last_hour(ns)[-1].waits == 1
+    assert activity.last_hour(ns, agent="beta")[-1].waits is None  # waits are the namespace's
+    other = Namespace.objects.create(name="elsewhere")
+    assert activity.last_hour(other)[-1].waits == 0
+
+
+def test_lock_waits_through_the_api_are_charted_and_drawn_beside_acquisitions(
+    alpha, beta, make_token, viewer
+):
+    holder = Client(headers={"Authorization": f"Bearer {make_token(alpha)}"})
+    waiter = Client(headers={"Authorization": f"Bearer {make_token(beta)}"})
+    assert (
+        holder.post("/api/v1/locks/draft", {"ttl_seconds": 60}, content_type="application/json").status_code
+        == 200
+    )
+    waited = waiter.post("/api/v1/locks/draft", {"wait_seconds": 0.2}, content_type="application/json")
+    assert waited.status_code == 409
+    assert activity.last_hour(alpha.ns)[-1].waits == 1
+    fragment = viewer.get("/ns/team/?fragment=charts").content.decode()
+    assert 'class="line line-waits"' in fragment and 'data-series="waits">1<' in fragment
+
+
+def test_a_minute_of_lock_waits_is_kept_a_little_over_an_hour(alpha, beta):
+    acquire_lock(ns=alpha.ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
+    with pytest.raises(LockHeld):
+        acquire_lock(ns=alpha.ns, resource="draft", actor=actor(beta), wait_seconds=0.1)
+    client = r.client()
+    [counter] = client.keys(r.lock_waits_key("team", 0).replace(":0", ":*"))
+    assert activity.MINUTES * 60 < client.ttl(counter) <= activity.WAIT_COUNTER_SECONDS
+
+
+def test_the_charts_are_counted_once_per_new_event_and_reused_meanwhile(alpha):
+    ns = alpha.ns
+    publish_event(ns=ns, type="note", payload={}, actor=actor(alpha))
+    sequence()  # no relay runs here
+    total = positions.log(ns).count()
+    first = activity.recent_hour(ns, live_agents=lambda: 7)
+    assert (first[-1].events, first[-1].agents) == (total, 7)
+    # The clock moves for those events; while the head stays, the page draws what it counted.
+    Event.objects.filter(ns=ns).update(created=now() - timedelta(minutes=5))
+    assert activity.recent_hour(ns, live_agents=lambda: 9) == first
+    publish_event(ns=ns, type="note", payload={}, actor=actor(alpha))
+    sequence()
+    moved = activity.recent_hour(ns, live_agents=lambda: 9)  # counted again: only the new event is now
+    assert (moved[-1].events, moved[-1].agents) == (1, 9)
+
+
+def test_events_of_the_last_minute_are_counted_from_positions(alpha):
+    ns = alpha.ns
+    for _ in range(5):
+        publish_event(ns=ns, type="note", payload={}, actor=actor(alpha))
+    sequence()  # no relay runs here
+    total = positions.log(ns).count()
+    oldest = positions.log(ns).order_by(positions.FIELD)[:3]
+    Event.objects.filter(pk__in=[e.pk for e in oldest]).update(created=now() - timedelta(minutes=2))
+    assert activity.last_minute(ns) == total - 3
+
+
+def test_big_counts_are_postgres_estimates_marked_as_such_small_ones_exact(alpha, viewer, monkeypatch):
+    from memory_admin.services.facts import store_fact
+    from memory_admin.views import screens
+
+    for n in range(6):
+        store_fact(ns=alpha.ns, fact=f"fact {n}", category="notes", actor=actor(alpha))
+    assert screens.tally(Fact.objects.filter(ns=alpha.ns)) == screens.Tally(6)
+    monkeypatch.setattr(screens, "COUNT_CAP", 4)
+    big = screens.tally(Fact.objects.filter(ns=alpha.ns))
+    assert not big.exact and big.value >= 5 and str(big).startswith("≈")
+    page = viewer.get("/ns/team/").content.decode()
+    assert f'<b title="{big.note}">≈' in page.replace("&#x27;", "'")
+    assert str(screens.Tally(1_234_567, exact=False)) == "≈1.2M" and str(screens.Tally(12_345)) == "12,345"

@@ -1,5 +1,6 @@
 """Activity over the last hour, a bucket a minute, for the console's charts: events, record
-writes, conflicts and lock acquisitions from the log, live agents from samples.
+writes, conflicts and lock acquisitions from the log, lock waits from counters the lock service
+keeps in Redis (waits make no event), live agents from samples.
 
 The log has no index on time, but positions follow commit order and commit order follows time
 closely: the first event of a minute is found by bisecting positions (one index probe each),
@@ -7,12 +8,18 @@ and a minute's counts come from one index range. A minute that has ended does no
 its counts are kept in Redis; a page load counts only the minutes it has not seen (at first the
 hour: ~360,000 events at the benchmark's rate, then the current minute). Live agents are not
 in the log: each count of the overview samples them into the same minute buckets.
+
+Every console page load and every live push of the overview draws the charts: the buckets last
+counted are kept a few seconds per namespace and reused while the log's head has not moved, so
+many consoles watching one namespace cost one count per new event batch, not one each.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import json
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
+from datetime import UTC, datetime, timedelta
 
 from django.db import connection
 from django.utils.timezone import now
@@ -33,27 +40,46 @@ class Bucket:
     conflicts: int | None
     locks: int | None
     agents: int | None  # live agents sampled in that minute (None: nobody looked)
+    waits: int | None = None  # lock acquires that began waiting in that minute (None: an agent's chart)
 
 
 _TABLE = Event._meta.db_table
 _FIRST_AT_OR_AFTER = f"SELECT {positions.FIELD}, created FROM {_TABLE} WHERE ns_id = %s AND {positions.FIELD} >= %s ORDER BY {positions.FIELD} LIMIT 1"  # noqa: E501
+# A bisection of positions per moment, all of them in one statement (one round trip, not twenty
+# per moment): each step probes the first event at or after the middle of [lo, hi).
+_BISECT = f"""
+WITH RECURSIVE b(i, lo, hi) AS (
+    SELECT i, 1::bigint, %(end)s::bigint FROM generate_series(1, cardinality(%(moments)s::timestamptz[])) i
+  UNION ALL
+    SELECT b.i,
+           CASE WHEN p.created < (%(moments)s::timestamptz[])[b.i] THEN p.{positions.FIELD} + 1 ELSE b.lo END,
+           CASE WHEN p.created IS NULL OR p.created >= (%(moments)s::timestamptz[])[b.i]
+                THEN (b.lo + b.hi) / 2 ELSE b.hi END
+    FROM b LEFT JOIN LATERAL (
+        SELECT {positions.FIELD}, created FROM {_TABLE}
+        WHERE ns_id = %(ns)s AND {positions.FIELD} >= (b.lo + b.hi) / 2
+        ORDER BY {positions.FIELD} LIMIT 1
+    ) p ON true
+    WHERE b.lo < b.hi
+)
+SELECT i, lo FROM b WHERE lo >= hi
+"""
+
+
+def first_positions_since(ns: Namespace, moments: list[datetime]) -> list[int]:
+    """For each moment, the position of the first event created at or after it (head + 1 if
+    none): a bisection over positions, one index probe a step, all moments in one statement."""
+    if not moments:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_BISECT, {"ns": ns.pk, "end": positions.head(ns) + 1, "moments": list(moments)})
+        found = dict(cursor.fetchall())
+    return [found[i] for i in range(1, len(moments) + 1)]
 
 
 def first_position_since(ns: Namespace, moment: datetime) -> int:
-    """The position of the first event created at or after `moment` (head + 1 if none): a bisection
-    over positions, one index probe a step."""
-    head = positions.head(ns)
-    lo, hi = 1, head + 1
-    with connection.cursor() as cursor:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            cursor.execute(_FIRST_AT_OR_AFTER, [ns.pk, mid])
-            row = cursor.fetchone()
-            if row is None or row[1] >= moment:
-                hi = mid
-            else:
-                lo = row[0] + 1
-    return lo
+    """The position of the first event created at or after `moment` (head + 1 if none)."""
+    return first_positions_since(ns, [moment])[0]
 
 
 _COUNTS = f"""
@@ -70,6 +96,12 @@ GROUP BY 1
 # one stretch of older ones): at the benchmark's rate the first hour fills over a few loads
 # instead of one load counting 360,000 events.
 BUDGET = 40_000
+
+
+def last_minute(ns: Namespace) -> int:
+    """How many events the last 60 seconds added to the log: the head less the first position of
+    that stretch (a bisection; counting them by time would read the whole log)."""
+    return positions.head(ns) + 1 - first_position_since(ns, now() - timedelta(minutes=1))
 
 
 def _minute_start(minute: int) -> datetime:
@@ -95,6 +127,45 @@ def _minute_of(ns: Namespace, position: int) -> int | None:
     return None if row is None else int(row[1].timestamp() // 60)
 
 
+# A lock wait stays counted once this long after it began (the longest wait is 30 s).
+WAIT_MARK_MS = 120_000
+# A minute's wait counter lives a little longer than the charts look back.
+WAIT_COUNTER_SECONDS = MINUTES * 60 + 300
+
+
+def count_lock_wait(*, ns: Namespace, waiter: str) -> None:
+    """An acquire found its lock held and waits for it (services/locks.py): counted in the minute
+    it began, once however often it looks again."""
+    minute = int(now().timestamp() // 60)
+    r.script(r.COUNT_WAIT)(
+        keys=[r.lock_wait_mark(ns.name, waiter), r.lock_waits_key(ns.name, minute)],
+        args=[WAIT_MARK_MS, WAIT_COUNTER_SECONDS],
+    )
+
+
+# The buckets last counted are reused this long while the log's head stays where it was (lock
+# waits and agent samples move without it).
+FRESH_SECONDS = 5
+
+
+def recent_hour(
+    ns: Namespace, *, agent: str = "", live_agents: Callable[[], int] | None = None
+) -> list[Bucket]:
+    """last_hour, or the buckets last counted if the log has not grown since and they are at most
+    FRESH_SECONDS old. `live_agents` is asked only when counting (its answer is sampled)."""
+    client, key = r.client(), r.recent_activity_key(ns.name, agent)
+    head = positions.head(ns)
+    kept = client.get(key)
+    if kept:
+        seen = json.loads(kept)
+        if seen["head"] == head:
+            return [Bucket(datetime.fromtimestamp(b[0], tz=UTC), *b[1:]) for b in seen["buckets"]]
+    buckets = last_hour(ns, agent=agent, sample_agents=live_agents() if live_agents else None)
+    rows = [[b.minute.timestamp(), *astuple(b)[1:]] for b in buckets]
+    client.set(key, json.dumps({"head": head, "buckets": rows}), ex=FRESH_SECONDS)
+    return buckets
+
+
 def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = None) -> list[Bucket]:
     """The last MINUTES minutes, oldest first (the current minute so far last); of one agent's
     events with `agent`. `sample_agents` records the live agents now into the current minute.
@@ -102,7 +173,12 @@ def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = Non
     client, key = r.client(), r.activity_key(ns.name, agent)
     current = int(now().timestamp() // 60)
     first = current - MINUTES + 1
-    stored = client.hgetall(key)
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(key)
+    if not agent:
+        pipe.mget([r.lock_waits_key(ns.name, m) for m in range(first, current + 1)])
+    stored, *waited = pipe.execute()
+    waits = [int(w or 0) for w in waited[0]] if waited else [None] * MINUTES
     kept = {int(m): v for m, v in stored.items() if not m.startswith("a")}
     samples = {int(m[1:]): int(v) for m, v in stored.items() if m.startswith("a")}
     if sample_agents is not None:
@@ -139,7 +215,8 @@ def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = Non
     for m in range(first, current + 1):
         counts = counted.get(m) or (tuple(int(x) for x in kept[m].split(",")[:4]) if m in kept else None)
         events, writes, conflicts, locks = counts or (None, None, None, None)
-        out.append(Bucket(_minute_start(m), events, writes, conflicts, locks, samples.get(m)))
+        sampled, waited = samples.get(m), waits[m - first]
+        out.append(Bucket(_minute_start(m), events, writes, conflicts, locks, sampled, waited))
     return out
 
 
@@ -191,5 +268,6 @@ LABELS = {
     "writes": "record writes",
     "conflicts": "conflicts",
     "locks": "lock acquisitions",
+    "waits": "lock waits",
     "agents": "live agents",
 }

@@ -24,7 +24,7 @@ from django.utils.timezone import now
 from memory_admin import redis as r
 from memory_admin.errors import Invalid, LockHeld, NotFound, NotLockHolder
 from memory_admin.models import HeldLock, LockFence, Namespace, iso
-from memory_admin.services import SYSTEM, Actor
+from memory_admin.services import SYSTEM, Actor, activity
 from memory_admin.services.events import append_event, current_txn, ring_after_write
 from memory_admin.validation import check_key
 
@@ -105,6 +105,8 @@ def try_acquire(
         keys=keys,
         args=[actor.name, r.to_ms(stamp), ttl_seconds * 1000, waiter, WAITER_LEASE_MS, int(queue)],
     )
+    if int(reserved[0]) != 1 and queue and waiter:
+        activity.count_lock_wait(ns=ns, waiter=waiter)  # the overview charts waits (not in the log)
     if int(reserved[0]) == 0:
         return Busy(owner=reserved[1], expires_ms=int(float(reserved[3])) if reserved[3] else None)
     if int(reserved[0]) == 2:

@@ -43,6 +43,7 @@ from memory_admin.views.screens import (
     groups_context,
     last_event_id,
     line_diff,
+    live_agents,
     open_conflict_count,
     overview_charts,
     overview_context,
@@ -156,7 +157,7 @@ def _overview(request: HttpRequest, ns: Namespace) -> HttpResponse:
     # The panels that refresh themselves ask for their fragment only: build only its context.
     fragment = request.GET.get("fragment", "")
     if fragment == "charts":
-        context = {"charts": overview_charts(ns)}
+        context = {"charts": overview_charts(ns, live=live_agents(ns))}
     elif fragment == "stale-leftovers":
         context = {"stale_leftovers": stale_with_leftovers(ns=ns)}
     else:
