@@ -280,6 +280,10 @@ class LockFence(models.Model):
         return f"lock-{self.pk}"
 
 
+# The events that change who holds a lock; time travel reads a lock's last one up to an event.
+LOCK_EVENTS = ("lock.acquired", "lock.released", "lock.expired", "lock.force_released")
+
+
 class Event(models.Model):
     """The append-only log (services/events.py).
 
@@ -308,6 +312,13 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["ns", "type", "position"], name="event_ns_type_idx"),
             models.Index(fields=["ns", "agent_id", "position"], name="event_ns_agent_idx"),
+            # Who held a lock as of an event (services/history.py): a lock's last event up to it,
+            # one backward probe per lock. Only lock events: the write path pays for no other.
+            models.Index(
+                fields=["ns", "subject", "position"],
+                name="event_ns_lock_idx",
+                condition=models.Q(type__in=LOCK_EVENTS),
+            ),
             # The sequencer's work: committed events waiting for a position, in its order.
             models.Index(
                 fields=["ord", "seq"], name="event_unsequenced_idx", condition=models.Q(position__isnull=True)

@@ -3,15 +3,20 @@ as it was at an event of its log."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.utils import timezone
 
 from memory_admin import positions
+from memory_admin import redis as r
 from memory_admin.errors import Invalid, VersionConflict
-from memory_admin.models import Conflict, Event, Record
+from memory_admin.models import Conflict, Event, LockFence, Record
 from memory_admin.services import Actor
 from memory_admin.services.events import sequence
-from memory_admin.services.history import moment, records_at, restore_version, statuses_at
+from memory_admin.services.history import locks_at, moment, records_at, restore_version, statuses_at
+from memory_admin.services.locks import acquire_lock, force_release, release_lock, sweep_expired_locks
 from memory_admin.services.records import delete_record, write_record
 from memory_admin.services.status import heartbeat
 from tests.conftest import actor
@@ -76,6 +81,32 @@ def test_the_namespace_as_of_an_event_shows_records_and_status_as_they_were(alph
     assert records_at(ns=ns, when=moment(ns=ns, event=0)) == []
 
 
+def test_the_namespace_as_of_an_event_shows_the_locks_held_then_from_the_log(alpha, beta):
+    ns = alpha.ns
+    draft = acquire_lock(ns=ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
+    dataset = acquire_lock(ns=ns, resource="dataset", actor=actor(alpha), ttl_seconds=60)
+    notes = acquire_lock(ns=ns, resource="notes", actor=actor(beta), ttl_seconds=60)
+    then = positions.head(ns)
+    release_lock(ns=ns, resource="draft", token=draft.token, actor=actor(alpha))
+    force_release(ns=ns, resource="dataset", reason="stuck", actor=OPERATOR)
+    # beta's lease lapses (the clock moved, not waited out) and the sweep records it.
+    r.client().delete(r.lock_key("team", "notes"))
+    LockFence.objects.filter(resource="notes").update(expires=timezone.now() - timedelta(seconds=1))
+    assert sweep_expired_locks() == 1
+    again = acquire_lock(ns=ns, resource="draft", actor=actor(beta), ttl_seconds=60)
+
+    held_then = locks_at(ns=ns, when=moment(ns=ns, event=then))
+    assert [(lock.resource, lock.holder, lock.token) for lock in held_then] == [
+        ("dataset", "alpha", dataset.token),
+        ("draft", "alpha", draft.token),
+        ("notes", "beta", notes.token),
+    ]
+    held_now = locks_at(ns=ns, when=moment(ns=ns, event=positions.head(ns)))
+    assert [(lock.resource, lock.holder, lock.token) for lock in held_now] == [("draft", "beta", again.token)]
+    assert locks_at(ns=ns, when=moment(ns=ns, event=then - 3)) == []  # before the first acquire
+    assert locks_at(ns=ns, when=moment(ns=ns, event=then), after="draft", limit=1)[0].resource == "notes"
+
+
 @pytest.fixture
 def as_operator(client, db):
     user = User.objects.create_user("otto")
@@ -92,3 +123,14 @@ def test_the_as_of_page_takes_an_event_or_a_time_and_refuses_nothing(as_operator
         response = as_operator.get(f"/ns/team/as-of/?{query}")
         assert response.status_code == 200, query
     assert b"plan" in as_operator.get(f"/ns/team/as-of/?event={head}").content
+
+
+def test_the_as_of_page_lists_the_locks_held_then(as_operator, alpha):
+    held = acquire_lock(ns=alpha.ns, resource="report/draft", actor=actor(alpha), ttl_seconds=60)
+    then = positions.head(alpha.ns)
+    release_lock(ns=alpha.ns, resource="report/draft", token=held.token, actor=actor(alpha))
+    page = as_operator.get(f"/ns/team/as-of/?event={then}").content.decode()
+    section = page[page.index('id="asof-locks"') :]
+    assert "report/draft" in section and f"token {held.token}" in section
+    page = as_operator.get(f"/ns/team/as-of/?event={positions.head(alpha.ns)}").content.decode()
+    assert "No locks were held then." in page

@@ -11,7 +11,7 @@ from django.db import connection
 
 from memory_admin import positions
 from memory_admin.errors import Invalid, NotFound
-from memory_admin.models import Event, Namespace, Record, RecordVersion
+from memory_admin.models import LOCK_EVENTS, Event, Namespace, Record, RecordVersion
 from memory_admin.services import Actor
 from memory_admin.services.activity import first_position_since
 from memory_admin.services.records import write_record
@@ -146,6 +146,49 @@ def statuses_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50
                 PastStatus(name, payload.get("status", ""), payload.get("detail", ""), "live", created, event)
             )
     return out
+
+
+@dataclass(frozen=True)
+class PastLock:
+    resource: str
+    holder: str
+    token: int
+    since: datetime
+    event: int  # its lock.acquired
+
+
+_LOCK_TYPES = ", ".join(f"'{t}'" for t in LOCK_EVENTS)
+# Each lock's last lock event up to event n (one backward probe of the partial index
+# event_ns_lock_idx per lock, which repeats its condition so the planner can use it); the locks
+# whose last one is an acquire were held then. A page of locks by resource; every lock that was
+# ever taken has its fence row.
+_LOCKS_AT = f"""
+SELECT f.resource, e.actor, e.payload, e.created, e.{positions.FIELD}
+FROM memory_admin_lockfence f
+CROSS JOIN LATERAL (
+    SELECT type, actor, payload, created, {positions.FIELD} FROM memory_admin_event
+    WHERE ns_id = f.ns_id AND subject = f.resource AND {positions.FIELD} <= %(n)s
+      AND type IN ({_LOCK_TYPES})
+    ORDER BY {positions.FIELD} DESC LIMIT 1
+) e
+WHERE f.ns_id = %(ns)s AND f.resource > %(after)s AND e.type = 'lock.acquired'
+ORDER BY f.resource
+LIMIT %(limit)s
+"""
+
+
+def locks_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50) -> list[PastLock]:
+    """The locks held at `when`, as the log had them (acquired and not yet released, expired or
+    force-released by then), by resource after `after`."""
+    if not when.event:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCKS_AT, {"ns": ns.pk, "n": when.event, "after": after, "limit": limit})
+        rows = cursor.fetchall()
+    return [
+        PastLock(resource, holder, int(_json(payload).get("fencing_token", 0)), created, event)
+        for resource, holder, payload, created, event in rows
+    ]
 
 
 def events_around(*, ns: Namespace, when: Moment, count: int = 10) -> list[Event]:

@@ -423,7 +423,9 @@ def as_of(request: HttpRequest, ns: Namespace) -> HttpResponse:
         "when": when,
         "records": history.records_at(ns=ns, when=when, after=request.GET.get("after", ""), limit=PAGE_SIZE),
         "statuses": history.statuses_at(ns=ns, when=when, limit=PAGE_SIZE),
+        "locks": history.locks_at(ns=ns, when=when, limit=PAGE_SIZE),
         "around": history.events_around(ns=ns, when=when),
+        "page_size": PAGE_SIZE,
     }
     return screen(request, ns, "asof.html", View("asof"), context)
 
