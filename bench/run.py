@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -543,6 +544,7 @@ async def scale(target, cookie: str, token: str) -> tuple[list, list]:
     from bench.loadgen import Http
     from bench.scenarios import time_requests
 
+    as_of_time = (datetime.now(UTC) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
     pages = [
         f"/ns/{NS}/",
         f"/ns/{NS}/agents/",
@@ -553,13 +555,17 @@ async def scale(target, cookie: str, token: str) -> tuple[list, list]:
         f"/ns/{NS}/facts/12345/",
         f"/ns/{NS}/records/",
         f"/ns/{NS}/records/rec-00042",
+        f"/ns/{NS}/records/rec-00042?a=1&b=3",  # the diff of two versions
+        f"/ns/{NS}/records/rec-00042?at=1",  # an old version beside the current one, to restore
         f"/ns/{NS}/conflicts/",
         f"/ns/{NS}/locks/",
         f"/ns/{NS}/timeline/",
         f"/ns/{NS}/timeline/?type=lock.acquired",
         f"/ns/{NS}/leftovers/agent-00042",  # an agent's cascade: locks, deliveries, conflicts
         f"/ns/{NS}/groups/",
-        f"/ns/{NS}/as-of/?event=500000",  # records and status as of an event, from versions and the log
+        f"/ns/{NS}/as-of/?event=500000",  # records, status and locks as of an event (no lock held then)
+        f"/ns/{NS}/as-of/?event=995000",  # ... when 5,000 of the seeded locks were held
+        f"/ns/{NS}/as-of/?at={as_of_time}",  # ... as of a time: the event found by bisecting positions
         f"/ns/{NS}/search/?q=budget",
     ]
     lists = [
@@ -580,6 +586,12 @@ async def scale(target, cookie: str, token: str) -> tuple[list, list]:
         "/api/v1/conflicts",
     ]
     conn = Http(target.host, target.port)
+    # Three versions of one record, for the record page's diff and its old version side by side.
+    for version in (1, 2):
+        body = {"value": {"n": 42, "v": version + 1}, "expected_version": version}
+        auth = {"Authorization": f"Bearer {token}"}
+        written = await conn.request("PUT", "/api/v1/records/rec-00042", body, headers=auth)
+        assert written.status == 200, written.body[:300]
     page_rows = []
     for path in pages:
         row = await time_requests(conn, path, count=8, headers={"Cookie": cookie})
@@ -655,6 +667,14 @@ def explain_plans() -> list[dict]:
                 cursor,
                 "status as of (as-of page)",
                 history._STATUS_AT,
+                {"ns": ns.pk, "n": 500_000, "after": "", "limit": 50},
+            )  # fmt: skip
+        )
+        plans.append(
+            _explain(
+                cursor,
+                "locks as of (as-of page)",
+                history._LOCKS_AT,
                 {"ns": ns.pk, "n": 500_000, "after": "", "limit": 50},
             )  # fmt: skip
         )
