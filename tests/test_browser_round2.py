@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
@@ -16,8 +17,8 @@ from django.utils.timezone import now
 from playwright.sync_api import expect
 
 from memory_admin import redis as r
-from memory_admin.models import Agent, LockFence
-from tests.conftest import server_env, wait_for
+from memory_admin.models import Agent, Event, LockFence
+from tests.conftest import ROOT, server_env, wait_for
 from tests.test_browser_console import (  # noqa: F401 - fixtures
     allow_orm_beside_playwright,
     api,
@@ -27,6 +28,7 @@ from tests.test_browser_console import (  # noqa: F401 - fixtures
     operator,
     page,
     shoot,
+    still_same_document,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -263,3 +265,73 @@ def test_the_overview_charts_move_as_agents_work(
     expect(page.locator("#chart-writes .last[data-series=writes]")).to_have_text("5")
     assert page.locator("#chart-events polyline").get_attribute("points")
     shoot(page, "overview-charts")
+
+
+def test_a_lock_wait_shows_on_the_overview_beside_the_acquisition_it_ended_in(
+    page,  # noqa: F811 - the fixture
+    api,  # noqa: F811 - the fixture
+    web_server,
+    beta,
+    make_token,
+):
+    live(page, "/ns/team/")
+    waits = page.locator("#chart-locks .last[data-series=waits]")
+    expect(waits).to_have_text("0")
+    held = api.post("/locks/report-draft", json={"ttl_seconds": 60}).json()
+    with ThreadPoolExecutor(1) as pool, _client(web_server, make_token(beta)) as other:
+        waiting = pool.submit(other.post, "/locks/report-draft", json={"wait_seconds": 10})
+        wait_for(lambda: r.client().zcard(r.lock_queue("team", "report-draft")), message="beta to queue")
+        api.delete("/locks/report-draft", params={"fencing_token": held["fencing_token"]})
+        assert waiting.result().status_code == 200
+    # beta's acquire is an event: its push redraws the charts, the wait with them.
+    expect(waits).to_have_text("1")
+    expect(page.locator("#chart-locks .last[data-series=locks]")).to_have_text("2")
+    assert still_same_document(page)
+
+
+DEMO = ("--seconds", "40", "--copies", "2")
+POINTS = "lines => lines.map(line => line.getAttribute('points'))"
+
+
+def test_the_overview_charts_move_while_the_demo_team_runs(
+    page,  # noqa: F811 - the fixture
+    web_server,
+    tmp_path,
+):
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "manage.py", "demo", *DEMO, "--url", web_server.url],
+            cwd=ROOT, env=server_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(
+            lambda: Event.objects.filter(ns__name="report-team", type="fact.stored").exists(),
+            timeout=30,
+            message="the demo team to start",
+        )
+        live(page, "/ns/report-team/")
+        charts = page.locator("#charts")
+
+        def drawn() -> tuple[str, ...]:
+            return tuple(charts.locator("polyline").evaluate_all(POINTS))
+
+        def events_now() -> int:
+            return int(charts.locator("#chart-events .last").inner_text().replace("—", "0"))
+
+        before, counted = drawn(), events_now()
+        # The team works on: its events are pushed and the lines move, without a reload.
+        wait_for(
+            lambda: drawn() != before and events_now() != counted, timeout=30, message="the charts to move"
+        )
+        expect(charts.locator("#chart-writes .last[data-series=writes]")).not_to_have_text("—")
+        expect(charts.locator("#chart-locks .last[data-series=locks]")).not_to_have_text("—")
+        assert still_same_document(page)
+        shoot(page, "overview-demo")
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
