@@ -179,7 +179,7 @@ def render_changes(ns: Namespace, view: View, events: list[Event], *, can_operat
     elif page == "agent":
         agent = Agent.objects.filter(ns=ns, name=view.agent).first()
         if agent is not None:
-            mine = [e for e in events if view.agent in (e.agent_id, e.actor)]
+            mine = [e for e in events if view.shows_event(e)]
             if any(e.type.startswith(("status.", "agent.")) and e.agent_id == agent.name for e in mine):
                 part("agent.html#agent-status", status=get_agent(ns=ns, agent_id=agent.name))
             rows("agent-events", event_rows(mine))

@@ -361,3 +361,29 @@ def test_an_agent_page_shows_its_work(as_viewer, ns, world):
     html = as_viewer.get(reverse("agent", args=[ns.name, "beta"])).content.decode()
     assert "report/draft" in html  # the lock it holds
     assert "conflict.opened" in html  # its events
+
+
+@pytest.mark.django_db(transaction=True)  # the log shows committed events only
+def test_an_agents_events_are_its_own_acts_and_those_done_to_it_and_an_operators_are_its_own(
+    as_operator, alpha, beta
+):
+    from memory_admin.services import Actor
+    from memory_admin.services.events import sequence
+    from memory_admin.services.locks import force_release
+    from memory_admin.views.screens import View
+
+    write_record(ns=alpha.ns, key="plan", value=1, actor=actor(alpha))
+    acquire_lock(ns=alpha.ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
+    write_record(ns=alpha.ns, key="other", value=1, actor=actor(beta))
+    force_release(ns=alpha.ns, resource="draft", reason="stuck", actor=Actor(name="operator:otto"))
+    sequence()  # no relay runs here
+    alphas = [(e.type, e.actor) for e in View("agent", agent="alpha").events(alpha.ns)]
+    assert ("record.written", "alpha") in alphas and ("lock.acquired", "alpha") in alphas
+    assert ("lock.force_released", "operator:otto") in alphas
+    assert all(actor_name != "beta" for _, actor_name in alphas)
+    otto = View("timeline", agent="operator:otto")
+    assert [e.type for e in otto.events(alpha.ns)] == ["lock.force_released"]
+    page = as_operator.get("/ns/team/timeline/?agent=operator:otto").content.decode()
+    rows = page[page.index('id="event-rows"') :]
+    assert "lock.force_released" in rows and "record.written" not in rows
+    assert "lock.force_released" in as_operator.get("/ns/team/agents/alpha").content.decode()
