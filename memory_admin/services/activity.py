@@ -3,11 +3,13 @@ writes, conflicts and lock acquisitions from the log, lock waits from counters t
 keeps in Redis (waits make no event), live agents from samples.
 
 The log has no index on time, but positions follow commit order and commit order follows time
-closely: the first event of a minute is found by bisecting positions (one index probe each),
-and a minute's counts come from one index range. A minute that has ended does not change, so
-its counts are kept in Redis; a page load counts only the minutes it has not seen (at first the
-hour: ~360,000 events at the benchmark's rate, then the current minute). Live agents are not
-in the log: each count of the overview samples them into the same minute buckets.
+closely: the first event of each minute is found by bisecting positions (all minutes in one
+statement), so a minute is a range of positions. Its events are the width of that range; its
+writes, conflicts and lock acquisitions are counted in the (namespace, type, position) index
+alone (an hour of 360,000 events at the benchmark's rate holds 80,000 of those). A minute that
+has ended does not change, so its counts are kept in Redis; a page load counts only the minutes
+it has not seen (at first the hour, then the current minute). Live agents are not in the log:
+each count of the overview samples them into the same minute buckets.
 
 Every console page load and every live push of the overview draws the charts: the buckets last
 counted are kept a few seconds per namespace and reused while the log's head has not moved, so
@@ -16,6 +18,7 @@ many consoles watching one namespace cost one count per new event batch, not one
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
@@ -44,7 +47,6 @@ class Bucket:
 
 
 _TABLE = Event._meta.db_table
-_FIRST_AT_OR_AFTER = f"SELECT {positions.FIELD}, created FROM {_TABLE} WHERE ns_id = %s AND {positions.FIELD} >= %s ORDER BY {positions.FIELD} LIMIT 1"  # noqa: E501
 # A bisection of positions per moment, all of them in one statement (one round trip, not twenty
 # per moment): each step probes the first event at or after the middle of [lo, hi).
 _BISECT = f"""
@@ -82,20 +84,27 @@ def first_position_since(ns: Namespace, moment: datetime) -> int:
     return first_positions_since(ns, [moment])[0]
 
 
-_COUNTS = f"""
-SELECT floor(extract(epoch from created) / 60)::bigint AS minute,
-       count(*),
+# A bucket a minute is a range of positions (`edges`, from the bisection): the namespace's events
+# of a minute are the width of its range; its writes, conflicts and lock acquisitions are counted
+# in event_ns_type_idx alone (an index-only scan over those types, not every event of the hour).
+_TYPED = f"""
+SELECT type, width_bucket({positions.FIELD}, %(edges)s::bigint[]), count(*)
+FROM {_TABLE}
+WHERE ns_id = %(ns)s AND type = ANY(%(types)s) AND {positions.FIELD} >= %(lo)s AND {positions.FIELD} < %(hi)s
+GROUP BY 1, 2
+"""
+# One agent's: its events in event_ns_agent_idx, a minute's range at a time.
+_AGENT = f"""
+SELECT width_bucket({positions.FIELD}, %(edges)s::bigint[]), count(*),
        count(*) FILTER (WHERE type = 'record.written'),
        count(*) FILTER (WHERE type = 'conflict.opened'),
        count(*) FILTER (WHERE type = 'lock.acquired')
 FROM {_TABLE}
-WHERE ns_id = %s AND {positions.FIELD} >= %s AND {positions.FIELD} < %s {{agent}}
+WHERE ns_id = %(ns)s AND agent_id = %(agent)s AND {positions.FIELD} >= %(lo)s AND {positions.FIELD} < %(hi)s
 GROUP BY 1
 """
-# A page load counts at most about this many events of the log (the newest minutes first, then
-# one stretch of older ones): at the benchmark's rate the first hour fills over a few loads
-# instead of one load counting 360,000 events.
-BUDGET = 40_000
+# The event types charted, and their place in a minute's counts (events, writes, conflicts, locks).
+TYPED = {"record.written": 1, "conflict.opened": 2, "lock.acquired": 3}
 
 
 def last_minute(ns: Namespace) -> int:
@@ -108,23 +117,25 @@ def _minute_start(minute: int) -> datetime:
     return datetime.fromtimestamp(minute * 60, tz=UTC)
 
 
-def _count(ns: Namespace, agent: str, lo: int, hi: int, end: int | None = None) -> dict[int, tuple]:
-    """Counts of the minutes lo..hi (inclusive), each minute present (zeros where quiet)."""
-    start = first_position_since(ns, _minute_start(lo))
-    if end is None:
-        end = first_position_since(ns, _minute_start(hi + 1))
-    sql = _COUNTS.format(agent="AND agent_id = %s" if agent else "")
+def _count(ns: Namespace, agent: str, minutes: list[int]) -> dict[int, tuple]:
+    """Counts of `minutes` (consecutive, through the current one), each present (zeros where quiet)."""
+    starts = first_positions_since(ns, [_minute_start(m) for m in minutes])
+    # Sorted edges for width_bucket, even where a creation time steps back across a minute.
+    edges = [*itertools.accumulate(starts, max), max(starts[-1], positions.head(ns) + 1)]
+    params = {"ns": ns.pk, "edges": edges, "lo": edges[0], "hi": edges[-1]}
+    counts = {m: [0, 0, 0, 0] for m in minutes}
     with connection.cursor() as cursor:
-        cursor.execute(sql, [ns.pk, start, end, *([agent] if agent else [])])
-        counted = {m: tuple(rest) for m, *rest in cursor.fetchall()}
-    return {m: counted.get(m, (0, 0, 0, 0)) for m in range(lo, hi + 1)}
-
-
-def _minute_of(ns: Namespace, position: int) -> int | None:
-    with connection.cursor() as cursor:
-        cursor.execute(_FIRST_AT_OR_AFTER, [ns.pk, position])
-        row = cursor.fetchone()
-    return None if row is None else int(row[1].timestamp() // 60)
+        if agent:
+            cursor.execute(_AGENT, {**params, "agent": agent})
+            for bucket, *row in cursor.fetchall():
+                counts[minutes[bucket - 1]] = row
+        else:
+            for i, m in enumerate(minutes):
+                counts[m][0] = edges[i + 1] - edges[i]
+            cursor.execute(_TYPED, {**params, "types": list(TYPED)})
+            for type, bucket, n in cursor.fetchall():
+                counts[minutes[bucket - 1]][TYPED[type]] = n
+    return {m: tuple(c) for m, c in counts.items()}
 
 
 # A lock wait stays counted once this long after it began (the longest wait is 30 s).
@@ -169,7 +180,7 @@ def recent_hour(
 def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = None) -> list[Bucket]:
     """The last MINUTES minutes, oldest first (the current minute so far last); of one agent's
     events with `agent`. `sample_agents` records the live agents now into the current minute.
-    Minutes not counted yet (over the budget of this load) have None counts."""
+    Minutes counted before are read from Redis; the others are counted now."""
     client, key = r.client(), r.activity_key(ns.name, agent)
     current = int(now().timestamp() // 60)
     first = current - MINUTES + 1
@@ -183,23 +194,9 @@ def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = Non
     samples = {int(m[1:]): int(v) for m, v in stored.items() if m.startswith("a")}
     if sample_agents is not None:
         samples[current] = sample_agents
-    missing = sorted(m for m in range(first, current) if m not in kept)
-    counted: dict[int, tuple] = {}
-    # The newest minutes: from the oldest missing one within the budget through the current one.
-    head = positions.head(ns)
-    floor = (_minute_of(ns, head - BUDGET) or first) + 1 if head > BUDGET and not agent else first
-    recent = [m for m in missing if m >= floor]
-    counted |= _count(ns, agent, recent[0] if recent else current, current, end=head + 1)
-    # And one stretch of older missing minutes, newest first, within the budget.
-    older = set(m for m in missing if m < (recent[0] if recent else current))
-    if older:
-        hi = max(older)
-        end = first_position_since(ns, _minute_start(hi + 1))
-        budget_lo = (_minute_of(ns, end - BUDGET) or first) + 1 if end > BUDGET and not agent else first
-        lo = hi
-        while lo - 1 in older and lo - 1 >= budget_lo:
-            lo -= 1
-        counted |= _count(ns, agent, lo, hi, end=end)
+    # Every minute from the oldest not counted yet through the current one (still running).
+    oldest = min((m for m in range(first, current) if m not in kept), default=current)
+    counted = _count(ns, agent, list(range(oldest, current + 1)))
     pipe = client.pipeline(transaction=False)
     done = {m: ",".join(map(str, c)) for m, c in counted.items() if m < current}
     if done:
