@@ -618,7 +618,7 @@ def explain_plans() -> list[dict]:
 
     from memory_admin.models import Agent, Event, Fact, Namespace
     from memory_admin.services import history
-    from memory_admin.views.screens import DISTINCT_SQL
+    from memory_admin.views.screens import COUNT_CAP, DISTINCT_SQL
 
     ns = Namespace.objects.get(name=NS)
     agent = Agent.objects.get(ns=ns, name="agent-00042")
@@ -644,14 +644,11 @@ def explain_plans() -> list[dict]:
         for what, page in (("categories", "facts page"), ("types", "timeline page")):
             sql = DISTINCT_SQL[what]
             plans.append(_explain(cursor, f"distinct {what} ({page})", sql, {"ns": ns.pk, "limit": 200}))
-        plans.append(
-            _explain(
-                cursor,
-                "fact count (overview)",
-                "SELECT count(*) FROM memory_admin_fact WHERE ns_id = %s",
-                [ns.pk],
-            )
-        )
+        # The overview counts at most COUNT_CAP + 1 facts, then asks the planner's estimate.
+        capped = Fact.objects.filter(ns=ns).order_by().values("pk")[: COUNT_CAP + 1]
+        sql, params = capped.query.sql_with_params()
+        capped_sql = f"SELECT count(*) FROM ({sql}) s"
+        plans.append(_explain(cursor, "fact count, capped (overview)", capped_sql, params))
         # Time travel: a page of records and of agents' status as of event 500,000.
         at = Event.objects.get(ns=ns, position=500_000).created
         plans.append(
