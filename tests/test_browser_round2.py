@@ -211,9 +211,11 @@ def test_the_timeline_picker_opens_the_namespace_as_it_was_at_an_event(
     api,  # noqa: F811 - the fixture
 ):
     api.put("/records/plan", json={"value": {"step": 1}})
+    held = api.post("/locks/report-draft", json={"ttl_seconds": 60}).json()
     api.put("/status", json={"status": "drafting", "ttl_seconds": 60})
     then = api.get("/events?after=0&limit=100").json()["items"][-1]["id"]
     api.put("/records/plan", json={"value": {"step": 2}})
+    api.delete("/locks/report-draft", params={"fencing_token": held["fencing_token"]})
     api.put("/status", json={"status": "reviewing", "ttl_seconds": 60})
     live(page, "/ns/team/timeline/")
     page.fill("#asof-number", str(then))
@@ -224,6 +226,7 @@ def test_the_timeline_picker_opens_the_namespace_as_it_was_at_an_event(
     expect(page.locator("#asof-records")).to_contain_text("v1")
     expect(page.locator("#asof-records")).to_contain_text('"step": 1')
     expect(page.locator("#asof-agents")).to_contain_text("drafting")
+    expect(page.locator("#asof-locks")).to_contain_text(f"report-draft alpha · token {held['fencing_token']}")
     shoot(page, "as-of")
 
 
