@@ -99,9 +99,9 @@ LOCK_ROUTES = frozenset({"api/v1/locks/<path:resource>", "api/v1/locks/<path:res
 # --- counted where they happen --------------------------------------------------------------
 
 
-def record_written(outcome: str) -> None:
-    """A record write ended: "ok", "conflict" or "fenced"."""
-    RECORD_WRITES.labels(outcome).inc()
+def record_written(outcome: str, count: int = 1) -> None:
+    """`count` record writes ended: "ok", "conflict" or "fenced"."""
+    RECORD_WRITES.labels(outcome).inc(count)
 
 
 def lock_acquire_ended(result: str, seconds: float) -> None:

@@ -2,9 +2,11 @@
 operation, the rollback paths and the errors, through the API on real Postgres and Redis."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from memory_admin import redis as r
-from memory_admin.models import Conflict, Event, Fact, Record
+from memory_admin.models import Conflict, Event, Fact, Record, RecordVersion
 from tests.test_api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
@@ -357,3 +359,53 @@ def test_a_status_in_a_txn_reaches_redis_only_when_the_txn_commits(alpha):
     batch = api.post("/batch", {"ops": [{"status": {"status": "idle"}}]})
     assert batch.json()["results"][0]["status"] == 200
     assert r.client().hget(key, "status") == "idle"
+
+
+def test_a_batch_of_puts_answers_each_form_as_the_single_write_does_in_one_statement(alpha):
+    api = api_for(alpha)
+    for key in ("live", "stale", "taken", "gone"):
+        api.put(f"/records/{key}", {"value": key})
+    api.delete("/records/gone")
+    api.put("/records/stale", {"value": "lost", "expected_version": 7})  # alpha's open conflict
+    api.put("/records/live", {"value": "lost", "expected_version": 7})  # superseded below
+    ops = [
+        put("live", "v2", 1),  # over its version
+        put("stale", "x", 5),  # over a version it is not at: 409
+        put("absent", "x", 3),  # over a version of a record that does not exist: 409
+        put("taken", "x", 0),  # create only, over a live record: 409
+        put("gone", "back", 0),  # create only, over a tombstone: brought back
+        put("fresh", {"a": [1]}),  # unconditional, new
+        put("taken2", "y"),  # unconditional, new
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        results = api.post("/batch", {"ops": ops}).json()["results"]
+    assert [result["status"] for result in results] == [200, 409, 409, 409, 201, 201, 201]
+    assert [results[i]["body"]["version"] for i in (0, 4, 5, 6)] == [2, 3, 1, 1]
+    assert results[1]["body"]["error"]["current"]["version"] == 1
+    assert results[2]["body"]["error"]["current"] is None
+    assert results[3]["body"]["error"]["expected_version"] == 0
+    assert Record.objects.get(key="fresh").value == {"a": [1]} and not Record.objects.get(key="gone").deleted
+    # History, events in the request's order, and alpha's conflict on "live" closed by the write.
+    assert list(RecordVersion.objects.filter(record__key="live").values_list("version", "value")) == [
+        (2, "v2"),
+        (1, "live"),
+    ]
+    written = Event.objects.filter(type="record.written").order_by("-seq")[:4]
+    assert [(e.subject, e.payload["version"], e.payload["created"]) for e in reversed(written)] == [
+        ("live", 2, False),
+        ("gone", 3, True),
+        ("fresh", 1, True),
+        ("taken2", 1, True),
+    ]
+    assert Conflict.objects.get(key="live").resolution == "superseded"
+    resolved = Event.objects.get(type="conflict.resolved")
+    assert resolved.payload["key"] == "live" and resolved.seq > written[3].seq
+    # Refused writes are kept as the single write keeps them: one open conflict per key and writer.
+    assert sorted(Conflict.objects.filter(status="open").values_list("key", flat=True)) == [
+        "absent",
+        "stale",
+        "taken",
+    ]
+    # The seven puts were one write statement, not seven.
+    sql = [query["sql"] for query in queries.captured_queries]
+    assert sum("INSERT INTO memory_admin_recordversion" in text for text in sql) == 1

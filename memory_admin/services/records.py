@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import metrics, rows
-from memory_admin.errors import NotFound, StaleFence, VersionConflict
+from memory_admin.errors import DomainError, NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor
 from memory_admin.services.events import append_event, current_txn, ring_after_write
@@ -20,6 +20,15 @@ from memory_admin.validation import check_json, check_key, check_record_key, dum
 class Fence:
     lock: str
     token: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write of write_records: as write_record's arguments."""
+
+    key: str
+    value: Any
+    expected_version: int | None = None
 
 
 def get_record(*, ns: Namespace, key: str) -> Record:
@@ -109,21 +118,72 @@ def _write(*, ns, key, value, actor, expected_version) -> tuple[Record, bool] | 
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is None or not row[-2]:  # refused: absent, or the version did not match
-        current = None if row is None else rows.load(Record, row)
-        # The statement read the record as of its start; a writer that won meanwhile is newer.
-        stale = current is None or current.version == expected_version
-        with transaction.atomic():
-            return _open_conflict(
-                ns=ns,
-                key=key,
-                value=value,
-                actor=actor,
-                expected=expected_version or 0,
-                current=None if stale else current,
-                known=not stale,
-            )
+        return _refused(ns=ns, write=Write(key, value, expected_version), actor=actor, row=row)
     ring_after_write()
     return rows.load(Record, row), row[-1]
+
+
+def _refused(*, ns, write, actor, row) -> Conflict:
+    """The writer's conflict for a write the statement refused; `row` is the record as the
+    statement read it (None: absent)."""
+    current = None if row is None else rows.load(Record, row)
+    # The statement read the record as of its start; a writer that won meanwhile is newer.
+    stale = current is None or current.version == write.expected_version
+    with transaction.atomic():
+        return _open_conflict(
+            ns=ns,
+            key=write.key,
+            value=write.value,
+            actor=actor,
+            expected=write.expected_version or 0,
+            current=None if stale else current,
+            known=not stale,
+        )
+
+
+Written = tuple[Record, bool]  # the record and whether the write created it
+
+
+def write_records(*, ns: Namespace, writes: list[Write], actor: Actor) -> list[Written | DomainError]:
+    """write_record for each of `writes` (distinct keys), all in one statement: each write's
+    (record, created), or the error it was refused with (its conflict kept as write_record
+    keeps it). For /batch and /txn, which lock their keys beforehand in one order."""
+    outcomes: dict[int, Written | DomainError] = {}
+    for index, write in enumerate(writes):
+        try:
+            check_record_key(write.key)
+            check_json(write.value)
+        except DomainError as exc:
+            outcomes[index] = exc
+    valid = [index for index in range(len(writes)) if index not in outcomes]
+    if not valid:
+        return [outcomes[index] for index in range(len(writes))]
+    params = {
+        "ns": ns.pk,
+        "keys": [writes[index].key for index in valid],
+        "values": [dumps(writes[index].value) for index in valid],
+        "expected": [writes[index].expected_version for index in valid],
+        "actor": actor.name,
+        "agent_id": actor.agent_id,
+        "stamp": now(),
+        "txn": current_txn(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_WRITE_MANY, params)
+        found = {row[0]: row[1:] for row in cursor.fetchall()}  # by the write's number, from 1
+    for number, index in enumerate(valid, start=1):
+        row = found.get(number)
+        if row is not None and row[-2]:
+            outcomes[index] = rows.load(Record, row), row[-1]
+        else:
+            conflict = _refused(ns=ns, write=writes[index], actor=actor, row=row)
+            metrics.record_written("conflict")
+            outcomes[index] = _conflict_error(conflict)
+    written = sum(1 for outcome in outcomes.values() if isinstance(outcome, tuple))
+    if written:
+        ring_after_write()
+        transaction.on_commit(lambda: metrics.record_written("ok", written))
+    return [outcomes[index] for index in range(len(writes))]
 
 
 # Each form of the write: the record row (inserted, or updated in place), its history row, the
@@ -201,6 +261,77 @@ WITH w AS (
 )"""
     + _THEN,
 }
+
+
+# write_records' statement: _WRITE's three forms over arrays, each write in the form its
+# expected version asks for, then the history rows, the superseded conflicts and the events (in
+# the writes' order) for all of them. It returns, for each write by its number (from 1), what
+# _WRITE returns; a write refused over an absent record returns no row. The keys are distinct.
+_MANY_SET = f"""
+    value = EXCLUDED.value, version = rec.version + 1, deleted = false,
+    updated_by = EXCLUDED.updated_by, updated = EXCLUDED.updated, ord = GREATEST(rec.ord, {_XID}),"""
+
+
+def _insert_many(which: str) -> str:
+    """The upsert of the writes `which` selects, in key order (the order rows are locked in)."""
+    return f"""
+    INSERT INTO memory_admin_record AS rec
+        (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
+    SELECT %(ns)s, i.key, i.value::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID}
+    FROM i WHERE {which} ORDER BY i.key
+    ON CONFLICT (ns_id, key) DO UPDATE SET {_MANY_SET}"""
+
+
+_WRITE_MANY = f"""
+WITH i AS (
+    SELECT * FROM unnest(%(keys)s::text[], %(values)s::text[], %(expected)s::bigint[])
+        WITH ORDINALITY AS i(key, value, expected, n)
+), over_n AS (
+    UPDATE memory_admin_record rec
+    SET value = i.value::jsonb, version = rec.version + 1, updated_by = %(actor)s, updated = %(stamp)s,
+        ord = GREATEST(rec.ord, {_XID})
+    FROM i
+    WHERE rec.ns_id = %(ns)s AND rec.key = i.key AND i.expected > 0 AND rec.version = i.expected
+      AND NOT rec.deleted
+    RETURNING rec.*, false AS is_new
+), any_version AS ({_insert_many("i.expected IS NULL")}
+        created = CASE WHEN rec.deleted THEN EXCLUDED.created ELSE rec.created END
+    RETURNING rec.*, (rec.xmax = 0 OR rec.created = %(stamp)s) AS is_new
+), create_only AS ({_insert_many("i.expected = 0")}
+        created = EXCLUDED.created
+    WHERE rec.deleted
+    RETURNING rec.*, true AS is_new
+), w AS (
+    SELECT * FROM over_n UNION ALL SELECT * FROM any_version UNION ALL SELECT * FROM create_only
+), v AS (
+    INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
+    SELECT id, version, value, false, updated_by, updated FROM w
+), c AS (
+    UPDATE memory_admin_conflict SET status = 'resolved', resolution = 'superseded',
+        resolved_by = %(actor)s, resolved = %(stamp)s
+    WHERE ns_id = %(ns)s AND key IN (SELECT key FROM w) AND actor = %(actor)s AND status = 'open'
+    RETURNING id, key
+), e AS (
+    INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
+    SELECT w.ns_id, w.ord, %(txn)s, x.type, %(actor)s, %(agent_id)s, w.key, x.payload, %(stamp)s
+    FROM w JOIN i ON i.key = w.key
+    CROSS JOIN LATERAL (
+        SELECT 0, 'record.written',
+               jsonb_build_object('key', w.key, 'version', w.version, 'created', w.is_new)
+        UNION ALL
+        SELECT 1, 'conflict.resolved',
+               jsonb_build_object('conflict_id', c.id, 'key', w.key, 'resolution', 'superseded',
+                                  'version', w.version)
+        FROM c WHERE c.key = w.key
+    ) AS x(k, type, payload)
+    ORDER BY i.n, x.k
+)
+SELECT i.n, {rows.columns(Record, "w")}, true, w.is_new FROM i JOIN w ON w.key = i.key
+UNION ALL
+SELECT i.n, {rows.columns(Record, "r")}, false, false FROM i JOIN memory_admin_record r
+    ON r.ns_id = %(ns)s AND r.key = i.key
+WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.key = i.key)
+"""
 
 
 def delete_record(*, ns: Namespace, key: str, actor: Actor, expected_version: int | None = None) -> Record:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -91,18 +91,18 @@ def run_txn(
     transaction. If an operation of that branch fails, everything is rolled back, the branch's
     record writes are kept as one conflict group (named by the txn id) and TxnAborted raised."""
     txn = uuid.uuid4().hex
-    keys = {c.key for c in compare if c.key} | {op.key for op in (*success, *failure) if op.key}
+    compared = {c.key for c in compare if c.key}
+    keys = compared | {op.key for op in (*success, *failure) if op.key}
 
     def once() -> TxnResult:
         with transaction.atomic(), _stamped(txn):
-            versions = _lock_records(ns=ns, keys=keys)
+            versions = _lock_records(ns=ns, keys=keys, read=compared)
             held = all(_holds(ns=ns, actor=actor, condition=c, versions=versions) for c in compare)
             branch = success if held else failure
             results = []
-            for index, op in enumerate(branch):
-                done = _run(ns=ns, agent=agent, actor=actor, op=op)
+            for index, done in enumerate(_results(ns=ns, agent=agent, actor=actor, ops=branch)):
                 # A get of an absent key is an answer (404), not a failure.
-                if done.error is not None and not (op.kind == "get" and done.error.status == 404):
+                if done.error is not None and not (done.kind == "get" and done.error.status == 404):
                     raise _Failed(index, done.error, branch)
                 results.append(done)
         return TxnResult(txn=txn, succeeded=held, results=results)
@@ -156,7 +156,7 @@ def run_batch(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> li
     def once() -> list[Done]:
         with transaction.atomic():
             _lock_records(ns=ns, keys=keys)
-            return [_run(ns=ns, agent=agent, actor=actor, op=op) for op in ops]
+            return list(_results(ns=ns, agent=agent, actor=actor, ops=ops))
 
     return _retrying(once)
 
@@ -201,15 +201,17 @@ WHERE ns_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE
 """
 
 
-def _lock_records(*, ns: Namespace, keys: set[str]) -> dict[str, int]:
-    """Lock `keys` (the advisory lock of each, then the records that exist, in key order); the
-    records' versions, 0 if deleted."""
-    if not keys:
+def _lock_records(*, ns: Namespace, keys: set[str], read: set[str] = frozenset()) -> dict[str, int]:
+    """Lock `keys` (the advisory lock of each, in one order) and the records of `read` that
+    exist (in key order); the versions of those, 0 if deleted. The records written are
+    row-locked by their writes."""
+    if keys:
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_KEYS, [KEY_LOCKS, str(ns.pk), sorted(keys)])
+    if not read:
         return {}
-    ordered = sorted(keys)
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK_KEYS, [KEY_LOCKS, str(ns.pk), ordered])
-        cursor.execute(_LOCK_ROWS, [ns.pk, ordered])
+        cursor.execute(_LOCK_ROWS, [ns.pk, sorted(read)])
         return dict(cursor.fetchall())
 
 
@@ -238,6 +240,37 @@ def _holds(*, ns: Namespace, actor: Actor, condition: Compare, versions: dict[st
         "<": version < target,
         ">": version > target,
     }[condition.op]
+
+
+def _results(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> Iterator[Done]:
+    """Each operation's result, in order, as it runs: consecutive puts on distinct keys are
+    written together in one statement (records.write_records: one round trip and one plan,
+    not one per put); every other operation runs through its service."""
+    for chunk in _chunks(ops):
+        if chunk[0].kind != "put" or len(chunk) == 1:
+            yield _run(ns=ns, agent=agent, actor=actor, op=chunk[0])
+            continue
+        writes = [records.Write(op.key, op.args["value"], op.args.get("expected_version")) for op in chunk]
+        for outcome in records.write_records(ns=ns, writes=writes, actor=actor):
+            if isinstance(outcome, DomainError):
+                yield Done("put", error=outcome)
+            else:
+                yield Done("put", *outcome)
+
+
+def _chunks(ops: list[Op]) -> Iterator[list[Op]]:
+    """`ops` in order, cut into runs of puts on distinct keys and the other operations alone."""
+    run: list[Op] = []
+    for op in ops:
+        if run and (op.kind != "put" or op.key in {other.key for other in run}):
+            yield run
+            run = []
+        if op.kind == "put":
+            run.append(op)
+        else:
+            yield [op]
+    if run:
+        yield run
 
 
 def _run(*, ns: Namespace, agent: Agent, actor: Actor, op: Op) -> Done:
