@@ -120,12 +120,24 @@ INT_RANGE = "-2**63..2**64-1"
 
 
 def _check_text(text: str, field: str) -> None:
+    if _storable(text):
+        return
     if "\x00" in text:
         raise Invalid(f"{field} contains a NUL character", {field: "NUL character"})
+    raise Invalid(f"{field} contains a lone surrogate", {field: "invalid unicode"})
+
+
+def _storable(text: str) -> bool:
+    """Whether _check_text passes `text`."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise Invalid(f"{field} contains a lone surrogate", {field: "invalid unicode"}) from None
+        return False
+    return True
 
 
 def dumps(value: Any) -> str:
@@ -139,14 +151,18 @@ def check_document(document: Any) -> Any:
     stack: list[tuple[Any, tuple]] = [(document, ())]
     while stack:  # not recursive: the parser already allows deeper nesting than Python's stack
         value, path = stack.pop()
+        # The field's name is built only for a refusal: most text passes, and a body of a
+        # hundred operations has thousands of fields.
         if isinstance(value, dict):
             for key, item in value.items():
-                _check_text(key, _path((*path, key)))
+                if not _storable(key):
+                    _check_text(key, _path((*path, key)))
                 stack.append((item, (*path, key)))
         elif isinstance(value, list):
             stack.extend((item, (*path, index)) for index, item in enumerate(value))
         elif isinstance(value, str):
-            _check_text(value, _path(path))
+            if not _storable(value):
+                _check_text(value, _path(path))
         elif isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value <= MAX_INT:
             field = _path(path)
             raise Invalid(

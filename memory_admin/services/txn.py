@@ -261,12 +261,15 @@ def _results(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> Ite
 def _chunks(ops: list[Op]) -> Iterator[list[Op]]:
     """`ops` in order, cut into runs of puts on distinct keys and the other operations alone."""
     run: list[Op] = []
+    keys: set[str] = set()
     for op in ops:
-        if run and (op.kind != "put" or op.key in {other.key for other in run}):
+        key = op.key
+        if run and (op.kind != "put" or key in keys):
             yield run
-            run = []
+            run, keys = [], set()
         if op.kind == "put":
             run.append(op)
+            keys.add(key)
         else:
             yield [op]
     if run:
