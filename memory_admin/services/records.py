@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,10 +145,13 @@ def _refused(*, ns, write, actor, row) -> Conflict:
 Written = tuple[Record, bool]  # the record and whether the write created it
 
 
-def write_records(*, ns: Namespace, writes: list[Write], actor: Actor) -> list[Written | DomainError]:
+def write_records(
+    *, ns: Namespace, writes: list[Write], actor: Actor, lock: Collection[str] = ()
+) -> list[Written | DomainError]:
     """write_record for each of `writes` (distinct keys), all in one statement: each write's
     (record, created), or the error it was refused with (its conflict kept as write_record
-    keeps it). For /batch and /txn, which lock their keys beforehand in one order."""
+    keeps it). For /batch and /txn, whose keys are locked in one order (lock_keys) before any
+    is written: beforehand, or by this statement itself, first, for the keys of `lock`."""
     outcomes: dict[int, Written | DomainError] = {}
     for index, write in enumerate(writes):
         try:
@@ -157,8 +161,10 @@ def write_records(*, ns: Namespace, writes: list[Write], actor: Actor) -> list[W
             outcomes[index] = exc
     valid = [index for index in range(len(writes)) if index not in outcomes]
     if not valid:
+        lock_keys(ns=ns, keys=lock)
         return [outcomes[index] for index in range(len(writes))]
     params = {
+        **_lock_params(ns, lock),
         "ns": ns.pk,
         "keys": [writes[index].key for index in valid],
         "values": [dumps(writes[index].value) for index in valid],
@@ -169,7 +175,7 @@ def write_records(*, ns: Namespace, writes: list[Write], actor: Actor) -> list[W
         "txn": current_txn(),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_WRITE_MANY, params)
+        cursor.execute(_WRITE_MANY_LOCKING if lock else _WRITE_MANY, params)
         found = {row[0]: row[1:] for row in cursor.fetchall()}  # by the write's number, from 1
     for number, index in enumerate(valid, start=1):
         row = found.get(number)
@@ -263,6 +269,28 @@ WITH w AS (
 }
 
 
+# The keys of a /batch or /txn, present or not, each by a transaction-level advisory lock, taken
+# in one order (of the lock ids): two requests over the same keys queue, they never deadlock, also
+# when they create them. The two-number form keeps these apart from any one-number advisory lock.
+KEY_LOCKS = 0x7478  # "tx"
+_LOCK_KEYS = """
+SELECT count(pg_advisory_xact_lock(%(lock_space)s, h)) AS n FROM (
+    SELECT DISTINCT hashtext(%(lock_ns)s || ':' || k) AS h FROM unnest(%(lock_keys)s::text[]) AS k ORDER BY h
+) AS ids
+"""
+
+
+def lock_keys(*, ns: Namespace, keys: Collection[str]) -> None:
+    """Lock `keys` of `ns` to the end of the transaction (_LOCK_KEYS)."""
+    if keys:
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_KEYS, _lock_params(ns, keys))
+
+
+def _lock_params(ns: Namespace, keys: Collection[str]) -> dict[str, Any]:
+    return {"lock_space": KEY_LOCKS, "lock_ns": str(ns.pk), "lock_keys": sorted(keys)}
+
+
 # write_records' statement: _WRITE's three forms over arrays, each write in the form its
 # expected version asks for, then the history rows, the superseded conflicts and the events (in
 # the writes' order) for all of them. It returns, for each write by its number (from 1), what
@@ -282,10 +310,10 @@ def _insert_many(which: str) -> str:
     ON CONFLICT (ns_id, key) DO UPDATE SET {_MANY_SET}"""
 
 
-_WRITE_MANY = f"""
-WITH i AS (
+_MANY_INPUT = """i AS (
     SELECT * FROM unnest(%(keys)s::text[], %(values)s::text[], %(expected)s::bigint[])
-        WITH ORDINALITY AS i(key, value, expected, n)
+        WITH ORDINALITY AS i(key, value, expected, n)"""
+_WRITE_MANY_REST = f"""
 ), over_n AS (
     UPDATE memory_admin_record rec
     SET value = i.value::jsonb, version = rec.version + 1, updated_by = %(actor)s, updated = %(stamp)s,
@@ -332,6 +360,13 @@ SELECT i.n, {rows.columns(Record, "r")}, false, false FROM i JOIN memory_admin_r
     ON r.ns_id = %(ns)s AND r.key = i.key
 WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.key = i.key)
 """
+
+
+_WRITE_MANY = f"WITH {_MANY_INPUT}{_WRITE_MANY_REST}"
+# The same, taking the advisory locks first: every write reads `i`, whose rows come only once
+# `locked` is done, so no record row is locked before the keys are.
+_GATE = "\n    WHERE (SELECT n FROM locked) IS NOT NULL"
+_WRITE_MANY_LOCKING = f"WITH locked AS ({_LOCK_KEYS}), {_MANY_INPUT}{_GATE}{_WRITE_MANY_REST}"
 
 
 def delete_record(*, ns: Namespace, key: str, actor: Actor, expected_version: int | None = None) -> Record:

@@ -96,11 +96,14 @@ def run_txn(
 
     def once() -> TxnResult:
         with transaction.atomic(), _stamped(txn):
-            versions = _lock_records(ns=ns, keys=keys, read=compared)
+            # Compared records are read (and row-locked) after their keys are locked; without
+            # them, the branch's first statement may take the locks itself.
+            versions = _lock_records(ns=ns, keys=keys, read=compared) if compared else {}
             held = all(_holds(ns=ns, actor=actor, condition=c, versions=versions) for c in compare)
             branch = success if held else failure
+            lock = set() if compared else keys
             results = []
-            for index, done in enumerate(_results(ns=ns, agent=agent, actor=actor, ops=branch)):
+            for index, done in enumerate(_results(ns=ns, agent=agent, actor=actor, ops=branch, lock=lock)):
                 # A get of an absent key is an answer (404), not a failure.
                 if done.error is not None and not (done.kind == "get" and done.error.status == 404):
                     raise _Failed(index, done.error, branch)
@@ -155,8 +158,7 @@ def run_batch(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> li
 
     def once() -> list[Done]:
         with transaction.atomic():
-            _lock_records(ns=ns, keys=keys)
-            return list(_results(ns=ns, agent=agent, actor=actor, ops=ops))
+            return list(_results(ns=ns, agent=agent, actor=actor, ops=ops, lock=keys))
 
     return _retrying(once)
 
@@ -184,15 +186,6 @@ def _retrying(once: Callable[[], T]) -> T:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-# Every key of the request, present or not, by a transaction-level advisory lock taken in one
-# order (of the lock ids): two requests over the same keys queue, they never deadlock, also when
-# they create them. The two-number form keeps these apart from any one-number advisory lock.
-KEY_LOCKS = 0x7478  # "tx"
-_LOCK_KEYS = """
-SELECT pg_advisory_xact_lock(%s, h) FROM (
-    SELECT DISTINCT hashtext(%s || ':' || k) AS h FROM unnest(%s::text[]) AS k ORDER BY h
-) AS ids
-"""
 # The records that exist, row-locked: single writes (which take no advisory lock) wait for the
 # commit too, so a compare on an existing record still holds when the writes are in.
 _LOCK_ROWS = """
@@ -201,15 +194,10 @@ WHERE ns_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE
 """
 
 
-def _lock_records(*, ns: Namespace, keys: set[str], read: set[str] = frozenset()) -> dict[str, int]:
-    """Lock `keys` (the advisory lock of each, in one order) and the records of `read` that
-    exist (in key order); the versions of those, 0 if deleted. The records written are
-    row-locked by their writes."""
-    if keys:
-        with connection.cursor() as cursor:
-            cursor.execute(_LOCK_KEYS, [KEY_LOCKS, str(ns.pk), sorted(keys)])
-    if not read:
-        return {}
+def _lock_records(*, ns: Namespace, keys: set[str], read: set[str]) -> dict[str, int]:
+    """Lock `keys` (records.lock_keys) and the records of `read` that exist (in key order); the
+    versions of those, 0 if deleted. The records written are row-locked by their writes."""
+    records.lock_keys(ns=ns, keys=keys)
     with connection.cursor() as cursor:
         cursor.execute(_LOCK_ROWS, [ns.pk, sorted(read)])
         return dict(cursor.fetchall())
@@ -242,16 +230,20 @@ def _holds(*, ns: Namespace, actor: Actor, condition: Compare, versions: dict[st
     }[condition.op]
 
 
-def _results(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op]) -> Iterator[Done]:
-    """Each operation's result, in order, as it runs: consecutive puts on distinct keys are
-    written together in one statement (records.write_records: one round trip and one plan,
-    not one per put); every other operation runs through its service."""
+def _results(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op], lock: set[str]) -> Iterator[Done]:
+    """Each operation's result, in order, as it runs, once the keys of `lock` are locked (by the
+    first statement): consecutive puts on distinct keys are written together in one statement
+    (records.write_records: one round trip and one plan, not one per put); every other
+    operation runs through its service."""
     for chunk in _chunks(ops):
         if chunk[0].kind != "put" or len(chunk) == 1:
+            records.lock_keys(ns=ns, keys=lock)
+            lock = set()
             yield _run(ns=ns, agent=agent, actor=actor, op=chunk[0])
             continue
         writes = [records.Write(op.key, op.args["value"], op.args.get("expected_version")) for op in chunk]
-        for outcome in records.write_records(ns=ns, writes=writes, actor=actor):
+        outcomes, lock = records.write_records(ns=ns, writes=writes, actor=actor, lock=lock), set()
+        for outcome in outcomes:
             if isinstance(outcome, DomainError):
                 yield Done("put", error=outcome)
             else:
