@@ -7,8 +7,10 @@ comes due:
   - sequences: stamps positions on the committed events below the horizon (services/events.py);
   - publishes, per namespace, the events after the namespace's `published` position: XADD to its
     stream with the explicit id `<position>-0`, so Redis itself refuses a second copy after a
-    crash between publish and cursor update; then one doorbell to the namespace's Channels group
-    (pages read the log themselves), then stores `published`;
+    crash between publish and cursor update, and each event's `seq:position` on the positions
+    channel (what `POST /events` waits for); then one doorbell to the namespace's Channels group
+    (pages read the log themselves); the new `published` is stored in the next pass's
+    sequencing transaction, or on its own once nothing rings for a moment (MARK_SECONDS);
   - sweeps lapsed locks and heartbeats into `lock.expired` / `agent.stale` events.
 A namespace whose publishing fails is retried with backoff and reported to operators; the others
 go on (one namespace's events never stall another's). The relay never parses a payload: bodies are
@@ -48,16 +50,24 @@ SWEEP_SECONDS = 1.0
 HORIZON_POLL = (0.002, 0.1)
 STALL_BACKOFF = (0.5, 30.0)  # seconds between attempts at a namespace whose publishing failed
 STATUS_KEY = events.RELAY_STATUS_KEY
+# How long a pass's new `published` positions may wait for the next pass's transaction before
+# they are stored on their own: under load the next pass comes sooner, and one commit does both.
+MARK_SECONDS = 0.05
 
 _PENDING = """
 SELECT id, name, published, head FROM memory_admin_namespace WHERE head > published ORDER BY id
 """
+_WAITING = "SELECT EXISTS (SELECT 1 FROM memory_admin_event WHERE position IS NULL)"
 _FETCH = """
-SELECT position, type, actor, agent_id, subject, payload::text, created, txn
+SELECT position, type, actor, agent_id, subject, payload::text, created, txn, seq
 FROM memory_admin_event WHERE ns_id = %s AND position > %s AND position <= %s
 ORDER BY position
 """
-_WAITING = "SELECT EXISTS (SELECT 1 FROM memory_admin_event WHERE position IS NULL)"
+_MARK = """
+UPDATE memory_admin_namespace ns SET published = marks.published
+FROM unnest(%s::bigint[], %s::bigint[]) AS marks (id, published)
+WHERE ns.id = marks.id AND ns.published < marks.published
+"""
 
 
 def dsn() -> str:
@@ -100,6 +110,9 @@ class Relay:
         self.stalls: dict[int, Stall] = {}
         self.stopping = asyncio.Event()
         self.published = 0  # events published since start (for the log and tests)
+        self.marks: dict[int, int] = {}  # ns id -> `published` position not stored yet
+        self.pending: list[tuple] = []  # namespaces with events to publish, as the last pass read them
+        self.waiting = False  # committed events wait for the horizon (the last pass saw)
 
     async def run(self) -> None:
         """Wait to become active, then relay until stopped or the lock is lost."""
@@ -138,31 +151,54 @@ class Relay:
     async def _loop(self) -> None:
         pause = HORIZON_POLL[0]
         while not self.stopping.is_set():
-            while await self.sequence():
-                pass
+            while await self.sequence() == events.SEQUENCE_BATCH:
+                pass  # a full batch: more may wait
             await self.publish_pending()
             if time.monotonic() - self.last_sweep >= SWEEP_SECONDS:
                 await self._sweep()
-            if await self._waiting():
-                await self._wait_for_doorbell(pause)
-                pause = min(pause * 2, HORIZON_POLL[1])
-            else:
-                pause = HORIZON_POLL[0]
-                await self._wait_for_doorbell(POLL_SECONDS)
+            timeout = pause if self.waiting else POLL_SECONDS
+            if self.marks and timeout > MARK_SECONDS:
+                if await self._wait_for_doorbell(MARK_SECONDS):
+                    continue  # the next pass stores them
+                await self._store_marks()  # nothing rang: no pass will carry them soon
+                timeout -= MARK_SECONDS
+            await self._wait_for_doorbell(timeout)
+            pause = min(pause * 2, HORIZON_POLL[1]) if self.waiting else HORIZON_POLL[0]
 
     async def sequence(self) -> int:
-        """One pass of the sequencer; returns how many events got a position."""
-        async with self.conn.transaction():
-            await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [events.SEQUENCER_LOCK])
-            cur = await self.conn.execute(events.SEQUENCE_SQL, [events.SEQUENCE_BATCH])
-            rows = await cur.fetchall()
-        return sum(count for _, _, count in rows)
+        """One pass of the sequencer, in one round trip: the transaction that stamps positions also
+        stores the previous pass's `published` positions; then what waits to be published.
+        Returns how many events got a position."""
+        marks = dict(self.marks)
+        async with self.conn.pipeline():
+            async with self.conn.transaction():
+                await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [events.SEQUENCER_LOCK])
+                if marks:
+                    await self.conn.execute(_MARK, [list(marks), list(marks.values())])
+                stamping = await self.conn.execute(events.SEQUENCE_SQL, [events.SEQUENCE_BATCH])
+            pending = await self.conn.execute(_PENDING)
+            waiting = await self.conn.execute(_WAITING)
+            stamped = await stamping.fetchall()
+            self.pending = await pending.fetchall()
+            self.waiting = (await waiting.fetchone())[0]
+        self._stored(marks)
+        return sum(count for _, _, count in stamped)
+
+    async def _store_marks(self) -> None:
+        marks = dict(self.marks)
+        await self.conn.execute(_MARK, [list(marks), list(marks.values())])
+        self._stored(marks)
+
+    def _stored(self, marks: dict[int, int]) -> None:
+        for ns_id, position in marks.items():
+            if self.marks.get(ns_id) == position:
+                del self.marks[ns_id]
 
     async def publish_pending(self) -> int:
-        """Publish what each namespace has sequenced beyond its `published`; returns how many."""
-        rows = await (await self.conn.execute(_PENDING)).fetchall()
+        """Publish what each namespace has sequenced beyond its `published` (as the last pass of
+        sequence() read it); returns how many batches."""
         total = 0
-        for ns_id, ns, published, head in rows:
+        for ns_id, ns, published, head in self.pending:
             stall = self.stalls.get(ns_id)
             if stall is not None and time.monotonic() < stall.retry_at:
                 continue
@@ -191,7 +227,7 @@ class Relay:
             raise RuntimeError(f"positions {after + 1}..{through} of {ns} read {len(rows)} events")
         pipe = self.redis.pipeline(transaction=False)
         key = r.stream_key(ns)
-        for row in rows:
+        for *row, _ in rows:
             pipe.xadd(
                 key,
                 {"event": body_json(*row)},
@@ -199,15 +235,13 @@ class Relay:
                 maxlen=settings.EVENT_STREAM_MAXLEN,
                 approximate=True,
             )
+        pipe.publish(events.positions_channel(), " ".join(f"{row[-1]}:{row[0]}" for row in rows))
         for result in await pipe.execute(raise_on_error=False):
             # A stream that already has this id got it before a crash: exactly once, by Redis' rule.
             if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
                 raise result
         await live.broadcast(ns_id, ns, through)
-        await self.conn.execute(
-            "UPDATE memory_admin_namespace SET published = %s WHERE id = %s AND published < %s",
-            [through, ns_id, through],
-        )
+        self.marks[ns_id] = through
         self.published += len(rows)
         return through
 
@@ -239,26 +273,25 @@ class Relay:
                 pipe.hset(STATUS_KEY, mapping=stalled)
             await pipe.execute()
 
-    async def _waiting(self) -> bool:
-        """Whether committed events wait for the horizon to pass them."""
-        return (await (await self.conn.execute(_WAITING)).fetchone())[0]
-
     async def _sweep(self) -> None:
         self.last_sweep = time.monotonic()
         await sync_to_async(_sweep_once, thread_sensitive=True)()
 
-    async def _wait_for_doorbell(self, timeout: float) -> None:
+    async def _wait_for_doorbell(self, timeout: float) -> bool:
+        """Wait up to `timeout` for a writer's doorbell; whether one rang."""
         if self.pubsub is None:
             await self._sleep(timeout)
-            return
+            return False
         try:
-            message = await self.pubsub.get_message(timeout=timeout)
+            message = rang = await self.pubsub.get_message(timeout=timeout)
             # Everything that rang meanwhile is answered by the one pass that follows.
             while message is not None:
                 message = await self.pubsub.get_message(timeout=0)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("%s lost the doorbell (%s); polling", self.name, exc)
             self.pubsub = None
+            return False
+        return rang is not None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -17,7 +17,7 @@ from memory_admin import live
 from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
 from memory_admin.relay import STATUS_KEY
-from memory_admin.services.events import find_position, publish_event
+from memory_admin.services.events import find_position, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
 
@@ -125,3 +125,32 @@ def test_a_namespace_that_cannot_be_published_does_not_stall_the_others(ns, alph
     r.client().delete(r.stream_key(outsider.ns.name))  # repaired: B catches up, and is no longer reported
     wait_for(lambda: stream_ids(outsider.ns)[-3:] == stuck, timeout=40, message="B published after repair")
     wait_for(lambda: not r.client().exists(STATUS_KEY), message="the report cleared")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_says_which_position_each_event_it_published_got(ns, alpha, outsider, relay):
+    pubsub = r.client().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(positions_channel())
+    try:
+        wait_for(lambda: pubsub.get_message(timeout=0.1) is None and pubsub.subscribed, message="subscribed")
+        appended = [
+            publish_event(ns=ns, type="tick", payload={}, actor=actor(alpha)),
+            publish_event(ns=outsider.ns, type="tick", payload={}, actor=actor(outsider)),
+            publish_event(ns=ns, type="tick", payload={}, actor=actor(alpha)),
+        ]
+        heard: dict[int, int] = {}
+
+        def all_heard() -> bool:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None:
+                heard.update(
+                    (int(s), int(p)) for s, _, p in (pair.partition(":") for pair in message["data"].split())
+                )
+            return all(event.seq in heard for event in appended)
+
+        wait_for(all_heard, message="every position said")
+        assert {event.seq: heard[event.seq] for event in appended} == {
+            event.seq: Event.objects.get(seq=event.seq).position for event in appended
+        }
+    finally:
+        pubsub.close()

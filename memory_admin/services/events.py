@@ -136,6 +136,12 @@ def doorbell_channel() -> str:
     return f"ma:doorbell:{settings.DATABASES['default']['NAME']}"
 
 
+def positions_channel() -> str:
+    """Where the relay says which position each event it published got (`seq:position`, space
+    separated): what a publisher waiting for its event's position listens to."""
+    return doorbell_channel().replace("doorbell", "positions", 1)
+
+
 def ring_after_commit() -> None:
     """Wake the relay once this transaction has committed (once per transaction)."""
     # Django keeps (savepoint ids, callback, robust) per registered callback.
