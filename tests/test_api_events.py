@@ -1,10 +1,15 @@
+import asyncio
 import re
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 
+from memory_admin import redis as r
+from memory_admin.api.common import subscribed
+from memory_admin.api.events import _positions
 from memory_admin.models import Event
 from memory_admin.services.tokens import issue_token
 from memory_admin.validation import reserved_event_type
@@ -218,3 +223,21 @@ def test_sse_refuses_a_bad_last_event_id_and_a_missing_token(web_server, alpha):
     bad = httpx.get(url, headers={"Authorization": f"Bearer {token}", "Last-Event-ID": "abc"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     assert httpx.get(url).json()["error"]["code"] == "unauthenticated"
+
+
+def test_a_publisher_that_listens_after_the_relay_spoke_still_hears_its_position():
+    # The relay may announce a position before the request that committed the event is back from
+    # its thread to listen: the process's subscription keeps what nobody waited for.
+    channel = f"ma:test-positions:{uuid.uuid4().hex}"
+
+    async def scenario() -> tuple[int | None, int | None]:
+        positions = await subscribed(channel, _positions, keep=10)
+        await r.async_client().publish(channel, "41:7 42:8")
+        while "42" not in positions.heard:
+            await asyncio.sleep(0.01)
+        late = await positions.wait(positions.arm("42"), 1)
+        never = await positions.wait(positions.arm("43"), 0.05)
+        positions.task.cancel()
+        return late, never
+
+    assert asyncio.run(scenario()) == (8, None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -16,6 +18,7 @@ from ninja import Schema
 from pydantic import ConfigDict, Field, StringConstraints
 
 from memory_admin import outage
+from memory_admin import redis as r
 from memory_admin.errors import DomainError, Invalid, NotFound, Unavailable
 from memory_admin.models import Agent, Namespace, Token, iso
 from memory_admin.services import Actor
@@ -170,3 +173,81 @@ def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
                 connection.close()
 
     return sync_to_async(call)
+
+
+Parse = Callable[[str], Iterable[tuple[str, Any]]]  # a message as (name, value) pairs
+
+
+class Subscription:
+    """This process's one subscription to a Redis channel whose messages wake waiting requests:
+    `parse` turns a message into (name, value) pairs, and the request waiting under a name (if it
+    is here) gets the value at once. With `keep`, the last `keep` values no request waited for
+    are kept, for a request that arms only after its message came."""
+
+    def __init__(self, channel: str, parse: Parse, keep: int = 0) -> None:
+        self.channel, self.parse, self.keep = channel, parse, keep
+        self.futures: dict[str, asyncio.Future] = {}
+        self.heard: dict[str, Any] = {}
+        self.client = r.async_client()
+        self.task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    def arm(self, name: str) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if name in self.heard:
+            future.set_result(self.heard.pop(name))
+        else:
+            self.futures[name] = future
+        return future
+
+    def forget(self, name: str) -> None:
+        self.futures.pop(name, None)
+
+    async def wait(self, future: asyncio.Future | None, timeout: float) -> Any:
+        """The future's value, or None after `timeout` seconds."""
+        if future is None or timeout <= 0:
+            return None
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        return None
+
+    async def listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.channel)
+                self.ready.set()
+                while True:
+                    message = await pubsub.get_message(timeout=30)
+                    if message is not None:
+                        self._heard(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: waiters still look for themselves after their timeout
+                self.ready.set()
+                await asyncio.sleep(1)
+
+    def _heard(self, data: str) -> None:
+        for name, value in self.parse(data):
+            future = self.futures.pop(name, None)
+            if future is not None and not future.done():
+                future.set_result(value)
+            elif self.keep:
+                self.heard[name] = value
+                if len(self.heard) > self.keep:
+                    del self.heard[next(iter(self.heard))]  # the oldest
+
+
+_subscriptions: dict[tuple[asyncio.AbstractEventLoop, str], Subscription] = {}
+
+
+async def subscribed(channel: str, parse: Parse, keep: int = 0) -> Subscription:
+    """The event loop's subscription to `channel`, started on first use."""
+    loop = asyncio.get_running_loop()
+    subscription = _subscriptions.get((loop, channel))
+    if subscription is None:
+        subscription = _subscriptions[(loop, channel)] = Subscription(channel, parse, keep)
+        subscription.task = loop.create_task(subscription.listen())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(subscription.ready.wait(), 1)
+    return subscription

@@ -24,6 +24,7 @@ from memory_admin.api.common import (
     in_thread,
     json_response,
     ns_of,
+    subscribed,
     token_of,
 )
 from memory_admin.api.once import HEADER, once
@@ -79,6 +80,7 @@ def _types(values: list[str]) -> list[str]:
 
 POSITION_WAIT = 1.0  # seconds a published event's response waits for its position
 RELAY_GRACE = 0.05  # seconds it leaves the sequencing to the relay
+POSITIONS_HEARD = 10_000  # positions kept for publishers that listen only after the relay spoke
 
 
 @router.post("/events", response={201: EventOut, **errors(403)}, url_name="publish_event")
@@ -101,22 +103,17 @@ async def publish_event(request: HttpRequest, body: EventIn):
     response = await in_thread(once)(request, compute)
     if not published or response.status_code != 201:
         return response
-    # Committed: the relay, woken by this commit's doorbell, gives it its position in a moment.
-    # Only if it does not (no relay runs) does this request sequence: publishers that all did
-    # would queue behind one another on the sequencer's lock.
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    deadline, pause = start + POSITION_WAIT, 0.002
     event = published[-1]
-    while True:
-        if loop.time() - start < RELAY_GRACE:
-            event.position = await in_thread(events.position_of)(ns, event.seq)
-        else:
-            event = await in_thread(events.find_position)(event)
-        if event.position is not None or loop.time() >= deadline:
-            break
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    event.position = await _position_from_relay(event.seq)
+    # Only if the relay did not say (none runs, or it is far behind) does this request sequence:
+    # publishers that all did would queue behind one another on the sequencer's lock.
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + POSITION_WAIT - RELAY_GRACE, 0.002
+    while event.position is None and loop.time() < deadline:
+        event = await in_thread(events.find_position)(event)
+        if event.position is None:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
     if event.position is None:
         return response
     response = json_response(event.body(), status=201)
@@ -125,6 +122,23 @@ async def publish_event(request: HttpRequest, body: EventIn):
             agent=agent_of(request), key=request.headers[HEADER], body=response.content
         )
     return response
+
+
+async def _position_from_relay(seq: int) -> int | None:
+    """The position the relay gave event `seq`, as it says on the positions channel once it has
+    published it (woken by this commit's doorbell, normally within milliseconds); None if it did
+    not say within RELAY_GRACE."""
+    positions = await subscribed(events.positions_channel(), _positions, keep=POSITIONS_HEARD)
+    name = str(seq)
+    try:
+        return await positions.wait(positions.arm(name), RELAY_GRACE)
+    finally:
+        positions.forget(name)
+
+
+def _positions(message: str) -> list[tuple[str, int]]:
+    pairs = (pair.partition(":") for pair in message.split())
+    return [(seq, int(position)) for seq, _, position in pairs]
 
 
 @router.get("/events", response={200: EventPage, **errors()}, url_name="read_events")

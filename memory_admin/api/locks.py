@@ -15,12 +15,12 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
-from memory_admin import redis as r
 from memory_admin.api.common import (
     Id,
     In,
     Key,
     Limit,
+    Subscription,
     actor_of,
     error_response,
     errors,
@@ -29,6 +29,7 @@ from memory_admin.api.common import (
     json_response,
     list_response,
     ns_of,
+    subscribed,
 )
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError, Invalid
@@ -186,60 +187,14 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
                 await in_thread(locks.leave_queue)(ns=ns, resource=resource, waiter=waiter)
 
 
-class WakeupListener:
+async def wakeup_listener() -> Subscription:
     """This process's one subscription to lock wake-ups: a freed lock names its next waiter,
     and the request waiting under that id (if it is here) tries again at once."""
-
-    def __init__(self) -> None:
-        self.futures: dict[str, asyncio.Future] = {}
-        self.client = r.async_client()
-        self.task: asyncio.Task | None = None
-        self.ready = asyncio.Event()
-
-    def arm(self, waiter: str) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self.futures[waiter] = future
-        return future
-
-    async def wait(self, future: asyncio.Future | None, timeout: float) -> None:
-        if future is None or timeout <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-
-    async def listen(self) -> None:
-        while True:
-            try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(locks.wake_channel())
-                self.ready.set()
-                while True:
-                    message = await pubsub.get_message(timeout=30)
-                    if message is None:
-                        continue
-                    waiter = message["data"].rsplit("\n", 1)[-1]
-                    future = self.futures.pop(waiter, None)
-                    if future is not None and not future.done():
-                        future.set_result(None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis away: waiters still look every WAITER_LOOK_SECONDS
-                self.ready.set()
-                await asyncio.sleep(1)
+    return await subscribed(locks.wake_channel(), _woken)
 
 
-_listeners: dict[asyncio.AbstractEventLoop, WakeupListener] = {}
-
-
-async def wakeup_listener() -> WakeupListener:
-    loop = asyncio.get_running_loop()
-    listener = _listeners.get(loop)
-    if listener is None:
-        listener = _listeners[loop] = WakeupListener()
-        listener.task = loop.create_task(listener.listen())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(listener.ready.wait(), 1)
-    return listener
+def _woken(message: str) -> list[tuple[str, None]]:
+    return [(message.rsplit("\n", 1)[-1], None)]
 
 
 @router.get("/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock")
