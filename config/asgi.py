@@ -1,10 +1,18 @@
+import contextlib
+import functools
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import django
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.http import HttpResponseBase
+from django.urls import Resolver404, get_resolver, set_script_prefix
 
 from config import web  # noqa: E402
 
@@ -76,18 +84,75 @@ class ConsoleHandler(ReusedThreads, ASGIHandler):
     """Django for the console: the full middleware chain."""
 
 
+@contextlib.contextmanager
+def api_middleware() -> Iterator[None]:
+    """settings.MIDDLEWARE is API_MIDDLEWARE while a chain is built (BaseHandler reads the setting;
+    chains are built once, at import)."""
+    full = settings.MIDDLEWARE
+    settings.MIDDLEWARE = API_MIDDLEWARE
+    try:
+        yield
+    finally:
+        settings.MIDDLEWARE = full
+
+
+@functools.lru_cache(maxsize=4096)
+def is_async_view(path: str) -> bool:
+    """Whether the view at `path` is async (one of its operations is: ninja serves a path with
+    one view). Paths no pattern takes are answered by sync code (the 404)."""
+    try:
+        return iscoroutinefunction(get_resolver().resolve(path).func)
+    except Resolver404:
+        return False
+
+
 class ApiHandler(ReusedThreads, ASGIHandler):
-    """Django for the agent API: the same URLs and views, API_MIDDLEWARE as the chain."""
+    """Django for the agent API: the same URLs and views, API_MIDDLEWARE as the chain.
+
+    A request for a sync view is answered in one hop to its thread and back: the request_started
+    signal, the middleware chain and view, and the response's close (request_finished, which gives
+    the connection back to the pool) run there one after the other, as under a WSGI server.
+    Django's ASGI path hands each of the three to the thread separately; each hop is a future, a
+    queue, a thread wake-up and the loop's wake-up back (in the benchmark's profile, handing work
+    to threads was about a sixth of the web process's CPU). Async views (waiting locks, the event
+    stream) keep Django's path: they wait in the event loop, not in a thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct = BaseHandler()
+        with api_middleware():
+            self.direct.load_middleware(is_async=False)
 
     def load_middleware(self, is_async: bool = False) -> None:
-        # BaseHandler reads settings.MIDDLEWARE; swap the list in only while the chain is built
-        # (once, at import).
-        full = settings.MIDDLEWARE
-        settings.MIDDLEWARE = API_MIDDLEWARE
-        try:
+        with api_middleware():
             super().load_middleware(is_async=is_async)
+
+    async def handle(self, scope, receive, send) -> None:
+        if is_async_view(scope["path"]):
+            await super().handle(scope, receive, send)
+            return
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        try:
+            response = await sync_to_async(self.respond)(scope, body_file)
+            await self.send_response(response, send)
+            if response.streaming:  # its content was made while it was sent
+                await sync_to_async(response.close)()
         finally:
-            settings.MIDDLEWARE = full
+            body_file.close()
+
+    def respond(self, scope, body_file) -> HttpResponseBase:
+        """In the request's thread: the response to the request, closed unless it streams."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.direct.get_response(request)
+        if not response.streaming:
+            response.close()  # its content is all made: the request is finished
+        return response
 
 
 # The console's few static files are served by the app itself: one process, no extra server.
