@@ -5,16 +5,23 @@ lookup, a record read, the conditional write) the benchmark's profile put that c
 sixth to a third of the web process's CPU. These queries are written once with `columns()`,
 and `load()` turns their rows into ordinary model instances, converting values (JSON) as the
 ORM would.
+
+Timestamps are read by psycopg's C loader (`fast_timestamps`): Django's own loader for them is a
+Python subclass of psycopg's Python loader, about 12 µs a value against 0.5 µs (measured), and an
+API request reads about ten (the token, its agent, the record).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from django.db import connection
 from django.db.models import Model
+from psycopg import _cmodule
+from psycopg.adapt import Loader
 
 M = TypeVar("M", bound=Model)
 
@@ -58,3 +65,28 @@ def _chain(steps: list, expression) -> Any:
         return value
 
     return convert
+
+
+class FastTimestamptz(Loader):
+    """timestamptz by psycopg's C loader, aware in UTC as Django's loader gives them. Only for
+    connections whose session time zone is UTC (Django sets it from TIME_ZONE; the C loader reads
+    values in the session's zone): `timezone` says so to Django, which otherwise puts its own
+    loader back on each cursor."""
+
+    timezone = datetime.UTC
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self.load = _cmodule._psycopg.TimestamptzLoader(oid, context).load  # called for every value
+
+    def load(self, data: Any) -> datetime.datetime:  # replaced per instance (Loader requires one)
+        raise NotImplementedError
+
+
+def fast_timestamps(sender, connection, **kwargs) -> None:
+    """On `connection_created`: read timestamps with FastTimestamptz where it gives what Django's
+    loader would (psycopg's C module present, the connection's time zone UTC)."""
+    if connection.vendor != "postgresql" or _cmodule._psycopg is None:
+        return
+    if connection.timezone == datetime.UTC and connection.timezone_name == "UTC":
+        connection.connection.adapters.register_loader("timestamptz", FastTimestamptz)
