@@ -96,10 +96,16 @@ def api_middleware() -> Iterator[None]:
         settings.MIDDLEWARE = full
 
 
-@functools.lru_cache(maxsize=4096)
 def is_async_view(path: str) -> bool:
     """Whether the view at `path` is async (one of its operations is: ninja serves a path with
     one view). Paths no pattern takes are answered by sync code (the 404)."""
+    # Agents send the same few paths again and again; a long path resolves each time rather than
+    # fill the cache.
+    return _resolves_async(path) if len(path) <= 300 else _resolves_async.__wrapped__(path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolves_async(path: str) -> bool:
     try:
         return iscoroutinefunction(get_resolver().resolve(path).func)
     except Resolver404:
