@@ -134,7 +134,7 @@ class ApiHandler(ReusedThreads, ASGIHandler):
             super().load_middleware(is_async=is_async)
 
     async def handle(self, scope, receive, send) -> None:
-        if is_async_view(scope["path"]):
+        if is_async_view(scope["path"].removeprefix(scope.get("root_path", ""))):  # the path_info
             await super().handle(scope, receive, send)
             return
         try:
