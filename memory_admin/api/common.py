@@ -213,8 +213,8 @@ class Subscription:
 
     async def listen(self) -> None:
         while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 self.ready.set()
                 while True:
@@ -225,6 +225,8 @@ class Subscription:
                 raise
             except Exception:  # Redis away: waiters still look for themselves after their timeout
                 self.ready.set()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # its connection, before the next subscription takes one
                 await asyncio.sleep(1)
 
     def _heard(self, data: str) -> None:
