@@ -23,6 +23,7 @@ from memory_admin_client.wal import OfflineLog, Row
 
 log = logging.getLogger("memory_admin_client")
 
+MAX_SERVER_WAIT = 30.0  # the API's largest wait_seconds
 STREAM_READ_TIMEOUT = 45.0  # the server sends a keepalive comment at least every ~20 s
 OFFLINE_PROBE = 1.0  # after the server was found away, queueable calls skip trying it this long
 NOT_QUEUED = (

@@ -1,17 +1,31 @@
-"""AsyncMemoryClient: the same surface as MemoryClient for asyncio code (every method awaited)."""
+"""The agent API, with the three-class pattern's method names: AsyncMemoryClient for asyncio code
+(aio.py) and MemoryClient for synchronous code (sync.py).
+
+aio.py is the source of both: sync.py is generated from it by client/generate_sync.py, which
+drops `async` and `await`, renames the async names (AsyncMemoryClient -> MemoryClient, AsyncLock ->
+Lock, aclose -> close, ...) and swaps `_aio_runtime` (tasks) for `_sync_runtime` (threads). Edit
+aio.py, then run `python client/generate_sync.py`; a test fails while sync.py is not current.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httpx
 
+from memory_admin_client import _aio_runtime as runtime
 from memory_admin_client import _core as core
-from memory_admin_client._base import STREAM_READ_TIMEOUT, Base, LockState, _Again, log, row_call
+from memory_admin_client._base import (
+    MAX_SERVER_WAIT,
+    STREAM_READ_TIMEOUT,
+    Base,
+    LockState,
+    _Again,
+    log,
+    row_call,
+)
 from memory_admin_client.errors import (
     ConflictError,
     LockHeld,
@@ -21,19 +35,24 @@ from memory_admin_client.errors import (
     from_response,
 )
 from memory_admin_client.events import AgentEvent
-from memory_admin_client.sync import MAX_SERVER_WAIT
 
 
 class AsyncMemoryClient(Base):
-    """One agent's connection to Memory Admin for asyncio. `await client.aclose()` (or
-    `async with`) when done. Options as for MemoryClient."""
+    """One agent's connection to Memory Admin. Close it (`close()`, or use it as a context manager)
+    when done. The sync client is thread-safe; the async one belongs to one event loop.
+
+    `wal_path` turns on the offline log: while the server cannot be reached, store_fact,
+    publish and set_agent_status are kept in that SQLite file and replayed in order later.
+    """
 
     def __init__(self, base_url: str, token: str, **options: Any) -> None:
         super().__init__(base_url, token, **options)
         self._http = httpx.AsyncClient(**self._http_options())
-        self._wal_lock = asyncio.Lock()
-        self._flusher: asyncio.Task | None = None
-        self._closed = False
+        self._wal_lock = runtime.WalLock()
+        self._flusher: runtime.Worker | None = None
+        self._closed = runtime.Stop()
+        if self.wal is not None and self.wal.backlog:
+            self._start_flusher()  # what a crashed run left is sent once the server answers
 
     async def __aenter__(self) -> AsyncMemoryClient:
         return self
@@ -43,23 +62,22 @@ class AsyncMemoryClient(Base):
 
     async def connect(self) -> AsyncMemoryClient:
         """Ask who the token speaks for (and replay what an earlier run left in the offline log).
-        Optional: every call connects on its own; kept for code written as `await db.connect()`."""
+        Optional: every call connects on its own; kept for code written as `db.connect()`."""
         await self.me()
         if self.wal is not None and self.wal.backlog:
             await self._try_flush_locked()
         return self
 
     async def aclose(self) -> None:
-        """Stop the offline log's replay task, close the connections and the offline log."""
-        self._closed = True
+        """Stop the offline log's replay, close the connections and the offline log."""
+        self._closed.set()
         if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            await runtime.join(self._flusher, 5)
         await self._http.aclose()
         if self.wal is not None:
             self.wal.close()
 
-    close = aclose
+    close = aclose  # async only
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -81,7 +99,7 @@ class AsyncMemoryClient(Base):
             try:
                 return self._judge(call, attempt, response, error, retry_unavailable=retry_unavailable)
             except _Again as again:
-                await asyncio.sleep(again.delay)
+                await runtime.sleep(again.delay)
                 attempt += 1
 
     async def _run(self, work: core.Call | core.Plan) -> Any:
@@ -99,7 +117,7 @@ class AsyncMemoryClient(Base):
         if call.queue and self.wal is not None:
             return await self._send_or_queue(call)
         if self.wal is not None and self.wal.backlog and not self._offline():
-            await self._try_flush_locked()
+            await self._try_flush_locked()  # read your own writes: what waits goes first
         return await self._send(call)
 
     async def _check_agent(self, named: str | None, queueable: bool = False) -> None:
@@ -121,7 +139,7 @@ class AsyncMemoryClient(Base):
     async def _send_or_queue(self, call: core.Call) -> Any:
         async with self._wal_lock:
             if self.wal.backlog and (self._offline() or not await self._try_flush()):
-                self._queue(call)
+                self._queue(call)  # behind what waits, to keep the order
                 self._start_flusher()
                 return None
             try:
@@ -135,7 +153,9 @@ class AsyncMemoryClient(Base):
     # --- the offline log ----------------------------------------------------------------------
 
     async def flush(self) -> int:
-        """Send what waits in the offline log, in order; see MemoryClient.flush."""
+        """Send what waits in the offline log, in order; returns how many were sent. Raises
+        Unavailable (rows kept) when the server is still away, Unauthenticated / Forbidden when
+        the token is refused."""
         if self.wal is None:
             return 0
         async with self._wal_lock:
@@ -175,21 +195,25 @@ class AsyncMemoryClient(Base):
                     continue
                 self.wal.done(row.seq)
                 sent += 1
+        if sent:
+            log.info("offline log: %d calls replayed", sent)
         return sent
 
     def _start_flusher(self) -> None:
-        if self.flush_interval is None or self._flusher is not None or self._closed:
+        if self.flush_interval is None or self._flusher is not None or self._closed.is_set():
             return
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._flusher = runtime.spawn(self._flush_loop, name="memory-admin-offline-log")
 
     async def _flush_loop(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(self.flush_interval)
+        while not await self._closed.wait(self.flush_interval):
             async with self._wal_lock:
-                if not self.wal.backlog:
+                if not self.wal.backlog or self._closed.is_set():
                     self._flusher = None
                     return
-                await self._try_flush()
+                try:
+                    await self._try_flush()
+                except Exception:  # never let the replay die with rows waiting; the next round retries
+                    log.exception("offline log: replay failed")
 
     # --- identity -------------------------------------------------------------------------------
 
@@ -201,7 +225,7 @@ class AsyncMemoryClient(Base):
         """`{"status", "postgres", "redis"}` of the server; needs no token."""
         return await self._send(core.health())
 
-    # --- facts ------------------------------------------------------------------------------------
+    # --- facts (RedisAgentMemory) -----------------------------------------------------------------
 
     async def store_fact(
         self, agent_id: str | None, fact: str, category: str, metadata: dict | None = None
@@ -308,10 +332,12 @@ class AsyncMemoryClient(Base):
         return await self._run(core.list_locks())
 
     def lock(self, resource: str, ttl: float = 30, wait: float = 0, *, renew: bool = True) -> AsyncLock:
-        """`async with client.lock("res", ttl=30, wait=5) as lock:` — renewed by a task."""
+        """`with client.lock("res", ttl=30, wait=5) as lock:` (`async with` for the async client) —
+        acquired on entry (LockHeld if not free within `wait`), renewed every ttl/3 while the
+        block runs, released at its end."""
         return AsyncLock(self, resource, ttl, wait, renew)
 
-    # --- events -----------------------------------------------------------------------------------
+    # --- events (EventStore) ----------------------------------------------------------------------
 
     async def publish(self, event: AgentEvent | str, payload: dict[str, Any] | None = None) -> int | None:
         """Append an event: an AgentEvent, or a type and a payload. Returns its id (None when queued)."""
@@ -336,7 +362,12 @@ class AsyncMemoryClient(Base):
         types: Iterable[str] | None = None,
         reconnect: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
-        """`async for event in client.subscribe(after=...)`; see MemoryClient.subscribe."""
+        """Events as they happen, after `after` (an id; "0-0" replays all; None or "$": from now).
+
+        A dropped connection (a server restart) is resumed with Last-Event-ID: no event is
+        missed and none is repeated, also for a stream started "from now" that has seen no
+        event yet (the server says where it started).
+        """
         cursor = core.to_cursor(after if after is not None else last_id)
         params = {"type": ",".join(types)} if types else None
         attempt = 0
@@ -366,7 +397,7 @@ class AsyncMemoryClient(Base):
                                 continue
                             event = core.stream_event(frame)
                             if cursor is not None and event["id"] <= cursor:
-                                continue
+                                continue  # already delivered before a reconnect
                             cursor, attempt = event["id"], 0
                             yield event
             except httpx.TransportError as exc:
@@ -376,7 +407,7 @@ class AsyncMemoryClient(Base):
                 log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
             if not reconnect:
                 return
-            await asyncio.sleep(self.backoff.delay(min(attempt, 5)))
+            await runtime.sleep(self.backoff.delay(min(attempt, 5)))
             attempt += 1
 
     async def read_group(
@@ -396,7 +427,7 @@ class AsyncMemoryClient(Base):
         """Acknowledge events `ids` read with read_group; returns how many were pending."""
         return await self._run(core.ack(group, ids))
 
-    # --- records ------------------------------------------------------------------------------------
+    # --- records (SharedAgentDB) --------------------------------------------------------------------
 
     async def read(self, key: str) -> dict[str, Any] | None:
         """`{"key", "value", "version", "updated_by", "updated_at"}`, or None when absent."""
@@ -421,20 +452,20 @@ class AsyncMemoryClient(Base):
     async def update(
         self, key: str, fn: Callable[[Any], Any], retries: int = 10, *, fence: Any = None
     ) -> dict[str, Any]:
-        """As MemoryClient.update; `fn` may be a coroutine function."""
+        """Read, apply `fn` to the value (None when absent), write with expected_version; on a
+        conflict apply `fn` to the newer value and try again, up to `retries` times. For the async
+        client `fn` may be a coroutine function."""
         current = await self.read(key)
         for attempt in range(retries + 1):
             value, version = (current["value"], current["version"]) if current else (None, 0)
-            new = fn(value)
-            if inspect.isawaitable(new):
-                new = await new
+            new = await runtime.resolve(fn(value))
             try:
                 return await self.write(key, new, expected_version=version, fence=fence)
             except ConflictError as exc:
                 if attempt == retries:
                     raise
                 current = exc.current
-                await asyncio.sleep(self.conflict_backoff.delay(attempt))
+                await runtime.sleep(self.conflict_backoff.delay(attempt))
         raise AssertionError("unreachable")
 
     async def delete(self, key: str, expected_version: int | None = None) -> None:
@@ -450,7 +481,7 @@ class AsyncMemoryClient(Base):
         return await self._run(core.versions(key, limit))
 
     def txn(self) -> core.Txn:
-        """A transaction to build and `await commit()`: compares, then operations (`Op`) for when
+        """A transaction to build and `commit()`: compares, then operations (`Op`) for when
         they all hold and for when not, all or nothing on the server (API.md)."""
         return core.Txn(self._run)
 
@@ -465,7 +496,7 @@ class AsyncMemoryClient(Base):
 
 
 class AsyncLock(LockState):
-    """A held lock renewed by an asyncio task; see AsyncMemoryClient.lock."""
+    """A held lock with its fencing token, renewed in the background; see the client's `lock`."""
 
     client: AsyncMemoryClient
 
@@ -473,7 +504,8 @@ class AsyncLock(LockState):
         self, client: AsyncMemoryClient, resource: str, ttl: float, wait: float, renew: bool
     ) -> None:
         super().__init__(client, resource, ttl, wait, renew)
-        self._renewer: asyncio.Task | None = None
+        self._stop = runtime.Stop()
+        self._renewer: runtime.Worker | None = None
 
     async def __aenter__(self) -> AsyncLock:
         if not self.held:
@@ -483,7 +515,7 @@ class AsyncLock(LockState):
     async def __aexit__(self, *exc: Any) -> None:
         try:
             await self.release()
-        except MemoryAdminError as error:
+        except MemoryAdminError as error:  # the TTL frees it; don't hide the block's own error
             log.warning(
                 "lock %r not released (%s); it expires in at most %ss", self.resource, error, self.ttl
             )
@@ -493,7 +525,8 @@ class AsyncLock(LockState):
         started = time.monotonic()
         self._took(await self.client._acquire(self.resource, self.ttl, self.wait), started)
         if self.auto_renew:
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+            self._stop.clear()
+            self._renewer = runtime.spawn(self._renew_loop, name=f"lock-{self.resource}")
         return self
 
     async def renew(self) -> None:
@@ -511,8 +544,7 @@ class AsyncLock(LockState):
 
     async def _renew_loop(self) -> None:
         failing = False
-        while True:
-            await asyncio.sleep(self._interval(failing))
+        while not await self._stop.wait(self._interval(failing)):
             try:
                 await self.renew()
                 failing = False
@@ -521,7 +553,7 @@ class AsyncLock(LockState):
             except MemoryAdminError as exc:
                 if self.lost:
                     return
-                failing = True
+                failing = True  # keep trying until the lease would have run out
                 log.info("renewing lock %r failed (%s); retrying", self.resource, exc)
                 if time.monotonic() >= self._deadline:
                     self._mark_lost()
@@ -537,9 +569,9 @@ class AsyncLock(LockState):
 
     async def release(self) -> bool:
         """Stop renewing and give the lock back; False when it was already lost or released."""
-        if self._renewer is not None and self._renewer is not asyncio.current_task():
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
+        self._stop.set()
+        if self._renewer is not None:
+            await runtime.join(self._renewer, self.client.timeout + 1)
         if self.fencing_token is None or self.released or self.lost:
             return False
         self.released = True

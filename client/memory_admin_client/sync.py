@@ -1,8 +1,15 @@
-"""MemoryClient: the agent API for synchronous code, with the three-class pattern's method names."""
+# Generated from aio.py by client/generate_sync.py: edit aio.py, then run that script.
+"""The agent API, with the three-class pattern's method names: AsyncMemoryClient for asyncio code
+(aio.py) and MemoryClient for synchronous code (sync.py).
+
+aio.py is the source of both: sync.py is generated from it by client/generate_sync.py, which
+drops `async` and `await`, renames the async names (AsyncMemoryClient -> MemoryClient, AsyncLock ->
+Lock, aclose -> close, ...) and swaps `_aio_runtime` (tasks) for `_sync_runtime` (threads). Edit
+aio.py, then run `python client/generate_sync.py`; a test fails while sync.py is not current.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -10,7 +17,16 @@ from typing import Any
 import httpx
 
 from memory_admin_client import _core as core
-from memory_admin_client._base import STREAM_READ_TIMEOUT, Base, LockState, _Again, log, row_call
+from memory_admin_client import _sync_runtime as runtime
+from memory_admin_client._base import (
+    MAX_SERVER_WAIT,
+    STREAM_READ_TIMEOUT,
+    Base,
+    LockState,
+    _Again,
+    log,
+    row_call,
+)
 from memory_admin_client.errors import (
     ConflictError,
     LockHeld,
@@ -21,11 +37,10 @@ from memory_admin_client.errors import (
 )
 from memory_admin_client.events import AgentEvent
 
-MAX_SERVER_WAIT = 30.0  # the API's largest wait_seconds
-
 
 class MemoryClient(Base):
-    """One agent's connection to Memory Admin. Thread-safe; close it (or use `with`) when done.
+    """One agent's connection to Memory Admin. Close it (`close()`, or use it as a context manager)
+    when done. The sync client is thread-safe; the async one belongs to one event loop.
 
     `wal_path` turns on the offline log: while the server cannot be reached, store_fact,
     publish and set_agent_status are kept in that SQLite file and replayed in order later.
@@ -34,12 +49,11 @@ class MemoryClient(Base):
     def __init__(self, base_url: str, token: str, **options: Any) -> None:
         super().__init__(base_url, token, **options)
         self._http = httpx.Client(**self._http_options())
-        self._wal_lock = threading.RLock()
-        self._flusher: threading.Thread | None = None
-        self._closed = threading.Event()
+        self._wal_lock = runtime.WalLock()
+        self._flusher: runtime.Worker | None = None
+        self._closed = runtime.Stop()
         if self.wal is not None and self.wal.backlog:
-            with self._wal_lock:
-                self._start_flusher()  # what a crashed run left is sent once the server answers
+            self._start_flusher()  # what a crashed run left is sent once the server answers
 
     def __enter__(self) -> MemoryClient:
         return self
@@ -47,11 +61,19 @@ class MemoryClient(Base):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def connect(self) -> MemoryClient:
+        """Ask who the token speaks for (and replay what an earlier run left in the offline log).
+        Optional: every call connects on its own; kept for code written as `db.connect()`."""
+        self.me()
+        if self.wal is not None and self.wal.backlog:
+            self._try_flush_locked()
+        return self
+
     def close(self) -> None:
-        """Stop the offline log's replay thread, close the connections and the offline log."""
+        """Stop the offline log's replay, close the connections and the offline log."""
         self._closed.set()
         if self._flusher is not None:
-            self._flusher.join(5)
+            runtime.join(self._flusher, 5)
         self._http.close()
         if self.wal is not None:
             self.wal.close()
@@ -76,7 +98,7 @@ class MemoryClient(Base):
             try:
                 return self._judge(call, attempt, response, error, retry_unavailable=retry_unavailable)
             except _Again as again:
-                time.sleep(again.delay)
+                runtime.sleep(again.delay)
                 attempt += 1
 
     def _run(self, work: core.Call | core.Plan) -> Any:
@@ -94,7 +116,7 @@ class MemoryClient(Base):
         if call.queue and self.wal is not None:
             return self._send_or_queue(call)
         if self.wal is not None and self.wal.backlog and not self._offline():
-            self._try_flush()  # read your own writes: what waits goes first
+            self._try_flush_locked()  # read your own writes: what waits goes first
         return self._send(call)
 
     def _check_agent(self, named: str | None, queueable: bool = False) -> None:
@@ -138,6 +160,10 @@ class MemoryClient(Base):
         with self._wal_lock:
             return self._flush()
 
+    def _try_flush_locked(self) -> bool:
+        with self._wal_lock:
+            return self._try_flush()
+
     def _try_flush(self) -> bool:
         try:
             self._flush()
@@ -173,12 +199,9 @@ class MemoryClient(Base):
         return sent
 
     def _start_flusher(self) -> None:
-        if self.flush_interval is None or self._flusher is not None:
+        if self.flush_interval is None or self._flusher is not None or self._closed.is_set():
             return
-        self._flusher = threading.Thread(
-            target=self._flush_loop, name="memory-admin-offline-log", daemon=True
-        )
-        self._flusher.start()
+        self._flusher = runtime.spawn(self._flush_loop, name="memory-admin-offline-log")
 
     def _flush_loop(self) -> None:
         while not self._closed.wait(self.flush_interval):
@@ -188,7 +211,7 @@ class MemoryClient(Base):
                     return
                 try:
                     self._try_flush()
-                except Exception:  # never let the thread die with rows waiting; the next round retries
+                except Exception:  # never let the replay die with rows waiting; the next round retries
                     log.exception("offline log: replay failed")
 
     # --- identity -------------------------------------------------------------------------------
@@ -201,7 +224,7 @@ class MemoryClient(Base):
         """`{"status", "postgres", "redis"}` of the server; needs no token."""
         return self._send(core.health())
 
-    # --- facts (RedisAgentMemory) ---------------------------------------------------------------
+    # --- facts (RedisAgentMemory) -----------------------------------------------------------------
 
     def store_fact(
         self, agent_id: str | None, fact: str, category: str, metadata: dict | None = None
@@ -210,7 +233,7 @@ class MemoryClient(Base):
         return self._run(core.store_fact(agent_id, fact, category, metadata))
 
     def get_facts_by_category(self, category: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Every fact of `category` from any agent, newest first."""
+        """Every fact of `category` from any agent, newest first (at most `limit`)."""
         return self._run(core.all_facts(category, limit))
 
     def query_facts(
@@ -231,7 +254,7 @@ class MemoryClient(Base):
         """Fact `fact_id`: `{"id", "fact", "category", "agent_id", "metadata", "created_at"}`; NotFound."""
         return self._run(core.get_fact(fact_id))
 
-    # --- status ---------------------------------------------------------------------------------
+    # --- status -----------------------------------------------------------------------------------
 
     def set_agent_status(
         self, agent_id: str | None, status: str, detail: str = "", ttl_seconds: int = 60
@@ -252,7 +275,7 @@ class MemoryClient(Base):
         """Every agent of the namespace with its status and state (live, stale, never seen)."""
         return self._run(core.list_agents())
 
-    # --- locks ----------------------------------------------------------------------------------
+    # --- locks ------------------------------------------------------------------------------------
 
     def acquire_lock(
         self, resource: str, agent_id: str | None = None, ttl_seconds: int = 30, wait_seconds: float = 0
@@ -306,8 +329,9 @@ class MemoryClient(Base):
         return self._run(core.list_locks())
 
     def lock(self, resource: str, ttl: float = 30, wait: float = 0, *, renew: bool = True) -> Lock:
-        """`with client.lock("res", ttl=30, wait=5) as lock:` — acquired on entry (LockHeld if not
-        free within `wait`), renewed every ttl/3 while the block runs, released at its end."""
+        """`with client.lock("res", ttl=30, wait=5) as lock:` (`async with` for the async client) —
+        acquired on entry (LockHeld if not free within `wait`), renewed every ttl/3 while the
+        block runs, released at its end."""
         return Lock(self, resource, ttl, wait, renew)
 
     # --- events (EventStore) ----------------------------------------------------------------------
@@ -380,7 +404,7 @@ class MemoryClient(Base):
                 log.info("event stream dropped (%s); resuming after %s", type(exc).__name__, cursor)
             if not reconnect:
                 return
-            time.sleep(self.backoff.delay(min(attempt, 5)))
+            runtime.sleep(self.backoff.delay(min(attempt, 5)))
             attempt += 1
 
     def read_group(
@@ -426,17 +450,19 @@ class MemoryClient(Base):
         self, key: str, fn: Callable[[Any], Any], retries: int = 10, *, fence: Any = None
     ) -> dict[str, Any]:
         """Read, apply `fn` to the value (None when absent), write with expected_version; on a
-        conflict apply `fn` to the newer value and try again, up to `retries` times."""
+        conflict apply `fn` to the newer value and try again, up to `retries` times. For the async
+        client `fn` may be a coroutine function."""
         current = self.read(key)
         for attempt in range(retries + 1):
             value, version = (current["value"], current["version"]) if current else (None, 0)
+            new = runtime.resolve(fn(value))
             try:
-                return self.write(key, fn(value), expected_version=version, fence=fence)
+                return self.write(key, new, expected_version=version, fence=fence)
             except ConflictError as exc:
                 if attempt == retries:
                     raise
                 current = exc.current
-                time.sleep(self.conflict_backoff.delay(attempt))
+                runtime.sleep(self.conflict_backoff.delay(attempt))
         raise AssertionError("unreachable")
 
     def delete(self, key: str, expected_version: int | None = None) -> None:
@@ -467,14 +493,14 @@ class MemoryClient(Base):
 
 
 class Lock(LockState):
-    """A held lock with its fencing token; see `MemoryClient.lock`."""
+    """A held lock with its fencing token, renewed in the background; see the client's `lock`."""
 
     client: MemoryClient
 
     def __init__(self, client: MemoryClient, resource: str, ttl: float, wait: float, renew: bool) -> None:
         super().__init__(client, resource, ttl, wait, renew)
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
+        self._stop = runtime.Stop()
+        self._renewer: runtime.Worker | None = None
 
     def __enter__(self) -> Lock:
         if not self.held:
@@ -495,10 +521,7 @@ class Lock(LockState):
         self._took(self.client._acquire(self.resource, self.ttl, self.wait), started)
         if self.auto_renew:
             self._stop.clear()
-            self._renewer = threading.Thread(
-                target=self._renew_loop, name=f"lock-{self.resource}", daemon=True
-            )
-            self._renewer.start()
+            self._renewer = runtime.spawn(self._renew_loop, name=f"lock-{self.resource}")
         return self
 
     def renew(self) -> None:
@@ -542,8 +565,8 @@ class Lock(LockState):
     def release(self) -> bool:
         """Stop renewing and give the lock back; False when it was already lost or released."""
         self._stop.set()
-        if self._renewer is not None and self._renewer is not threading.current_thread():
-            self._renewer.join(self.client.timeout + 1)
+        if self._renewer is not None:
+            runtime.join(self._renewer, self.client.timeout + 1)
         if self.fencing_token is None or self.released or self.lost:
             return False
         self.released = True
