@@ -16,3 +16,10 @@ os.environ.setdefault("REDIS_DB", "15")
 # few seconds when full; they wait for the pool as long as they used to. The fault suite's
 # servers (tests/faults/cluster.py) run with production's default, which is what it measures.
 os.environ.setdefault("DB_POOL_TIMEOUT", "10")
+
+# With DATABASE_URL / REDIS_URL unset, the tests run on the embedded servers under ./var:
+# started (or reused) here, before the settings look for them; tests/conftest.py stops at the
+# end of the session what this started.
+from config import embedded  # noqa: E402 - after the environment above
+
+embedded.start_unset()

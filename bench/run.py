@@ -231,7 +231,10 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
 
     t0 = time.monotonic()
     log(f"starting embedded Postgres and Valkey under {var}")
-    django.setup()  # settings start the embedded servers (DATABASE_URL / REDIS_URL unset)
+    from config import embedded
+
+    embedded.start_unset(var)  # DATABASE_URL / REDIS_URL are unset: the benchmark's own servers
+    django.setup()  # the settings find them running
     from django.conf import settings
     from django.contrib.auth.models import User
     from django.core.management import call_command

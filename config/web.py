@@ -7,7 +7,7 @@ worker is replaced) and costs less CPU per request than Daphne did (httptools, u
 Channels Redis layer carries doorbells to every worker, as it would across machines.
 
 HOST, PORT and WEB_WORKERS come from the environment, checked as the settings check them;
-this module does not import the settings (they would start embedded servers).
+this module does not import the settings (they need the servers running).
 """
 
 from __future__ import annotations

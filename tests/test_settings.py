@@ -56,3 +56,14 @@ def test_without_debug_a_missing_secret_key_is_refused():
 def test_without_debug_the_development_secret_is_refused():
     result = start(DEBUG="0", SECRET_KEY="dev-only-insecure-secret-key-do-not-use-in-production")
     assert result.returncode != 0 and "development key" in result.stderr
+
+
+def test_importing_the_settings_starts_no_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(GOOD, MEMORY_ADMIN_VAR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings")
+    code = "import django; django.setup()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "DATABASE_URL and REDIS_URL unset and no embedded server runs" in result.stderr
+    assert "make run" in result.stderr
+    assert not (tmp_path / "pg").exists() and not (tmp_path / "valkey").exists()

@@ -3,7 +3,7 @@
 Migrates, makes sure an operator can log in, then runs the two processes of DESIGN.md
 (web: uvicorn in WEB_WORKERS processes, config/web.py; relay: manage.py relay) side by side
 until a stop signal or until either of them dies, and then stops both, plus the embedded
-Postgres / Valkey that settings started because DATABASE_URL / REDIS_URL were unset.
+Postgres / Valkey that manage.py started for it because DATABASE_URL / REDIS_URL were unset.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Command(BaseCommand):
     help = "Migrate, ensure the operator account, then run web (uvicorn) and relay until stopped."
 
     def handle(self, *args, verbosity: int, **options) -> None:
-        # Settings started (or reused) the embedded servers for each URL not given; those
+        # manage.py started (or reused) the embedded servers for each URL not given; those
         # are ours to stop at the end, the servers behind given URLs are not.
         embedded_postgres = not os.environ.get("DATABASE_URL", "").strip()
         embedded_redis = not os.environ.get("REDIS_URL", "").strip()
