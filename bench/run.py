@@ -20,7 +20,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from config import web as config_web  # noqa: E402 - after the path is set
+from config import processes  # noqa: E402 - after the path is set
+from config import web as config_web  # noqa: E402
+from config.processes import free_port  # noqa: E402
 
 NS = "bench"
 LIVE_NS = "bench-live"
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def log(msg: str) -> None:
@@ -72,13 +67,9 @@ class Procs:
     def stop_all(self) -> None:
         for proc in reversed(list(self.children.values())):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)  # all at once, then each waited for
         for proc in self.children.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            processes.stop(proc, grace=10, group=True)
 
 
 def wait_http(port: int, path: str, proc: subprocess.Popen, logfile: Path, timeout: float = 60) -> None:

@@ -26,6 +26,8 @@ import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from config.processes import free_port, port_in_use
+
 DATABASE = "memory_admin"
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -145,17 +147,6 @@ def stop_postgres(var: Path) -> None:
 # --- Valkey (Redis protocol) ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _pid_alive(pidfile: Path) -> int | None:
     try:
         pid = int(pidfile.read_text().strip())
@@ -205,8 +196,8 @@ def ensure_redis(var: Path) -> str:
             return running
         port = _recorded_port(data)
         pidfile.unlink(missing_ok=True)  # stale, from a crash
-        if not port or _port_in_use(port):
-            port = _free_port()
+        if not port or port_in_use(port):
+            port = free_port()
         portfile.write_text(str(port))
         started.add(("redis", var.resolve()))
         subprocess.run(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,8 @@ import httpx
 import pytest
 from django.conf import settings
 
-from config import web
+from config import processes, web
+from config.processes import free_port, wait_for  # noqa: F401 - the tests import them from here
 from memory_admin import redis as r
 from memory_admin.models import Agent, Namespace
 from memory_admin.services import Actor
@@ -96,12 +96,6 @@ def sequence_here() -> None:
 # --- processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def server_env() -> dict[str, str]:
     """Environment for a child process that must see the test database and Redis database."""
     db = settings.DATABASES["default"]
@@ -129,13 +123,7 @@ class Process:
     log: Path
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        processes.stop(self.proc, sig)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -251,18 +239,6 @@ def web_workers(pid: int) -> list[int]:
         except OSError:
             continue
     return workers
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

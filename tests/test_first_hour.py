@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from config import embedded
+from config import embedded, processes
 from memory_admin.models import Token
 from tests.conftest import ROOT, free_port
 
@@ -97,13 +96,7 @@ def start_make_run(clone: Clone, log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    processes.stop(proc, grace=60, group=True)
 
 
 @pytest.mark.slow

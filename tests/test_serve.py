@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,11 @@ import psycopg
 import pytest
 
 from config import embedded
+from config.processes import free_port
 from tests.conftest import children_of, web_workers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,26 +30,10 @@ import redis
 
 from config import embedded
 from config import web as config_web
+from config.processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEF"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 @dataclass
