@@ -17,16 +17,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from django.conf import settings
+from django.utils.timezone import now
 
 from config import processes, web
 from config.processes import free_port, wait_for  # noqa: F401 - the tests import them from here
 from memory_admin import redis as r
-from memory_admin.models import Agent, Namespace
+from memory_admin.models import Agent, LockFence, Namespace
 from memory_admin.services import Actor
 from memory_admin.services.tokens import ensure_agent, issue_token
 
@@ -75,6 +77,34 @@ def outsider(make_agent) -> Agent:
 @pytest.fixture
 def ns(alpha) -> Namespace:
     return alpha.ns
+
+
+# --- lapsed TTLs: what Redis and the rows hold once a lease ran out, without waiting for it ---
+
+
+def _a_moment_ago():
+    return now() - timedelta(milliseconds=1)
+
+
+def lapse_fence(ns: Namespace, resource: str) -> None:
+    """The lock's fence row says its lease ran out (as time would; Redis may know better)."""
+    LockFence.objects.filter(ns=ns, resource=resource).update(expires=_a_moment_ago())
+
+
+def lapse_lock(ns: Namespace, resource: str) -> None:
+    """The lock's TTL lapsed: Redis dropped the lease, the index and the fence row say it ended."""
+    client = r.client()
+    client.delete(r.lock_key(ns.name, resource))
+    client.zadd(r.locks_index(ns.name), {resource: r.to_ms(_a_moment_ago())}, xx=True)
+    lapse_fence(ns, resource)
+
+
+def lapse_heartbeat(agent: Agent) -> None:
+    """The agent's heartbeat TTL lapsed: Redis dropped its status; the index and row say when."""
+    client = r.client()
+    client.delete(r.status_key(agent.ns.name, agent.name))
+    client.zadd(r.heartbeats_index(agent.ns.name), {agent.name: r.to_ms(_a_moment_ago())}, xx=True)
+    Agent.objects.filter(pk=agent.pk).update(expires=_a_moment_ago())
 
 
 def actor(agent: Agent) -> Actor:
