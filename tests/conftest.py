@@ -23,14 +23,28 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Permission, User
+from django.test import Client
 from django.utils.timezone import now
 
 from config import processes, web
 from config.processes import free_port, wait_for  # noqa: F401 - the tests import them from here
 from memory_admin import redis as r
-from memory_admin.models import Agent, LockFence, Namespace
+from memory_admin.errors import VersionConflict
+from memory_admin.models import Agent, Conflict, LockFence, Namespace, Record
 from memory_admin.services import Actor
+from memory_admin.services.facts import store_fact
+from memory_admin.services.locks import acquire_lock
+from memory_admin.services.records import write_record
+from memory_admin.services.status import heartbeat
 from memory_admin.services.tokens import ensure_agent, issue_token
+from tests.browser_support import (  # noqa: F401 - the browser tests' fixtures, for every module
+    allow_orm_beside_playwright,
+    api,
+    browser,
+    context,
+    page,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -105,6 +119,65 @@ def lapse_heartbeat(agent: Agent) -> None:
     client.delete(r.status_key(agent.ns.name, agent.name))
     client.zadd(r.heartbeats_index(agent.ns.name), {agent.name: r.to_ms(_a_moment_ago())}, xx=True)
     Agent.objects.filter(pk=agent.pk).update(expires=_a_moment_ago())
+
+
+# --- the console's operator and a namespace with something on every page ---------------
+
+
+@pytest.fixture
+def viewer(db) -> User:
+    return User.objects.create_user("vera")  # no password: hashing one costs half a second
+
+
+@pytest.fixture
+def as_viewer(viewer) -> Client:
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+@pytest.fixture
+def session_cookie(viewer) -> str:
+    """The Cookie header of a logged-in viewer's browser."""
+    client = Client()
+    client.force_login(viewer)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+@pytest.fixture
+def operator_user(db) -> User:
+    user = User.objects.create_user("otto")
+    # The permission itself: the "operators" group of the data migration is flushed by
+    # transactional tests, the permission row is recreated after every flush.
+    user.user_permissions.add(Permission.objects.get(codename="operate"))
+    return user
+
+
+@pytest.fixture
+def as_operator(operator_user) -> Client:
+    client = Client()
+    client.force_login(operator_user)
+    return client
+
+
+@pytest.fixture
+def world(ns, alpha, beta, outsider):
+    """A namespace with something on every page."""
+    heartbeat(agent=alpha, status="researching", detail="reading papers", ttl_seconds=60, actor=actor(alpha))
+    fact = store_fact(ns=ns, fact="The sky is blue", category="colour", actor=actor(alpha))
+    write_record(ns=ns, key="plan/q3", value={"goal": "ship"}, expected_version=0, actor=actor(alpha))
+    write_record(
+        ns=ns, key="plan/q3", value={"goal": "ship", "by": "june"}, expected_version=1, actor=actor(alpha)
+    )
+    with pytest.raises(VersionConflict):
+        write_record(ns=ns, key="plan/q3", value={"goal": "rest"}, expected_version=1, actor=actor(beta))
+    lock = acquire_lock(ns=ns, resource="report/draft", actor=actor(beta), ttl_seconds=60)
+    return {
+        "fact": fact,
+        "record": Record.objects.get(ns=ns, key="plan/q3"),
+        "conflict": Conflict.objects.get(ns=ns, key="plan/q3"),
+        "lock": lock,
+    }
 
 
 def actor(agent: Agent) -> Actor:

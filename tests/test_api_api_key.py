@@ -5,7 +5,7 @@ import pytest
 
 from memory_admin.models import Record
 from memory_admin.services.tokens import issue_token
-from tests.test_api_support import Api, error, state
+from tests.api_support import Api, error, state
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ from django.core.management import call_command
 
 from memory_admin import redis as r
 from memory_admin.models import Token
-from tests.test_api_support import Api, api_for, error, redis_down, state
+from tests.api_support import Api, api_for, error, redis_down, state
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from memory_admin.api.events import _positions
 from memory_admin.models import Event
 from memory_admin.services.tokens import issue_token
 from memory_admin.validation import reserved_event_type
+from tests.api_support import api_for, error, state
 from tests.conftest import ROOT
-from tests.test_api_support import api_for, error, state
 
 
 @pytest.mark.django_db(transaction=True)

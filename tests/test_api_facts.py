@@ -1,7 +1,7 @@
 import pytest
 
 from memory_admin.models import Event, Fact
-from tests.test_api_support import api_for, error, state
+from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
 

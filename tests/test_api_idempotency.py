@@ -7,7 +7,7 @@ from django.utils.timezone import now
 
 from memory_admin.models import Conflict, Event, Fact, Idempotency, Record
 from memory_admin.services.tokens import issue_token, revoke_token
-from tests.test_api_support import Api, api_for, error, redis_down, state
+from tests.api_support import Api, api_for, error, redis_down, state
 
 FACT = {"fact": "sky is blue", "category": "colour"}
 

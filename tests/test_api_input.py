@@ -9,7 +9,7 @@ import pytest
 from memory_admin import redis as r
 from memory_admin.models import Agent, Event
 from memory_admin.validation import MAX_INT, MIN_INT
-from tests.test_api_support import api_for, error, state
+from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
 

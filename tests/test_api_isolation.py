@@ -3,7 +3,7 @@
 import pytest
 
 from memory_admin.models import Event
-from tests.test_api_support import api_for, error, state
+from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
 

@@ -22,8 +22,8 @@ from memory_admin.api.common import iso_ms
 from memory_admin.api.locks import lock_body
 from memory_admin.models import Agent, LockFence
 from memory_admin.services import locks, status
+from tests.api_support import api_for, error
 from tests.conftest import actor
-from tests.test_api_support import api_for, error
 
 pytestmark = pytest.mark.django_db
 

@@ -4,7 +4,7 @@ end in `/versions` or `/renew`, which the older sub-resource paths take."""
 import pytest
 
 from memory_admin.models import Record
-from tests.test_api_support import api_for, error
+from tests.api_support import api_for, error
 
 pytestmark = pytest.mark.django_db
 

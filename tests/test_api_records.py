@@ -3,7 +3,7 @@ import pytest
 from memory_admin.models import Conflict, Event, Record
 from memory_admin.services import Actor
 from memory_admin.services.locks import acquire_lock
-from tests.test_api_support import api_for, error, state
+from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
 

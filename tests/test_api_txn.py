@@ -7,7 +7,7 @@ from django.test.utils import CaptureQueriesContext
 
 from memory_admin import redis as r
 from memory_admin.models import Conflict, Event, Fact, Record, RecordVersion
-from tests.test_api_support import api_for, error, state
+from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
 
@@ -282,7 +282,7 @@ def test_a_read_only_token_may_send_gets_only(alpha):
 
 
 def test_txn_and_batch_need_a_token(db):
-    from tests.test_api_support import Api
+    from tests.api_support import Api
 
     error(Api().post("/txn", {}), 401, "unauthenticated")
     error(Api().post("/batch", {"ops": []}), 401, "unauthenticated")

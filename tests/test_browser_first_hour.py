@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the tests take the imported fixtures as arguments of the same names
 """What a newcomer sees in a real Chromium in the first hour: the API docs page renders under
 our own Content-Security-Policy, the console's pages show no script errors in the browser
 console, and a record page's history keeps the versions the operator picked."""
@@ -11,17 +10,8 @@ from datetime import datetime
 import pytest
 from django.conf import settings
 from django.test import Client as DjangoClient
-from playwright.sync_api import expect
 
-from tests.test_browser_console import (  # noqa: F401 - its fixtures, used by name
-    allow_orm_beside_playwright,
-    api,
-    browser,
-    context,
-    live,
-    operator,
-    page,
-)
+from tests.browser_support import expect, live
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -72,12 +62,14 @@ def test_live_updates_keep_the_versions_picked_for_comparing(page, api):
     assert page.locator('#versions input[name="b"][value="2"]').is_checked()
 
 
-def test_event_times_show_the_readers_own_zone_and_the_full_date_on_hover(browser, web_server, operator, api):
+def test_event_times_show_the_readers_own_zone_and_the_full_date_on_hover(
+    browser, web_server, operator_user, api
+):
     api.post("/events", json={"type": "plan_checked", "payload": {}})
     context = browser.new_context(base_url=web_server.url, timezone_id="Asia/Tokyo", locale="en-US")
     try:
         client = DjangoClient()
-        client.force_login(operator)
+        client.force_login(operator_user)
         name = settings.SESSION_COOKIE_NAME
         context.add_cookies([{"name": name, "value": client.cookies[name].value, "url": web_server.url}])
         page = context.new_page()

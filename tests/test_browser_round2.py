@@ -15,22 +15,11 @@ from datetime import timedelta
 import httpx
 import pytest
 from django.utils.timezone import now
-from playwright.sync_api import expect
 
 from memory_admin import redis as r
 from memory_admin.models import Agent, Event, LockFence
+from tests.browser_support import expect, live, shoot, still_same_document
 from tests.conftest import ROOT, server_env, wait_for
-from tests.test_browser_console import (  # noqa: F401 - fixtures
-    allow_orm_beside_playwright,
-    api,
-    browser,
-    context,
-    live,
-    operator,
-    page,
-    shoot,
-    still_same_document,
-)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -23,8 +23,8 @@ from memory_admin_client import (
 
 from memory_admin.models import Conflict, Event, Fact
 from memory_admin.services.tokens import issue_token, revoke_token
+from tests.client_support import FAST, FaultProxy, client_for
 from tests.conftest import free_port
-from tests.test_client_support import FAST, FaultProxy, client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,8 +15,8 @@ from memory_admin_client import AsyncMemoryClient, MemoryClient
 
 from memory_admin.models import Fact
 from memory_admin.services.tokens import issue_token
+from tests.client_support import FAST, FaultProxy
 from tests.conftest import ROOT, free_port, wait_for
-from tests.test_client_support import FAST, FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ from memory_admin_client import StaleFence
 from memory_admin.models import Event
 from memory_admin.services import Actor
 from memory_admin.services.locks import force_release
+from tests.client_support import FaultProxy, client_for, outlive_lease
 from tests.conftest import wait_for
-from tests.test_client_support import FaultProxy, client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,7 +30,7 @@ def test_a_block_that_outlives_the_ttl_keeps_the_lock_through_renewal(web_server
     with a.lock("report/intro", ttl=1) as lock:
         token = lock.fencing_token
         for i in range(3):  # three times the TTL
-            time.sleep(1)
+            outlive_lease(lock)
             assert not b.acquire_lock("report/intro")
             assert lock.write("report/draft", {"intro": i})["version"] == i + 1
         assert lock.held and not lock.lost and lock.fencing_token == token

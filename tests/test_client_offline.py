@@ -14,8 +14,8 @@ from memory_admin_client import AgentEvent, MemoryClient, Unavailable
 from memory_admin.models import Event, Fact
 from memory_admin.services.events import head, publish_event, sequence
 from memory_admin.services.tokens import issue_token
+from tests.client_support import FAST, client_for, run_agent
 from tests.conftest import actor, start_web, wait_for
-from tests.test_client_support import FAST, client_for, run_agent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

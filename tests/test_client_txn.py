@@ -9,7 +9,7 @@ from memory_admin_client import AsyncMemoryClient, Forbidden, Op, TxnAborted
 
 from memory_admin.models import Conflict
 from memory_admin.services.tokens import issue_token
-from tests.test_client_support import FAST, client_for
+from tests.client_support import FAST, client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,11 +10,8 @@ import pytest
 from django.urls import reverse
 
 from memory_admin.views import FRAGMENTS
-from tests import test_console_views
 from tests.conftest import ROOT
 from tests.test_console_views import pages
-
-as_viewer, viewer, world = test_console_views.as_viewer, test_console_views.viewer, test_console_views.world
 
 TEMPLATES = ROOT / "templates" / "memory_admin"
 SCREENS = {

@@ -10,9 +10,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.contrib.auth.models import User
-from django.test import Client
 
 from config.asgi import application
 from memory_admin import live
@@ -27,13 +24,6 @@ from tests.conftest import actor
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = b"http://127.0.0.1"
-
-
-@pytest.fixture
-def session_cookie(db) -> str:
-    client = Client()
-    client.force_login(User.objects.create_user("vera"))
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
 def socket(

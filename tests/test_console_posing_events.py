@@ -10,12 +10,8 @@ from django.db import transaction
 from memory_admin import live
 from memory_admin.services.events import append_event, find_position
 from memory_admin.views.screens import View
-from tests import test_console_views
 from tests.conftest import actor, sequence_here
 from tests.test_console_views import pages
-
-# The console tests' fixtures: a viewer's client and a namespace with something on every page.
-as_viewer, viewer, world = test_console_views.as_viewer, test_console_views.viewer, test_console_views.world
 
 # What the probe published (before the types were reserved), and worse.
 POSING = [

@@ -9,8 +9,8 @@ from django.test import Client
 from django.urls import reverse
 
 from memory_admin.models import Conflict, Event, Record
+from tests.api_support import api_for
 from tests.conftest import sequence_here
-from tests.test_api_support import api_for
 
 pytestmark = pytest.mark.django_db
 

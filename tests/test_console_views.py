@@ -6,67 +6,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from memory_admin.errors import NotFound, StaleFence, VersionConflict
+from memory_admin.errors import NotFound, StaleFence
 from memory_admin.models import Conflict, Event, Record, Token
 from memory_admin.services.facts import store_fact
-from memory_admin.services.locks import acquire_lock, get_lock
+from memory_admin.services.locks import get_lock
 from memory_admin.services.records import Fence, write_record
-from memory_admin.services.status import heartbeat
 from tests.conftest import actor
-
-
-@pytest.fixture
-def viewer(db) -> User:
-    return User.objects.create_user("vera")  # no password: hashing one costs half a second
-
-
-@pytest.fixture
-def operator_user(db) -> User:
-    user = User.objects.create_user("otto")
-    # The permission itself: the "operators" group of the data migration is flushed by
-    # transactional tests, the permission row is recreated after every flush.
-    user.user_permissions.add(Permission.objects.get(codename="operate"))
-    return user
-
-
-@pytest.fixture
-def as_viewer(viewer) -> Client:
-    client = Client()
-    client.force_login(viewer)
-    return client
-
-
-@pytest.fixture
-def as_operator(operator_user) -> Client:
-    client = Client()
-    client.force_login(operator_user)
-    return client
-
-
-@pytest.fixture
-def world(ns, alpha, beta, outsider):
-    """A namespace with something on every page."""
-    heartbeat(agent=alpha, status="researching", detail="reading papers", ttl_seconds=60, actor=actor(alpha))
-    fact = store_fact(ns=ns, fact="The sky is blue", category="colour", actor=actor(alpha))
-    record, _ = write_record(
-        ns=ns, key="plan/q3", value={"goal": "ship"}, expected_version=0, actor=actor(alpha)
-    )
-    write_record(
-        ns=ns, key="plan/q3", value={"goal": "ship", "by": "june"}, expected_version=1, actor=actor(alpha)
-    )
-    with pytest.raises(VersionConflict):
-        write_record(ns=ns, key="plan/q3", value={"goal": "rest"}, expected_version=1, actor=actor(beta))
-    lock = acquire_lock(ns=ns, resource="report/draft", actor=actor(beta), ttl_seconds=60)
-    return {
-        "fact": fact,
-        "record": Record.objects.get(ns=ns, key="plan/q3"),
-        "conflict": Conflict.objects.get(ns=ns, key="plan/q3"),
-        "lock": lock,
-    }
 
 
 def pages(ns, world) -> dict[str, str]:

@@ -26,7 +26,7 @@ from memory_admin.validation import (
     RESERVED_EVENT_FAMILIES,
     reserved_event_type,
 )
-from tests.test_api_support import api_for
+from tests.api_support import api_for
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ def test_health_reports_postgres_and_redis_ok_on_a_web_server(web_server):
 
 @pytest.mark.django_db
 def test_health_is_503_naming_redis_when_redis_is_down(client, settings):
-    from tests.test_api_support import redis_down
+    from tests.api_support import redis_down
 
     with redis_down(settings):
         response = client.get("/api/v1/health")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,11 @@ TROUBLE = ("WARNING", "ERROR", "Traceback", "never retrieved", "Exception in ASG
 
 def log_since(server, mark: int) -> str:
     return server.process.output()[mark:]
+
+
+def websockets_open(server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return float(re.search(r"^memory_admin_websockets_open (\S+)$", metrics, re.MULTILINE)[1])
 
 
 def test_the_apis_ordinary_answers_are_not_logged_as_warnings(web_server, alpha, make_token):
@@ -74,7 +80,9 @@ def test_browsers_leaving_console_pages_while_events_flow_log_no_error(web_serve
     finally:
         flowing.set()
         publisher.join()
-    time.sleep(3)  # what the server does after the browsers left is what this test reads
+    # What the server does after the browsers left is what this test reads: wait until it has
+    # seen every one go (its open-websockets gauge back at 0), then read what it logged.
+    wait_for(lambda: websockets_open(web_server) == 0, timeout=30, message="the server to see the tabs go")
     text = log_since(web_server, mark)
     assert not [word for word in TROUBLE if word in text], text
 

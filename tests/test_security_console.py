@@ -21,7 +21,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import ROOT
-from tests.test_console_views import as_operator, operator_user, pages, world  # noqa: F401 - fixtures
+from tests.test_console_views import pages
 
 PASSWORD = "a-long-enough-password-for-the-validators"
 PRODUCTION = {

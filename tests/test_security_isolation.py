@@ -17,7 +17,7 @@ import pytest
 
 from memory_admin.api import api as ninja_api
 from memory_admin.services.tokens import issue_token
-from tests.test_api_support import api_for, state
+from tests.api_support import api_for, state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

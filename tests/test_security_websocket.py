@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
 
+from config.asgi import application
 from memory_admin.middleware import same_origin
-from tests import test_console_live
 from tests.test_console_live import socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-session_cookie = test_console_live.session_cookie
 
 
 def connects(path: str, cookie: str | None, origin: bytes, host: bytes = b"127.0.0.1:8000") -> bool:
@@ -52,8 +51,8 @@ def test_a_page_of_another_origin_is_refused(ns, session_cookie, origin):
 
 def test_the_handshake_without_an_origin_is_refused(ns, session_cookie):
     async def scenario():
-        page = test_console_live.WebsocketCommunicator(
-            test_console_live.application,
+        page = WebsocketCommunicator(
+            application,
             "/ws/ns/team/",
             headers=[(b"host", b"127.0.0.1:8000"), (b"cookie", session_cookie.encode())],
         )
@@ -81,8 +80,8 @@ def test_behind_a_tls_proxy_the_page_is_https_when_the_proxy_says_so(ns, session
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
     async def scenario(proto: bytes):
-        page = test_console_live.WebsocketCommunicator(
-            test_console_live.application,
+        page = WebsocketCommunicator(
+            application,
             "/ws/ns/team/",
             headers=[
                 (b"host", b"127.0.0.1"),

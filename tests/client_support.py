@@ -9,16 +9,29 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from memory_admin_client import Backoff, MemoryClient
+from memory_admin_client import Backoff, Lock, MemoryClient
 
 from memory_admin.models import Agent
 from memory_admin.services.tokens import issue_token
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_for
 
 FAST = Backoff(base=0.05, cap=0.2)  # retries in tests wait milliseconds, not seconds
+
+
+def lease_over(expires_at: str) -> bool:
+    """The lease that ends at `expires_at` (the API's time) has ended on this machine's clock."""
+    return datetime.now(UTC) > datetime.fromisoformat(expires_at)
+
+
+def outlive_lease(lock: Lock) -> None:
+    """Return once the lease `lock` holds now has ended on the clock and the lock was renewed
+    since: a wait for the renewal to have mattered, instead of a sleep past the TTL."""
+    lease = lock.expires_at
+    wait_for(lambda: lock.expires_at != lease and lease_over(lease), timeout=30, message="a renewal")
 
 
 def client_for(url: str, agent: Agent, **options) -> MemoryClient:
