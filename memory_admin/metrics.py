@@ -151,7 +151,7 @@ class StoreCollector(Collector):
     """What Postgres and Redis say now. A store that is down yields its `_up` 0 and nothing else."""
 
     def collect(self) -> Iterator:
-        from memory_admin.api.health import postgres_answers, redis_answers
+        from memory_admin.services.health import postgres_answers, redis_answers
 
         postgres, redis = postgres_answers(), redis_answers()
         yield _gauge("memory_admin_postgres_up", "1 when Postgres answers.", postgres)

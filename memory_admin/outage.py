@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import django.db
 import psycopg
+import redis
 from django.conf import settings
 from django.db import connection
 from psycopg_pool import PoolTimeout
@@ -129,6 +130,11 @@ postgres.on_open = postgres.on_close = _refresh_pool
 
 def is_postgres_error(exc: BaseException) -> bool:
     return isinstance(exc, django.db.OperationalError | django.db.InterfaceError)
+
+
+def is_redis_error(exc: BaseException) -> bool:
+    """A Redis that did not answer (no circuit: the calls that need Redis fail fast on their own)."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
 
 def postgres_failed(exc: BaseException) -> None:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
 from django.conf import settings
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
-from memory_admin import redis as r
 from memory_admin.api.common import RateLimited
-from memory_admin.errors import DomainError, Forbidden
+from memory_admin.errors import DomainError, Forbidden, Unavailable
 from memory_admin.models import Token
-from memory_admin.services import tokens
+from memory_admin.services import limits, tokens
 
 log = logging.getLogger("memory_admin.api")
 
@@ -93,13 +91,11 @@ def check_rate(token: Token) -> None:
         return
     stamp = time.time()
     window = int(stamp // WINDOW)
-    key = r.rate_key(token.agent.ns.name, token.pk, window)
     try:
-        pipe = r.client().pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, WINDOW * 2)
-        count, _ = pipe.execute()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        count = limits.count_call(
+            ns_name=token.agent.ns.name, token_id=token.pk, window=window, keep_seconds=WINDOW * 2
+        )
+    except Unavailable as exc:
         log.warning("rate limit skipped, Redis unavailable: %s", exc)
         _redis_down_until = time.monotonic() + REDIS_DOWN_PAUSE
         return

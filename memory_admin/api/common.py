@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-import redis
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -116,7 +115,7 @@ def on_error(request: HttpRequest, exc: Exception) -> JsonResponse:
         log.warning("Postgres unavailable on %s %s: %s", request.method, request.path, exc)
         outage.postgres_failed(exc)
         return postgres_unavailable()
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if outage.is_redis_error(exc):
         log.warning("Redis unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(Unavailable("Redis is unreachable; retry shortly"))
     if isinstance(exc, RecursionError):

@@ -7,12 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import django.db
-import redis
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Query, Router, Schema
 
 from memory_admin import metrics
-from memory_admin import redis as r
 from memory_admin.api.common import (
     Id,
     In,
@@ -30,7 +28,7 @@ from memory_admin.api.common import (
 from memory_admin.api.once import HEADER, once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.models import Namespace
-from memory_admin.services import events, idempotency, tokens
+from memory_admin.services import events, idempotency, tokens, wakeups
 
 router = Router(tags=["events"])
 log = logging.getLogger("memory_admin.api")
@@ -189,15 +187,14 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
     no duplicate, and a Redis outage only slows the stream to polling. The stream ends once
     its token is revoked: checked before each read, and the revocation's event wakes it."""
     loop = asyncio.get_running_loop()
-    client = r.async_client()
-    key = r.stream_key(ns.name)
+    watch = wakeups.StreamWatch(ns.name)
     metrics.EVENT_STREAMS.inc()
     try:
         # The start as the stream's last event id, sent first: a client that reconnects before
         # the first event resumes from here, not from a later "now" (which would skip what came
         # between).
         yield f"retry: 1000\nid: {cursor}\n\n"
-        wake_from = await _stream_top(client, key)  # taken before the replay: nothing falls between
+        wake_from = await watch.top()  # taken before the replay: nothing falls between
         last_write = loop.time()
         while True:
             try:
@@ -217,21 +214,15 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
                 continue
             if wake_from is None:
                 await asyncio.sleep(POLL_SECONDS)
-                wake_from = await _stream_top(client, key)
+                wake_from = await watch.top()
             else:
-                try:
-                    woken = await client.xread({key: wake_from}, block=WAKE_BLOCK_MS, count=BATCH)
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    wake_from = None
-                else:
-                    if woken:
-                        wake_from = woken[0][1][-1][0]
+                wake_from = await watch.wait_past(wake_from, WAKE_BLOCK_MS, BATCH)
             if loop.time() - last_write >= KEEPALIVE_SECONDS:
                 yield ": keepalive\n\n"
                 last_write = loop.time()
     finally:
         metrics.EVENT_STREAMS.dec()
-        await client.aclose()
+        await watch.close()
 
 
 def _next_batch(token_id: int, **read) -> list | None:
@@ -239,15 +230,6 @@ def _next_batch(token_id: int, **read) -> list | None:
     if not tokens.token_is_live(token_id):
         return None
     return events.read_events(**read)
-
-
-async def _stream_top(client, key: str) -> str | None:
-    """The id of the stream's newest entry ("0-0" when empty), or None while Redis is down."""
-    try:
-        newest = await client.xrevrange(key, count=1)
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return None
-    return newest[0][0] if newest else "0-0"
 
 
 def _frame(body: dict[str, Any]) -> str:

@@ -3,11 +3,9 @@
 import asyncio
 from typing import Literal
 
-import redis
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router, Schema
 
-from memory_admin import redis as r
 from memory_admin.api.common import (
     Id,
     In,
@@ -25,7 +23,7 @@ from memory_admin.api.common import (
 from memory_admin.api.events import EventOut
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError
-from memory_admin.services import groups, tokens
+from memory_admin.services import groups, tokens, wakeups
 
 router = Router(tags=["events"])
 
@@ -115,7 +113,7 @@ async def read_group(request: HttpRequest, group: Key, body: ReadIn):
         batches.append(batch)
         return json_response({"items": batch.items})
 
-    client = r.async_client()
+    watch = wakeups.StreamWatch(ns.name)
     try:
         while True:
             final = loop.time() >= deadline
@@ -126,19 +124,17 @@ async def read_group(request: HttpRequest, group: Key, body: ReadIn):
             )
             if response is not None:
                 return response
-            await _wait_for_entry(client, r.stream_key(ns.name), batches[-1].last_delivered, deadline)
+            await _wait_for_entry(watch, batches[-1].last_delivered, deadline)
     finally:
-        await client.aclose()
+        await watch.close()
 
 
-async def _wait_for_entry(client, key: str, after: str, deadline: float) -> None:
+async def _wait_for_entry(watch: wakeups.StreamWatch, after: str, deadline: float) -> None:
     """Until the stream has an entry after `after`, a slice passes, or the deadline."""
     timeout = min(WAKE_SLICE, deadline - asyncio.get_running_loop().time())
     if timeout <= 0:
         return
-    try:
-        await client.xread({key: after}, block=max(1, int(timeout * 1000)), count=1)
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+    if await watch.wait_past(after, max(1, int(timeout * 1000))) is None:
         await asyncio.sleep(timeout)  # the next attempt answers 503 if Redis is still down
 
 

@@ -1,9 +1,7 @@
-from django.db import connection
 from django.http import JsonResponse
 from ninja import Router
 
-from memory_admin import outage
-from memory_admin import redis as r
+from memory_admin.services.health import postgres_answers, redis_answers
 
 router = Router(tags=["health"])
 
@@ -11,7 +9,7 @@ router = Router(tags=["health"])
 @router.get("/health", auth=None, url_name="health")
 def health(request):
     """Whether Postgres and Redis answer; 503 naming what is down."""
-    checks = {"postgres": _postgres(), "redis": _redis()}
+    checks = {name: "ok" if answers() else "down" for name, answers in PROBES.items()}
     ok = all(value == "ok" for value in checks.values())
     response = JsonResponse({"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503)
     if not ok:
@@ -19,32 +17,4 @@ def health(request):
     return response
 
 
-def _postgres() -> str:
-    return "ok" if postgres_answers() else "down"
-
-
-def postgres_answers() -> bool:
-    """Whether Postgres answers through the pool; at once False while the circuit is open."""
-    if not outage.postgres.allow():
-        return False
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except Exception as exc:  # any failure to answer is "down" for a health check
-        if outage.is_postgres_error(exc):
-            outage.postgres_failed(exc)
-        return False
-    outage.postgres.succeeded()
-    return True
-
-
-def redis_answers() -> bool:
-    return _redis() == "ok"
-
-
-def _redis() -> str:
-    try:
-        r.client().ping()
-        return "ok"
-    except Exception:
-        return "down"
+PROBES = {"postgres": postgres_answers, "redis": redis_answers}

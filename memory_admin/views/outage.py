@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
 from memory_admin import outage
-from memory_admin.api.health import postgres_answers, redis_answers
+from memory_admin.services.health import postgres_answers, redis_answers
 
 
 def banner(request: HttpRequest) -> HttpResponse:
