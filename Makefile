@@ -16,7 +16,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 help:
 	@echo "make run    migrate, then serve web and relay (embedded Postgres/Valkey unless DATABASE_URL/REDIS_URL are set)"
 	@echo "make test   run the test suite (extra pytest arguments: PYTEST_ARGS='-k locks -x')"
-	@echo "make lint   ruff check and ruff format --check"
+	@echo "make lint   ruff check and format, import-linter's layering contracts, sync client current"
 	@echo "make demo   run the demo agents against a running server (DEMO_SECONDS=30 bounds it)"
 	@echo "make bench  benchmark against raw Postgres, Redis and etcd (BENCH_ARGS='--seconds 2 --only 1,5')"
 
@@ -42,9 +42,13 @@ run: $(STAMP)
 test: $(DEV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Layering (import-linter, contracts in pyproject.toml): the client under client/ is the one
+# checked, whichever checkout an editable install points at.
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	PYTHONPATH=client $(VENV)/bin/lint-imports
+	$(PY) client/generate_sync.py --check
 
 # DEMO_SECONDS bounds the run (default 120; 0 runs until Ctrl-C); DEMO_ARGS adds options.
 demo: $(STAMP)
