@@ -129,19 +129,23 @@ def viewer(db) -> User:
     return User.objects.create_user("vera")  # no password: hashing one costs half a second
 
 
+def logged_in(user: User) -> Client:
+    """A test client with a session of `user` (made here; the login form has its own tests)."""
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture
 def as_viewer(viewer) -> Client:
-    client = Client()
-    client.force_login(viewer)
-    return client
+    return logged_in(viewer)
 
 
 @pytest.fixture
 def session_cookie(viewer) -> str:
     """The Cookie header of a logged-in viewer's browser."""
-    client = Client()
-    client.force_login(viewer)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    name = settings.SESSION_COOKIE_NAME
+    return f"{name}={logged_in(viewer).cookies[name].value}"
 
 
 @pytest.fixture
@@ -155,9 +159,7 @@ def operator_user(db) -> User:
 
 @pytest.fixture
 def as_operator(operator_user) -> Client:
-    client = Client()
-    client.force_login(operator_user)
-    return client
+    return logged_in(operator_user)
 
 
 @pytest.fixture

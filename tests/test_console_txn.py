@@ -4,8 +4,6 @@ an operator resolves together; the timeline groups a transaction's events."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Permission, User
-from django.test import Client
 from django.urls import reverse
 
 from memory_admin.models import Conflict, Event, Record
@@ -13,22 +11,6 @@ from tests.api_support import api_for
 from tests.conftest import sequence_here
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def as_operator(db) -> Client:
-    user = User.objects.create_user("otto")
-    user.user_permissions.add(Permission.objects.get(codename="operate"))
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def as_viewer(db) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_user("vera"))
-    return client
 
 
 @pytest.fixture
