@@ -9,6 +9,7 @@ alongside when a test asks for it), against the test database and the tests' Red
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -319,6 +320,12 @@ def run_together(clients: list[httpx.Client], work) -> float:
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(go, range(len(clients))))
     return time.monotonic() - started
+
+
+def gauge(url: str, name: str) -> float:
+    """A gauge of the server at `url`, as its /metrics says now (summed over its workers)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)[1])
 
 
 def children_of(pid: int) -> list[int]:

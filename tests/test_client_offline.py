@@ -15,7 +15,7 @@ from memory_admin.models import Event, Fact
 from memory_admin.services.events import head, publish_event, sequence
 from memory_admin.services.tokens import issue_token
 from tests.client_support import FAST, client_for, run_agent
-from tests.conftest import actor, start_web, wait_for
+from tests.conftest import actor, gauge, start_web, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -172,10 +172,10 @@ def test_a_stream_from_now_that_drops_before_its_first_event_misses_nothing(serv
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
-    # The stream is open once the web process has logged it (uvicorn logs a response as it
-    # starts); its opening line, the first thing it sends, then needs a moment to be read.
-    wait_for(lambda: "/events/stream" in server.live.process.output(), timeout=20, message="the stream")
-    time.sleep(1)
+    # The stream is open once the server counts it; its opening line (where it starts) is
+    # what it sends next, before it reads the log.
+    opened = lambda: gauge(server.url, "memory_admin_event_streams_open") >= 1  # noqa: E731
+    wait_for(opened, timeout=20, message="the stream")
     server.stop()
     for i in range(5):  # while the stream is down, before it saw any event
         publish_event(ns=alpha.ns, type="tick", payload={"i": i}, actor=actor(alpha))

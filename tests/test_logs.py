@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from django.test import Client
 from websockets.sync.client import connect
 
 from memory_admin.services.events import publish_event
-from tests.conftest import ROOT, actor, wait_for
+from tests.conftest import ROOT, actor, gauge, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TROUBLE = ("WARNING", "ERROR", "Traceback", "never retrieved", "Exception in ASGI")
@@ -29,11 +28,6 @@ TROUBLE = ("WARNING", "ERROR", "Traceback", "never retrieved", "Exception in ASG
 
 def log_since(server, mark: int) -> str:
     return server.process.output()[mark:]
-
-
-def websockets_open(server) -> float:
-    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return float(re.search(r"^memory_admin_websockets_open (\S+)$", metrics, re.MULTILINE)[1])
 
 
 def test_the_apis_ordinary_answers_are_not_logged_as_warnings(web_server, alpha, make_token):
@@ -82,7 +76,8 @@ def test_browsers_leaving_console_pages_while_events_flow_log_no_error(web_serve
         publisher.join()
     # What the server does after the browsers left is what this test reads: wait until it has
     # seen every one go (its open-websockets gauge back at 0), then read what it logged.
-    wait_for(lambda: websockets_open(web_server) == 0, timeout=30, message="the server to see the tabs go")
+    gone = lambda: gauge(web_server.url, "memory_admin_websockets_open") == 0  # noqa: E731
+    wait_for(gone, timeout=30, message="the server to see the tabs go")
     text = log_since(web_server, mark)
     assert not [word for word in TROUBLE if word in text], text
 
