@@ -13,7 +13,7 @@ from django.urls import reverse
 from memory_admin.errors import NotFound, StaleFence
 from memory_admin.models import Conflict, Event, Record, Token
 from memory_admin.services.facts import store_fact
-from memory_admin.services.locks import get_lock
+from memory_admin.services.locks import acquire_lock, get_lock
 from memory_admin.services.records import Fence, write_record
 from tests.conftest import actor
 
