@@ -16,7 +16,6 @@ import time
 from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -25,6 +24,7 @@ from django.middleware.security import SecurityMiddleware
 from django.template.loader import render_to_string
 
 from memory_admin import metrics, outage
+from memory_admin.live.consumer import Refused
 
 HEADER = "Content-Security-Policy"
 
@@ -145,13 +145,6 @@ class SameOriginWebsockets:
         if scope["type"] == "websocket" and not same_origin(scope):
             return await Refused()(scope, receive, send)
         return await self.application(scope, receive, send)
-
-
-class Refused(WebsocketDenier):
-    """Refuses a websocket handshake (403) without joining the channel layer: a refused socket
-    has nothing to receive from it (channel_layer_alias names no layer, so there is none)."""
-
-    channel_layer_alias = "none: a refused socket needs no channel layer"
 
 
 def same_origin(scope: dict) -> bool:

@@ -1,7 +1,6 @@
 from django.urls import re_path
 
-from memory_admin.consumers import ConsoleConsumer
-from memory_admin.middleware import Refused
+from memory_admin.live.consumer import ConsoleConsumer, Refused
 
 websocket_urlpatterns = [
     re_path(r"^ws/ns/(?P<ns>[A-Za-z0-9_.:@\-]{1,200})/$", ConsoleConsumer.as_asgi()),

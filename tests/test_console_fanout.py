@@ -1,4 +1,4 @@
-"""Many consoles on one namespace (consumers.Feed): every socket gets every event once and in
+"""Many consoles on one namespace (live.feed.Feed): every socket gets every event once and in
 order while agents write, through real web processes, the relay, Postgres and Redis; a doorbell
 crosses the channel layer once per web process; sockets at one cursor share one log read, and
 sockets with one page and permission one render; a socket behind the others reads its own gap."""

@@ -1,0 +1,211 @@
+"""The console's websocket: reads the log and pushes fragments, never writes.
+
+Protocol: the page connects to /ws/ns/<name>/?<View query>, then sends
+`{"after": <last event id it shows>}` (on every (re)connect, and on resume after a pause).
+The consumer replays the log after that id, then answers each `memory.changed` doorbell
+the same way, deduplicating by id. Each message it sends ends with the page's new cursor.
+
+The socket sits in its namespace's Feed (feed.py), which hears the doorbells, reads the log
+and renders the fragments (render.py) for all the sockets of this process. A socket runs one
+catch-up at a time; doorbells that ring meanwhile only ask for one more when it ends, so none
+is lost and a burst of them costs one catch-up.
+
+DESIGN.md warns that with channels-redis a Redis restart can leave a consumer deaf:
+its group membership is gone and group sends are silently dropped. So every
+CONSOLE_HEALTH_SECONDS the consumer sends itself a tick through the layer; the tick
+re-joins its Feed to the group and catches up from the log. A tick that never comes back
+means the layer no longer reaches this process: the socket closes with 1011, and the page's
+ws extension reconnects and resyncs from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from urllib.parse import parse_qs
+
+import redis
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+
+from memory_admin import metrics
+from memory_admin.live.feed import Feed, feed_for, retrieve
+from memory_admin.live.render import MAX_REPLAY, cursor_html
+from memory_admin.models import Namespace
+from memory_admin.views.screens import View
+
+log = logging.getLogger("memory_admin.console")
+
+OPERATE = "memory_admin.operate"
+TRY_AGAIN = 1011  # a close code the htmx ws extension reconnects after
+
+
+# Network events a console socket expects and survives: the browser left (uvicorn's
+# ClientDisconnected is an OSError) or Redis did not answer in time. They are logged without
+# a traceback, and at DEBUG when the socket was going anyway.
+EXPECTED = (OSError, redis.ConnectionError, redis.TimeoutError)
+
+
+def health_seconds() -> float:
+    return float(getattr(settings, "CONSOLE_HEALTH_SECONDS", 10))
+
+
+class Refused(WebsocketDenier):
+    """Refuses a websocket handshake (403) without joining the channel layer: a refused socket
+    has nothing to receive from it (channel_layer_alias names no layer, so there is none)."""
+
+    channel_layer_alias = "none: a refused socket needs no channel layer"
+
+
+class ConsoleConsumer(AsyncWebsocketConsumer):
+    ns: Namespace | None = None
+    feed: Feed | None = None
+    health: asyncio.Task | None = None
+    pump: asyncio.Task | None = None
+    gone = False  # disconnect() ran: what fails from now on failed because the browser left
+    counted = False  # in metrics.WEBSOCKETS
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()  # before accept: the handshake is refused
+            return
+        name = self.scope["url_route"]["kwargs"]["ns"]
+        self.ns = await database_sync_to_async(Namespace.objects.filter(name=name).first)()
+        if self.ns is None:
+            await self.close()
+            return
+        self.view = View.parse(parse_qs(self.scope.get("query_string", b"").decode()))
+        self.can_operate = await database_sync_to_async(user.has_perm)(OPERATE)
+        self.cursor: int | None = None  # None until the page says where it is
+        self.need = 0  # the newest event a doorbell rang for
+        self.rung = False  # a doorbell rang since the last catch-up began
+        self.busy = asyncio.Lock()  # one catch-up at a time: the cursor moves in order
+        self.tick_returned = True
+        self.feed = feed_for(self.ns)
+        await self.feed.join(self)
+        await self.accept()
+        self.counted = True
+        metrics.WEBSOCKETS.inc()
+        self.health = asyncio.create_task(self._check_health())
+        self.health.add_done_callback(retrieve)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except EXPECTED as exc:
+            # Channels awaits the socket's pending channel-layer receive as it stops; one that
+            # ends in a Redis timeout instead of its cancellation is no error of the page's.
+            # A handler that finds the browser gone (an OSError) ends it the same way. (Redis
+            # failing mid-life: the server closes the socket, the page reconnects and resyncs.)
+            quiet = self.gone or isinstance(exc, OSError)
+            log.log(logging.DEBUG if quiet else logging.INFO, "console socket ended with %r", exc)
+        finally:
+            if not self.gone:  # cut short before disconnect() ran: its tasks and Feed seat go now
+                await self.disconnect(1006)
+
+    async def disconnect(self, code: int) -> None:
+        self.gone = True
+        if self.counted:
+            self.counted = False
+            metrics.WEBSOCKETS.dec()
+        for task in (self.health, self.pump):
+            if task is not None:
+                task.cancel()
+        if self.feed is not None:
+            await self.feed.leave(self)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            after = int(json.loads(text_data or "")["after"])
+        except (ValueError, TypeError, KeyError):
+            return  # not a hello; the page sends nothing else
+        asked = time.monotonic()
+        async with self.busy:
+            self.cursor = max(0, after)
+            await self.catch_up(since=asked)
+
+    def ring(self, event_id: int) -> None:
+        """A doorbell from the Feed: catch up to `event_id`, now or right after the running catch-up."""
+        if self.cursor is None or event_id <= self.cursor:
+            return  # before the hello (the replay covers it), or already sent
+        self.need = max(self.need, event_id)
+        self.rung = True
+        if self.pump is None or self.pump.done():
+            self.pump = asyncio.ensure_future(self._answer_doorbells())
+            self.pump.add_done_callback(retrieve)
+
+    async def _answer_doorbells(self) -> None:
+        try:
+            while self.rung:
+                async with self.busy:
+                    self.rung = False
+                    if self.need > self.cursor:
+                        await self.catch_up(need=self.need)
+        except asyncio.CancelledError:
+            raise
+        except EXPECTED as exc:
+            # The browser left (an OSError from the server), or Redis is slow: a page still
+            # there reconnects and resyncs; only the second is worth an operator's attention.
+            level = logging.DEBUG if self.gone or isinstance(exc, OSError) else logging.WARNING
+            log.log(level, "console socket %s could not catch up (%r); closing", self.channel_name, exc)
+            with contextlib.suppress(*EXPECTED):
+                await self.close(code=TRY_AGAIN)
+        except Exception:
+            # As an exception in a handler would: the page reconnects and resyncs from its cursor.
+            log.exception("console socket %s failed to catch up; closing", self.channel_name)
+            with contextlib.suppress(*EXPECTED):
+                await self.close(code=TRY_AGAIN)
+
+    async def console_tick(self, message: dict) -> None:
+        self.tick_returned = True
+        await self.feed.rejoin()
+        if self.cursor is not None:
+            asked = time.monotonic()
+            async with self.busy:
+                await self.catch_up(since=asked)
+
+    async def catch_up(self, *, since: float | None = None, need: int | None = None) -> None:
+        """Send every event after the cursor (in batches); a page too far behind reloads.
+
+        A hello or a tick wants everything committed before `since`; a doorbell wants at least
+        its event, `need` (committed before the relay rang, so any read begun later has it)."""
+        sent = 0
+        while True:
+            # After a full batch, the next one must bring at least one more event.
+            floor = None if need is None else max(need, self.cursor + 1)
+            batch, html = await self.feed.next(
+                self.cursor, self.view, self.can_operate, since=since, need=floor
+            )
+            if not batch.events:
+                return
+            sent += len(batch.events)
+            if sent > MAX_REPLAY:
+                await self.send(text_data=cursor_html(self.cursor, reload=True))
+                return
+            await self.send(text_data=html)
+            self.cursor = batch.last
+            if not batch.more:
+                return
+
+    async def _check_health(self) -> None:
+        while True:
+            await asyncio.sleep(health_seconds())
+            if not self.tick_returned:
+                log.warning("console socket %s stopped hearing the channel layer; closing", self.channel_name)
+                with contextlib.suppress(*EXPECTED):
+                    await self.close(code=TRY_AGAIN)
+                return
+            self.tick_returned = False
+            try:
+                await self.channel_layer.send(self.channel_name, {"type": "console.tick"})
+            except Exception as exc:
+                log.warning("channel layer unreachable (%r); closing console socket", exc)
+                with contextlib.suppress(*EXPECTED):
+                    await self.close(code=TRY_AGAIN)
+                return

@@ -1,0 +1,229 @@
+"""The Feed: one namespace's doorbells, log reads and rendered batches, shared by the console
+sockets of this process.
+
+The Feed is the one member of the namespace's group in this process: a doorbell crosses the
+channel layer once per process, not once per socket, and the Feed rings its sockets in memory.
+They mostly sit at the same cursor on the same kind of page, so they need the same events and
+the same fragments: sockets at one cursor share one read of the log, and sockets with one page,
+filters and `operate` permission share one render of a batch. A socket behind the others (a
+reconnect, a resume) reads its own gap the same way, keyed by its own cursor. (20 consoles at
+100 events/s were 2,000 reads, renders and layer deliveries a second in one process; bench
+scenario 6.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer
+
+from memory_admin.live.layer import group_name, layer
+from memory_admin.live.render import Batch, read_batch, render_safely
+from memory_admin.models import Namespace
+from memory_admin.views.screens import View
+
+log = logging.getLogger("memory_admin.console")
+
+
+class Socket(Protocol):
+    """What the Feed needs of a console socket (consumer.ConsoleConsumer)."""
+
+    def ring(self, event_id: int) -> None: ...
+
+
+def retrieve(task: asyncio.Task) -> None:
+    """Done callback of a shared task: its waiters may all have left, and an exception nobody
+    retrieves is logged by asyncio as "Task exception was never retrieved" with a traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("console feed task failed: %r", task.exception())
+
+
+# Reads stay correct forever (the log is append-only), so only their number is bounded.
+KEEP_BATCHES = 16
+# Fragments are rendered from the current state, which also changes without events (a lock
+# renewed, a heartbeat's expiry): one render serves sockets for a moment, not for minutes.
+RENDER_SECONDS = 2.0
+KEEP_RENDERS = 64
+
+
+class Feed:
+    """One namespace's doorbells, log reads and rendered batches, shared by the sockets of
+    this process.
+
+    Each read and each render runs once as its own task; the sockets that want it await it
+    shielded, so a socket that disconnects meanwhile does not cancel it for the others.
+    """
+
+    def __init__(self, ns: Namespace) -> None:
+        self.ns = ns
+        self.loop = asyncio.get_running_loop()
+        self.group = group_name(ns.pk)
+        self.sockets: set[Socket] = set()
+        self.subscribed: asyncio.Future | None = None
+        self.channel: str | None = None
+        self.listener: asyncio.Task | None = None
+        self.batches: OrderedDict[int, Batch] = OrderedDict()  # by `after`
+        self.reading: dict[int, tuple[float, asyncio.Task]] = {}
+        self.renders: OrderedDict[tuple, tuple[float, str]] = OrderedDict()
+        self.rendering: dict[tuple, asyncio.Task] = {}
+
+    async def join(self, socket: Socket) -> None:
+        """Add `socket`; returns once the Feed is in the group, so the socket's hello comes after."""
+        self.sockets.add(socket)
+        if self.subscribed is None or self.subscribed.cancelled() or self.subscribed.exception():
+            self.subscribed = asyncio.ensure_future(self._subscribe())
+            self.subscribed.add_done_callback(retrieve)
+        await asyncio.shield(self.subscribed)
+
+    async def _subscribe(self) -> None:
+        channels = layer()
+        self.channel = await channels.new_channel()
+        await channels.group_add(self.group, self.channel)
+        if not self.sockets:  # its socket left meanwhile, and leave() found nothing to stop
+            await channels.group_discard(self.group, self.channel)
+            return
+        self.listener = asyncio.ensure_future(self._listen(channels, self.channel))
+
+    async def leave(self, socket: Socket) -> None:
+        self.sockets.discard(socket)
+        if self.sockets:
+            return
+        # The last socket: a new one starts a new Feed (the caches go with this one).
+        if _feeds.get(self.ns.pk) is self:
+            del _feeds[self.ns.pk]
+        if self.listener is not None:
+            self.listener.cancel()
+        if self.channel is not None:
+            with contextlib.suppress(Exception):  # the layer may be what failed
+                await layer().group_discard(self.group, self.channel)
+
+    async def rejoin(self) -> None:
+        """(Re-)join the group: Redis may have lost it (a restart) without telling anyone."""
+        await layer().group_add(self.group, self.channel)
+
+    async def _listen(self, channels: BaseChannelLayer, channel: str) -> None:
+        failing = False
+        while self.sockets:  # no sockets, no feed: it never outlives its last browser
+            try:
+                message = await channels.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if asyncio.current_task().cancelling():
+                    return  # leave() cancelled a receive that ended in a Redis timeout instead
+                # The sockets' health ticks notice a layer that stays away and close them.
+                if not failing:
+                    log.warning("console feed of %s cannot receive from Redis (%r); retrying", self.ns, exc)
+                failing = True
+                await asyncio.sleep(1)
+                continue
+            if failing:
+                log.info("console feed of %s receives from Redis again", self.ns)
+                failing = False
+            if message.get("type") == "memory.changed":
+                for socket in list(self.sockets):
+                    socket.ring(message["event"]["id"])
+
+    async def next(
+        self,
+        after: int,
+        view: View,
+        can_operate: bool,
+        *,
+        since: float | None = None,
+        need: int | None = None,
+    ) -> tuple[Batch, str]:
+        """The batch after `after` and its fragments for `view`: read after `since` (a hello
+        or a tick), or reaching at least event `need` (a doorbell)."""
+        batch = self.batches.get(after)
+        if batch is None or not batch.serves(since=since, need=need):
+            batch = await self._read(after, view, can_operate, since=since, need=need)
+        if not batch.events:
+            return batch, ""
+        return batch, await self._render(batch, view, can_operate)
+
+    async def _read(
+        self, after: int, view: View, can_operate: bool, *, since: float | None, need: int | None
+    ) -> Batch:
+        running = self.reading.get(after)
+        if running is not None and (since is None or running[0] >= since):
+            batch = await asyncio.shield(running[1])
+            if batch.serves(since=since, need=need):
+                return batch
+        # A read that begins now has everything committed before this socket asked.
+        started = time.monotonic()
+        task = asyncio.ensure_future(self._read_and_render(after, view, can_operate, started))
+        task.add_done_callback(retrieve)
+        self.reading[after] = (started, task)
+        return await asyncio.shield(task)
+
+    async def _read_and_render(self, after: int, view: View, can_operate: bool, started: float) -> Batch:
+        try:
+            # The reader's own page is rendered in the same thread hop as the read.
+            batch, html = await database_sync_to_async(read_batch)(
+                self.ns, after, view, can_operate=can_operate, started=started
+            )
+        finally:
+            if self.reading.get(after, (0, None))[1] is asyncio.current_task():
+                del self.reading[after]
+        kept = self.batches.get(after)
+        if kept is None or kept.started < started:
+            self.batches[after] = batch
+            self.batches.move_to_end(after)
+            while len(self.batches) > KEEP_BATCHES:
+                self.batches.popitem(last=False)
+        if batch.events:
+            self._keep_render(self._render_key(batch, view, can_operate), started, html)
+        return batch
+
+    @staticmethod
+    def _render_key(batch: Batch, view: View, can_operate: bool) -> tuple:
+        # The fragments differ by page, filters and permission (can_operate shows the action
+        # buttons), never by user otherwise: they are rendered without a request.
+        return (view, can_operate, batch.events[0].id, batch.last)
+
+    def _keep_render(self, key: tuple, started: float, html: str) -> None:
+        self.renders[key] = (started, html)
+        self.renders.move_to_end(key)
+        while len(self.renders) > KEEP_RENDERS:
+            self.renders.popitem(last=False)
+
+    async def _render(self, batch: Batch, view: View, can_operate: bool) -> str:
+        key = self._render_key(batch, view, can_operate)
+        kept = self.renders.get(key)
+        if kept is not None and time.monotonic() - kept[0] < RENDER_SECONDS:
+            return kept[1]
+        task = self.rendering.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._render_once(key, batch, view, can_operate))
+            task.add_done_callback(retrieve)
+            self.rendering[key] = task
+        return await asyncio.shield(task)
+
+    async def _render_once(self, key: tuple, batch: Batch, view: View, can_operate: bool) -> str:
+        started = time.monotonic()
+        try:
+            html = await database_sync_to_async(render_safely)(
+                self.ns, view, batch.events, can_operate=can_operate
+            )
+        finally:
+            del self.rendering[key]
+        self._keep_render(key, started, html)
+        return html
+
+
+# The Feed of each namespace with a console open in this process, gone with its last socket.
+_feeds: dict[int, Feed] = {}
+
+
+def feed_for(ns: Namespace) -> Feed:
+    feed = _feeds.get(ns.pk)
+    if feed is None or feed.loop is not asyncio.get_running_loop():  # tests run one loop each
+        feed = _feeds[ns.pk] = Feed(ns)
+    return feed
