@@ -612,7 +612,7 @@ def explain_plans() -> list[dict]:
 
     from memory_admin.models import Agent, Event, Fact, Namespace
     from memory_admin.services import history
-    from memory_admin.views.screens import COUNT_CAP, DISTINCT_SQL
+    from memory_admin.services.counts import COUNT_CAP, DISTINCT_SQL
 
     ns = Namespace.objects.get(name=NS)
     agent = Agent.objects.get(ns=ns, name="agent-00042")

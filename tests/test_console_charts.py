@@ -196,15 +196,15 @@ def test_events_of_the_last_minute_are_counted_from_positions(alpha):
 
 
 def test_big_counts_are_postgres_estimates_marked_as_such_small_ones_exact(alpha, viewer, monkeypatch):
+    from memory_admin.services import counts
     from memory_admin.services.facts import store_fact
-    from memory_admin.views import screens
 
     for n in range(6):
         store_fact(ns=alpha.ns, fact=f"fact {n}", category="notes", actor=actor(alpha))
-    assert screens.tally(Fact.objects.filter(ns=alpha.ns)) == screens.Tally(6)
-    monkeypatch.setattr(screens, "COUNT_CAP", 4)
-    big = screens.tally(Fact.objects.filter(ns=alpha.ns))
+    assert counts.tally(Fact.objects.filter(ns=alpha.ns)) == counts.Tally(6)
+    monkeypatch.setattr(counts, "COUNT_CAP", 4)
+    big = counts.tally(Fact.objects.filter(ns=alpha.ns))
     assert not big.exact and big.value >= 5 and str(big).startswith("≈")
     page = viewer.get("/ns/team/").content.decode()
     assert f'<b title="{big.note}">≈' in page.replace("&#x27;", "'")
-    assert str(screens.Tally(1_234_567, exact=False)) == "≈1.2M" and str(screens.Tally(12_345)) == "12,345"
+    assert str(counts.Tally(1_234_567, exact=False)) == "≈1.2M" and str(counts.Tally(12_345)) == "12,345"

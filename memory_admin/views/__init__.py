@@ -26,12 +26,14 @@ from memory_admin.services import Actor, history
 from memory_admin.services import conflicts as conflict_service
 from memory_admin.services import groups as group_service
 from memory_admin.services import tokens as token_service
+from memory_admin.services.counts import distinct_values
 from memory_admin.services.facts import get_fact, query_facts
 from memory_admin.services.leftovers import agent_leftovers, release_and_reassign, stale_with_leftovers
 from memory_admin.services.locks import count_locks, get_lock, list_locks
 from memory_admin.services.locks import force_release as force_release_lock
 from memory_admin.services.records import list_records, record_versions, write_record
 from memory_admin.services.status import get_agent, list_agents
+from memory_admin.views.diff import line_diff, three_way
 from memory_admin.views.screens import (
     LIST_PAGE,
     PAGE_SIZE,
@@ -39,17 +41,14 @@ from memory_admin.views.screens import (
     agent_activity,
     agent_panels,
     conflict_context,
-    distinct_values,
     groups_context,
     last_event_id,
-    line_diff,
     live_agents,
     open_conflict_count,
     overview_charts,
     overview_context,
     record_panels,
     search_results,
-    three_way,
 )
 
 OPERATE = "memory_admin.operate"

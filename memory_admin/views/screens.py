@@ -7,27 +7,25 @@ context builders here, so a pushed fragment is the same markup as the page's.
 
 from __future__ import annotations
 
-import difflib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.postgres.search import SearchQuery
-from django.db import connection
-from django.db.models import QuerySet
 
 from memory_admin import positions
 from memory_admin.models import Agent, Conflict, Event, Fact, Namespace, Record, RecordVersion
 from memory_admin.services import SYSTEM, activity
 from memory_admin.services import groups as group_service
 from memory_admin.services.conflicts import list_conflicts
+from memory_admin.services.counts import tally
 from memory_admin.services.events import head as log_head
 from memory_admin.services.events import log_status
 from memory_admin.services.leftovers import stale_with_leftovers
 from memory_admin.services.locks import count_locks, list_locks
 from memory_admin.services.status import count_agents, list_agents
+from memory_admin.views.diff import three_way
 
 PAGE_SIZE = 50
 
@@ -118,30 +116,6 @@ def last_event_id(ns: Namespace) -> int:
     return log_head(ns)
 
 
-# The distinct values of an indexed (ns_id, column, ...) column, one index probe per value (a
-# "loose index scan"): SELECT DISTINCT read all 1,000,000 rows of a namespace for a menu of ten.
-_DISTINCT = """
-WITH RECURSIVE v AS (
-    (SELECT {col} AS value FROM {table} WHERE ns_id = %(ns)s ORDER BY {col} LIMIT 1)
-    UNION ALL
-    SELECT (SELECT {col} FROM {table} WHERE ns_id = %(ns)s AND {col} > v.value ORDER BY {col} LIMIT 1)
-    FROM v WHERE v.value IS NOT NULL
-)
-SELECT value FROM v WHERE value IS NOT NULL LIMIT %(limit)s
-"""
-DISTINCT_SQL = {
-    "categories": _DISTINCT.format(table=Fact._meta.db_table, col="category"),  # fact_ns_category_idx
-    "types": _DISTINCT.format(table=Event._meta.db_table, col="type"),  # event_ns_type_idx
-}
-
-
-def distinct_values(ns: Namespace, what: str, limit: int = 200) -> list[str]:
-    """The namespace's fact categories or event types, sorted, for the filter menus."""
-    with connection.cursor() as cursor:
-        cursor.execute(DISTINCT_SQL[what], {"ns": ns.pk, "limit": limit})
-        return [row[0] for row in cursor.fetchall()]
-
-
 def open_conflict_count(ns: Namespace) -> int:
     return Conflict.objects.filter(ns=ns, status=Conflict.Status.OPEN).count()
 
@@ -150,47 +124,6 @@ def open_conflict_count(ns: Namespace) -> int:
 AGENT_CARDS = 48
 # The agents and locks pages show this many rows at a time (10,000 rows make a 5 MB page).
 LIST_PAGE = 200
-
-
-# Counted exactly up to this many; past it the overview shows Postgres' estimate, marked as one.
-# Counting a namespace's million facts took 50-60 ms of every overview load and live push.
-COUNT_CAP = 10_000
-
-
-@dataclass(frozen=True)
-class Tally:
-    """A count as the overview shows it: exact, or Postgres' estimate when past COUNT_CAP."""
-
-    value: int
-    exact: bool = True
-
-    def __str__(self) -> str:
-        if self.exact:
-            return f"{self.value:,}"
-        for size, unit in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")):
-            if self.value >= size:
-                return f"≈{self.value / size:.1f}{unit}".replace(".0", "")
-        return f"≈{self.value:,}"
-
-    @property
-    def note(self) -> str:
-        return f"estimated from Postgres' statistics: more than {COUNT_CAP:,}, the most counted exactly"
-
-
-def tally(rows: QuerySet) -> Tally:
-    """How many `rows`: exact up to COUNT_CAP (one index range of at most that many entries), else
-    the planner's estimate for the query (from the column statistics ANALYZE keeps), never below."""
-    cap, rows = COUNT_CAP, rows.order_by().values("pk")
-    counted = rows[: cap + 1].count()
-    if counted <= cap:
-        return Tally(counted)
-    sql, params = rows.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        plan = cursor.fetchone()[0]
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    return Tally(max(cap + 1, int(plan[0]["Plan"]["Plan Rows"])), exact=False)
 
 
 def overview_counts(ns: Namespace) -> dict[str, Any]:
@@ -344,44 +277,3 @@ def conflict_context(conflict: Conflict) -> dict[str, Any]:
         "current_lines": current_lines,
         "proposed_lines": proposed_lines,
     }
-
-
-# --- differences ------------------------------------------------------------------------
-
-
-def json_lines(value: Any) -> list[str]:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
-
-
-def line_diff(old: Any, new: Any) -> list[tuple[str, str]]:
-    """The lines of `new` against `old`, each tagged ' ' (same), '-' (removed) or '+' (added)."""
-    a, b = json_lines(old), json_lines(new)
-    out: list[tuple[str, str]] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if tag == "equal":
-            out += [(" ", line) for line in a[i1:i2]]
-            continue
-        out += [("-", line) for line in a[i1:i2]]
-        out += [("+", line) for line in b[j1:j2]]
-    return out
-
-
-def three_way(base: Any, current: Any, proposed: Any):
-    """Base, current and proposed as lines, each marked where it differs from base."""
-    base_l, changed_in_base = json_lines(base), set()
-
-    def against_base(value: Any) -> list[tuple[str, bool]]:
-        lines = json_lines(value)
-        marked = [False] * len(lines)
-        matcher = difflib.SequenceMatcher(None, base_l, lines, autojunk=False)
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-            if tag != "equal":
-                changed_in_base.update(range(i1, i2))
-                for j in range(j1, j2):
-                    marked[j] = True
-        return list(zip(lines, marked, strict=True))
-
-    current_l = against_base(current)
-    proposed_l = against_base(proposed)
-    base_marked = [(line, i in changed_in_base) for i, line in enumerate(base_l)]
-    return base_marked, current_l, proposed_l
