@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from django.urls import reverse
 
-from memory_admin.views import FRAGMENTS
+from memory_admin.views.console import FRAGMENTS
 from tests.conftest import ROOT
 from tests.test_console_views import pages
 
