@@ -169,6 +169,7 @@ class StoreCollector(Collector):
 
 def _from_postgres() -> Iterator:
     from memory_admin.models import Agent, ConsumerGroup, Event, LockFence
+    from memory_admin.services.status import state_counts
 
     head = Event.objects.aggregate(head=Max("pk"))["head"] or 0
     appended = CounterMetricFamily(
@@ -229,8 +230,9 @@ def _from_postgres() -> Iterator:
         .order_by()
     )
     for namespace, live, never_seen, total in counts:
-        # Agent.state's rule: never seen without a heartbeat, live until its expiry, then stale.
-        for state, n in (("live", live), ("stale", total - live - never_seen), ("never_seen", never_seen)):
+        # The agent-state rule (services/status.py), with Postgres' last known expiry for the
+        # heartbeat's TTL: every namespace in one query, and a scrape that works without Redis.
+        for state, n in state_counts(total=total, live=live, never_seen=never_seen).items():
             agents.add_metric([namespace, state], n)
     yield agents
 

@@ -75,13 +75,6 @@ class Agent(models.Model):
         return self.name
 
     @property
-    def state(self) -> str:
-        """live / stale / never_seen, derived from the last heartbeat's expiry."""
-        if self.seen is None:
-            return "never_seen"
-        return "live" if self.expires and self.expires > now() else "stale"
-
-    @property
     def dom_id(self) -> str:
         return f"agent-{self.pk}"
 

@@ -16,7 +16,7 @@ from memory_admin.models import Agent, AgentStatus, Conflict, Event, HeldLock, L
 from memory_admin.services import Actor, groups
 from memory_admin.services.events import append_event
 from memory_admin.services.locks import force_release, list_locks
-from memory_admin.services.status import get_agent, list_agents
+from memory_admin.services.status import STALE, get_agent, list_agents
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def stale_with_leftovers(*, ns: Namespace, limit: int = 10) -> list[StaleAgent]:
     out = []
     for name in quiet:
         status = statuses.get(name)
-        if status is None or status.state != "stale":  # never seen: nothing says it stopped
+        if status is None or status.state != STALE:  # never seen: nothing says it stopped
             continue
         held = len(list_locks(ns=ns, owner=name)) if fences.get(name) else 0
         if held or pending.get(name):

@@ -26,6 +26,25 @@ from memory_admin.validation import check_text
 MIN_TTL, MAX_TTL = 5, 86400
 log = logging.getLogger("memory_admin.status")
 
+LIVE, STALE, NEVER_SEEN = "live", "stale", "never_seen"
+
+
+def agent_state(*, live: bool, seen: object) -> str:
+    """An agent's state, the one rule behind GET /agents, the console and the counts: live while
+    its last heartbeat's TTL has not lapsed (its status in Redis, `live`); else never_seen if it
+    never sent one (`seen`, Postgres' time of its last recorded heartbeat, is None); else stale."""
+    if live:
+        return LIVE
+    return NEVER_SEEN if seen is None else STALE
+
+
+def state_counts(*, total: int, live: int, never_seen: int) -> dict[str, int]:
+    """agent_state over a namespace, counted: of `total` agents, `live` with a heartbeat running
+    and `never_seen` without any. An agent never seen is never live (a heartbeat records `seen`
+    before Redis shows it live), so the live count is capped by those seen."""
+    live = min(live, total - never_seen)
+    return {LIVE: live, STALE: total - live - never_seen, NEVER_SEEN: never_seen}
+
 
 @r.unavailable_on_error
 def heartbeat(
@@ -99,9 +118,7 @@ def heartbeat(
             except BaseException:
                 _restore(keys, agent.name, r.to_ms(stamp), replaced)
                 raise
-    return AgentStatus(
-        agent=agent, status=status, detail=detail, updated=stamp, expires=expires, state="live"
-    )
+    return AgentStatus(agent=agent, status=status, detail=detail, updated=stamp, expires=expires, state=LIVE)
 
 
 def _restore(keys: list[str], name: str, written_ms: int, replaced: list) -> None:
@@ -157,28 +174,19 @@ def agent_items(*, ns: Namespace, after: str = "", limit: int | None = None) -> 
     for (name, status, detail, seen, expires), (live, live_detail, updated, live_expires) in zip(
         rows, lives, strict=True
     ):
-        if live is not False:  # a heartbeat whose TTL has not lapsed
-            items.append(
-                {
-                    "agent_id": name,
-                    "status": live,
-                    "detail": live_detail or "",
-                    "updated_at": iso(updated),
-                    "expires_at": iso(live_expires),
-                    "state": "live",
-                }
-            )
-        else:
-            items.append(
-                {
-                    "agent_id": name,
-                    "status": status,
-                    "detail": detail,
-                    "updated_at": None if seen is None else iso(seen),
-                    "expires_at": None if expires is None else iso(expires),
-                    "state": "never_seen" if seen is None else "stale",
-                }
-            )
+        state = agent_state(live=live is not False, seen=seen)  # False: no heartbeat in Redis
+        if state == LIVE:
+            status, detail, seen, expires = live, live_detail or "", updated, live_expires
+        items.append(
+            {
+                "agent_id": name,
+                "status": status,
+                "detail": detail,
+                "updated_at": None if seen is None else iso(seen),
+                "expires_at": None if expires is None else iso(expires),
+                "state": state,
+            }
+        )
     return items
 
 
@@ -192,16 +200,12 @@ class _EpochMs(Func):
 
 @r.unavailable_on_error
 def count_agents(*, ns: Namespace) -> dict[str, int]:
-    """How many agents are live, stale and never seen, without loading them (the overview's counts).
-
-    Live: heartbeats whose TTL has not lapsed (the Redis index); never seen: no heartbeat ever
-    (Postgres); stale: the rest.
-    """
+    """How many agents are live, stale and never seen, without loading them (the overview's counts):
+    live heartbeats from the Redis index, the others from Postgres (state_counts)."""
     live = r.client().zcount(r.heartbeats_index(ns.name), r.to_ms(now()), "+inf")
     total = Agent.objects.filter(ns=ns).count()
     never_seen = Agent.objects.filter(ns=ns, seen__isnull=True).count()
-    live = min(live, total - never_seen)
-    return {"live": live, "stale": total - live - never_seen, "never_seen": never_seen}
+    return state_counts(total=total, live=live, never_seen=never_seen)
 
 
 def get_agent(*, ns: Namespace, agent_id: str) -> AgentStatus:
@@ -212,16 +216,16 @@ def get_agent(*, ns: Namespace, agent_id: str) -> AgentStatus:
 
 
 def _status(agent: Agent, live: dict[str, str]) -> AgentStatus:
-    if live:
+    state = agent_state(live=bool(live), seen=agent.seen)
+    if state == LIVE:
         return AgentStatus(
             agent=agent,
             status=live["status"],
             detail=live.get("detail", ""),
             updated=r.from_ms(live["updated"]),
             expires=r.from_ms(live["expires"]),
-            state="live",
+            state=state,
         )
-    state = "never_seen" if agent.seen is None else "stale"
     return AgentStatus(
         agent=agent,
         status=agent.status,
