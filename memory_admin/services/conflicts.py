@@ -9,9 +9,10 @@ from django.utils.timezone import now
 
 from memory_admin.errors import Invalid, NotFound, VersionConflict
 from memory_admin.models import Conflict, Namespace, Record
-from memory_admin.services import Actor
+
+# A module, not its names: records imports this one back (close_superseded).
+from memory_admin.services import Actor, records
 from memory_admin.services.events import append_event
-from memory_admin.services.records import delete_record, write_record
 
 ACTIONS = {
     "accept": Conflict.Resolution.ACCEPTED,
@@ -62,12 +63,12 @@ def resolve_conflict(
         record = None
         try:
             if action == "accept" and conflict.delete:
-                record = delete_record(
+                record = records.delete_record(
                     ns=conflict.ns, key=conflict.key, actor=actor, expected_version=expected_version
                 )
             elif action in ("accept", "merge"):
                 chosen = conflict.proposed_value if action == "accept" else value
-                record, _ = write_record(
+                record, _ = records.write_record(
                     ns=conflict.ns,
                     key=conflict.key,
                     value=chosen,
@@ -77,25 +78,46 @@ def resolve_conflict(
         except VersionConflict as exc:
             refused = exc  # the operator's own conflict commits; this one stays open
         if refused is None:
-            conflict.status = Conflict.Status.RESOLVED
-            conflict.resolution = ACTIONS[action]
-            conflict.resolved_by, conflict.resolved = actor.name, now()
-            conflict.save(update_fields=["status", "resolution", "resolved_by", "resolved"])
-            append_event(
+            mark_resolved(
                 ns=conflict.ns,
-                type="conflict.resolved",
+                ids=[conflict.pk],
+                key=conflict.key,
+                resolution=ACTIONS[action],
                 actor=actor,
-                subject=conflict.key,
-                payload={
-                    "conflict_id": conflict.pk,
-                    "key": conflict.key,
-                    "resolution": conflict.resolution,
-                    "version": record.version if record else None,
-                },
+                version=record.version if record else None,
             )
     if refused is not None:
         raise refused
     return record
+
+
+def mark_resolved(
+    *, ns: Namespace, ids: list[int], key: str, resolution: str, actor: Actor, version: int | None
+) -> None:
+    """Close the open conflicts `ids` (all on `key`) as `resolution`, with a `conflict.resolved`
+    event each: the one place that event is appended, but for a write's own statement, which
+    closes its writer's superseded conflicts the same way in SQL (records._THEN)."""
+    Conflict.objects.filter(pk__in=ids).update(
+        status=Conflict.Status.RESOLVED, resolution=resolution, resolved_by=actor.name, resolved=now()
+    )
+    for conflict_id in ids:
+        append_event(
+            ns=ns,
+            type="conflict.resolved",
+            actor=actor,
+            subject=key,
+            payload={"conflict_id": conflict_id, "key": key, "resolution": resolution, "version": version},
+        )
+
+
+def close_superseded(*, ns: Namespace, key: str, actor: Actor, version: int) -> None:
+    """A successful delete by an actor supersedes its open conflicts on that key."""
+    mine = Conflict.objects.filter(ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN)
+    ids = list(mine.values_list("pk", flat=True))
+    if ids:
+        mark_resolved(
+            ns=ns, ids=ids, key=key, resolution=Conflict.Resolution.SUPERSEDED, actor=actor, version=version
+        )
 
 
 def group_conflicts(*, ns: Namespace, group: str) -> list[Conflict]:

@@ -12,7 +12,7 @@ from django.utils.timezone import now
 from memory_admin import metrics, rows
 from memory_admin.errors import DomainError, NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
-from memory_admin.services import Actor
+from memory_admin.services import Actor, conflicts
 from memory_admin.services.events import append_event, current_txn, ring_after_write
 from memory_admin.validation import check_json, check_key, check_record_key, dumps
 
@@ -414,7 +414,7 @@ def _delete(*, ns, key, actor, expected_version) -> Record | Conflict:
             updated_by=actor.name,
             updated=stamp,
         )
-        _close_conflicts(ns=ns, key=key, actor=actor, version=record.version)
+        conflicts.close_superseded(ns=ns, key=key, actor=actor, version=record.version)
         return record
 
 
@@ -544,32 +544,6 @@ def _conflict_error(conflict: Conflict) -> VersionConflict:
         current=record_body(current) if current is not None else None,
         conflict_id=conflict.pk,
     )
-
-
-def _close_conflicts(*, ns, key, actor, version) -> None:
-    """A successful delete by the same actor supersedes its open conflicts on that key (a write
-    does it in its own statement, _THEN)."""
-    ids = list(
-        Conflict.objects.filter(ns=ns, key=key, actor=actor.name, status=Conflict.Status.OPEN).values_list(
-            "pk", flat=True
-        )
-    )
-    if not ids:
-        return
-    Conflict.objects.filter(pk__in=ids).update(
-        status=Conflict.Status.RESOLVED,
-        resolution=Conflict.Resolution.SUPERSEDED,
-        resolved_by=actor.name,
-        resolved=now(),
-    )
-    for conflict_id in ids:
-        append_event(
-            ns=ns,
-            type="conflict.resolved",
-            actor=actor,
-            subject=key,
-            payload={"conflict_id": conflict_id, "key": key, "resolution": "superseded", "version": version},
-        )
 
 
 def record_body(record: Record) -> dict[str, Any]:
