@@ -219,7 +219,7 @@ async def acquire_lock(
             wait_seconds=wait_seconds,
             actor=_actor(token),
         )
-        return _lock(lock)
+        return locks.held_item(lock)
 
     return await _call(ctx, run, writes=True)
 
@@ -311,16 +311,6 @@ def _fact(fact) -> dict[str, Any]:
         "agent_id": fact.agent.name,
         "metadata": fact.metadata,
         "created_at": iso(fact.created),
-    }
-
-
-def _lock(lock) -> dict[str, Any]:
-    return {
-        "resource": lock.resource,
-        "owner": lock.owner,
-        "fencing_token": lock.token,
-        "acquired_at": iso(lock.acquired),
-        "expires_at": iso(lock.expires),
     }
 
 

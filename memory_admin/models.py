@@ -22,6 +22,12 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
+def iso_ms(moment: datetime | None) -> str | None:
+    """ISO 8601 UTC to the millisecond: what Redis keeps of lock and status times, so a value
+    reads back the same as it was first returned."""
+    return None if moment is None else iso(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
+
+
 class Namespace(models.Model):
     name = models.CharField(max_length=200, unique=True)
     created = models.DateTimeField(default=now)

@@ -2,7 +2,7 @@
 (`limit`, `after`: an addition to API.md, see docs/API.md).
 
 The shape tests pin the full lists byte for byte to what the documented shape gives, built here
-from the model objects (status_body, lock_body), so a faster way of building them cannot change a
+from the model objects (status_body, locks.held_item), so a faster way of building them cannot change a
 field, a time format, the order or `state`.
 """
 
@@ -18,9 +18,7 @@ from django.utils.timezone import now
 
 from memory_admin import redis as r
 from memory_admin.api.agents import status_body
-from memory_admin.api.common import iso_ms
-from memory_admin.api.locks import lock_body
-from memory_admin.models import Agent, LockFence
+from memory_admin.models import Agent, LockFence, iso_ms
 from memory_admin.services import locks, status
 from tests.api_support import api_for, error
 from tests.conftest import actor
@@ -161,7 +159,7 @@ def held(alpha, beta):
 
 
 def _expected_locks(ns) -> dict:
-    return {"items": [lock_body(lock) for lock in locks.list_locks(ns=ns)]}
+    return {"items": [locks.held_item(lock) for lock in locks.list_locks(ns=ns)]}
 
 
 def test_full_lock_list_is_the_documented_shape_byte_for_byte(alpha, held):

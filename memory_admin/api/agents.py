@@ -6,9 +6,9 @@ from urllib.parse import urlencode
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema
 
-from memory_admin.api.common import In, Key, Limit, actor_of, agent_of, errors, iso_ms, list_response, ns_of
+from memory_admin.api.common import In, Key, Limit, actor_of, agent_of, errors, list_response, ns_of
 from memory_admin.errors import Invalid
-from memory_admin.models import AgentStatus
+from memory_admin.models import AgentStatus, iso_ms
 from memory_admin.services import status as statuses
 
 router = Router(tags=["status"])

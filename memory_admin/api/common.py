@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -19,7 +18,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 from memory_admin import outage
 from memory_admin import redis as r
 from memory_admin.errors import DomainError, Invalid, NotFound, Unavailable
-from memory_admin.models import Agent, Namespace, Token, iso
+from memory_admin.models import Agent, Namespace, Token
 from memory_admin.services import Actor
 from memory_admin.validation import KEY_RE, RECORD_KEY_RE
 
@@ -136,12 +135,6 @@ def list_response(data: Any) -> HttpResponse:
     """A long list as JSON, byte for byte as ninja renders it (json.dumps' defaults) but without
     validating each of thousands of items against the schema: their service builds them to it."""
     return HttpResponse(json.dumps(data), content_type="application/json; charset=utf-8")
-
-
-def iso_ms(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC to the millisecond: what Redis keeps of lock and status times, so a value
-    reads back the same as it was first returned."""
-    return None if moment is None else iso(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
 
 
 def token_of(request: HttpRequest) -> Token:

@@ -10,7 +10,6 @@ path reach the resource that ends in `/renew`, as nothing else answers them ther
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
@@ -25,7 +24,6 @@ from memory_admin.api.common import (
     error_response,
     errors,
     in_thread,
-    iso_ms,
     json_response,
     list_response,
     ns_of,
@@ -33,7 +31,6 @@ from memory_admin.api.common import (
 )
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError, Invalid
-from memory_admin.models import HeldLock
 from memory_admin.services import locks
 
 router = Router(tags=["locks"])
@@ -77,16 +74,6 @@ class PageQuery(Schema):
     after: Key | None = Field(None, description="the `next` of the previous page (needs `limit`)")
 
 
-def lock_body(lock: HeldLock) -> dict[str, Any]:
-    return {
-        "resource": lock.resource,
-        "owner": lock.owner,
-        "fencing_token": lock.token,
-        "acquired_at": iso_ms(lock.acquired),
-        "expires_at": iso_ms(lock.expires),
-    }
-
-
 @router.get("/locks", response={200: LockList, **errors()}, url_name="list_locks")
 def list_locks(request: HttpRequest, query: Query[PageQuery]):
     """Locks held now in the namespace, soonest to expire first: `{"items"}`. With `limit`, a page
@@ -121,7 +108,7 @@ def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
         ttl_seconds=body.ttl_seconds,
         actor=actor_of(request),
     )
-    return lock_body(lock)
+    return locks.held_item(lock)
 
 
 # Each `!` form is the lower decorator, so its URL pattern is registered first: the plain
@@ -160,7 +147,7 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
         if isinstance(outcome, locks.Busy):
             busy.append(outcome)
             return error_response(outcome.error(resource))
-        return json_response(lock_body(outcome))
+        return json_response(locks.held_item(outcome))
 
     try:
         while True:
@@ -208,7 +195,7 @@ def get_lock(request: HttpRequest, resource: Key):
     """The lock as held now, with `waiting`: the agents queued for it, first in line first."""
     ns = ns_of(request)
     lock = locks.get_lock(ns=ns, resource=resource)
-    return {**lock_body(lock), "waiting": locks.waiters(ns=ns, resource=resource)}
+    return {**locks.held_item(lock), "waiting": locks.waiters(ns=ns, resource=resource)}
 
 
 @router.delete("/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock")

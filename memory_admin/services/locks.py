@@ -23,7 +23,7 @@ from django.utils.timezone import now
 
 from memory_admin import redis as r
 from memory_admin.errors import Invalid, LockHeld, NotFound, NotLockHolder
-from memory_admin.models import HeldLock, LockFence, Namespace, iso
+from memory_admin.models import HeldLock, LockFence, Namespace, iso, iso_ms
 from memory_admin.services import SYSTEM, Actor, activity
 from memory_admin.services.events import append_event, current_txn, ring_after_write
 from memory_admin.validation import check_key
@@ -387,13 +387,7 @@ def lock_items(*, ns: Namespace, after: str = "", limit: int | None = None) -> l
     iso = r.iso_from_ms
     if not limit:
         return [
-            {
-                "resource": resource,
-                "owner": owner,
-                "fencing_token": int(token),
-                "acquired_at": iso(acquired),
-                "expires_at": iso(expires),
-            }
+            lock_item(resource, owner, token, iso(acquired), iso(expires))
             for resource, owner, token, acquired, expires in r.held_locks(ns.name, r.to_ms(now()))
         ]
     items: list[dict[str, Any]] = []
@@ -409,15 +403,7 @@ def lock_items(*, ns: Namespace, after: str = "", limit: int | None = None) -> l
         fields = r.hmget_each(keys, "owner", "token", "acquired", "expires")
         for resource, (owner, token, acquired, expires) in zip(batch, fields, strict=True):
             if owner is not False and token and int(expires) >= now_ms:
-                items.append(
-                    {
-                        "resource": resource,
-                        "owner": owner,
-                        "fencing_token": int(token),
-                        "acquired_at": iso(acquired),
-                        "expires_at": iso(expires),
-                    }
-                )
+                items.append(lock_item(resource, owner, token, iso(acquired), iso(expires)))
         if len(batch) < want:
             break
         after = batch[-1]
@@ -428,6 +414,25 @@ def lock_items(*, ns: Namespace, after: str = "", limit: int | None = None) -> l
 def count_locks(*, ns: Namespace) -> int:
     """How many locks are held now, without loading them."""
     return r.client().zcount(r.locks_index(ns.name), r.to_ms(now()), "+inf")
+
+
+def lock_item(
+    resource: str, owner: str, token: int | str, acquired_at: str, expires_at: str
+) -> dict[str, Any]:
+    """A held lock as the API and the MCP tools answer it (api/locks.py's LockOut): the one place
+    its fields are named. Times are ISO text to the millisecond, as Redis keeps them."""
+    return {
+        "resource": resource,
+        "owner": owner,
+        "fencing_token": int(token),
+        "acquired_at": acquired_at,
+        "expires_at": expires_at,
+    }
+
+
+def held_item(lock: HeldLock) -> dict[str, Any]:
+    """lock_item of a HeldLock (an acquire, a renewal, GET /locks/{resource})."""
+    return lock_item(lock.resource, lock.owner, lock.token, iso_ms(lock.acquired), iso_ms(lock.expires))
 
 
 def _held(resource: str, fields: dict[str, str], queue: list[str] = ()) -> HeldLock:
