@@ -14,11 +14,7 @@ from django.views.decorators.http import require_POST
 
 from memory_admin.errors import NotFound, Unavailable
 from memory_admin.models import Agent, Namespace
-from memory_admin.views.screens import (
-    LIST_PAGE,
-    View,
-    open_conflict_count,
-)
+from memory_admin.views.screens import LIST_PAGE, View, open_conflict_count
 
 OPERATE = "memory_admin.operate"
 # The fragments a screen serves on its own (`?fragment=`): the ones its htmx requests.
