@@ -95,8 +95,9 @@ def mark_resolved(
     *, ns: Namespace, ids: list[int], key: str, resolution: str, actor: Actor, version: int | None
 ) -> None:
     """Close the open conflicts `ids` (all on `key`) as `resolution`, with a `conflict.resolved`
-    event each: the one place that event is appended, but for a write's own statement, which
-    closes its writer's superseded conflicts the same way in SQL (records._THEN)."""
+    event each: the one place that event is appended, but for the statements of a versioned write
+    and of a run of puts, which close their writer's superseded conflicts the same way in SQL
+    (services/records.py) rather than take another round trip."""
     Conflict.objects.filter(pk__in=ids).update(
         status=Conflict.Status.RESOLVED, resolution=resolution, resolved_by=actor.name, resolved=now()
     )
