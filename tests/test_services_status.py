@@ -11,7 +11,15 @@ from django.utils.timezone import now
 from memory_admin import redis as r
 from memory_admin.errors import Invalid
 from memory_admin.models import Event
-from memory_admin.services.status import get_agent, heartbeat, list_agents, sweep_stale_agents
+from memory_admin.services.status import (
+    agent_items,
+    agent_state,
+    count_agents,
+    get_agent,
+    heartbeat,
+    list_agents,
+    sweep_stale_agents,
+)
 from tests.conftest import actor, lapse_heartbeat, wait_for
 
 
@@ -130,3 +138,17 @@ def test_the_sweep_leaves_an_agent_whose_heartbeat_brought_it_back_in_postgres(n
     r.client().zadd(r.heartbeats_index(ns.name), {"alpha": r.to_ms(now() - timedelta(seconds=1))})
     assert sweep_stale_agents() == 0
     assert not Event.objects.filter(type="agent.stale").exists()
+
+
+@pytest.mark.django_db
+def test_the_api_list_the_console_and_the_counts_agree_on_each_agents_state(ns, alpha, beta, make_agent):
+    """One rule (status.agent_state) decides live, stale and never_seen wherever a state is shown."""
+    gamma = make_agent("gamma")
+    for agent in (alpha, beta):
+        heartbeat(agent=agent, status="working", ttl_seconds=60, actor=actor(agent))
+    lapse_heartbeat(beta)
+    expected = {"alpha": "live", "beta": "stale", "gamma": "never_seen"}
+    assert {s.agent.name: s.state for s in list_agents(ns=ns)} == expected  # the console, get_agent
+    assert {item["agent_id"]: item["state"] for item in agent_items(ns=ns)} == expected  # GET /agents
+    assert count_agents(ns=ns) == {"live": 1, "stale": 1, "never_seen": 1}  # the overview
+    assert get_agent(ns=ns, agent_id=gamma.name).state == agent_state(live=False, seen=None)
