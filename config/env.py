@@ -119,6 +119,43 @@ def database_config(url: str) -> dict:
     }
 
 
+CLUSTER_SCHEMES = {"redis+cluster", "rediss+cluster"}
+
+
+def redis_cluster_nodes(url: str) -> list[str] | None:
+    """A redis:// (or rediss://) URL for each node that a `redis+cluster://[user:password@]host:port
+    [,host:port...]` URL names (any one introduces the rest), or None for a URL of one server.
+    A cluster has database 0 only."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in CLUSTER_SCHEMES:
+        return None
+    userinfo, at, hosts = rest.partition("/")[0].rpartition("@")
+    path = rest.partition("/")[2]
+    if path not in ("", "0"):
+        raise ImproperlyConfigured(f"REDIS_URL: a Redis Cluster has database 0 only; got {url!r}")
+    nodes = []
+    for node in hosts.split(","):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ImproperlyConfigured(f"REDIS_URL: each cluster node is host:port; got {node!r} in {url!r}")
+        nodes.append(f"{scheme.removesuffix('+cluster')}://{userinfo}{at}{node}/0")
+    return nodes
+
+
+def channel_layers(redis_url: str) -> dict:
+    """CHANNEL_LAYERS for REDIS_URL. On a cluster, channels-redis' pub/sub layer with one shard
+    per node: it keeps no keys (so slots do not concern it), and a PUBLISH reaches a subscriber on
+    the node the layer hashes the channel to; its default layer's Lua scripts span many keys,
+    which a cluster refuses (CROSSSLOT)."""
+    nodes = redis_cluster_nodes(redis_url)
+    if nodes is None:
+        layer = {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+    else:
+        layer = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": nodes}}
+    layer["CONFIG"]["prefix"] = "ma:channels:"
+    return {"default": layer}
+
+
 def redis_url_with_db(url: str, db: int) -> str:
     """The same Redis URL pointing at database `db`."""
     from urllib.parse import urlunsplit

@@ -9,6 +9,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config import embedded, logs, web
 from config.env import (
+    CLUSTER_SCHEMES,
+    channel_layers,
     database_config,
     env_bool,
     env_float,
@@ -17,6 +19,7 @@ from config.env import (
     env_networks,
     env_str,
     env_url,
+    redis_cluster_nodes,
     redis_url_with_db,
 )
 
@@ -47,7 +50,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 # With DATABASE_URL / REDIS_URL unset, the embedded servers running under ./var (config/embedded.py).
 DATABASE_URL = env_url("DATABASE_URL", {"postgres", "postgresql"}) or embedded.running_postgres_url(VAR_DIR)
-REDIS_URL = env_url("REDIS_URL", {"redis", "rediss", "unix"}) or embedded.running_redis_url(VAR_DIR)
+# REDIS_URL may name a Redis Cluster: redis+cluster://host:port[,host:port...] (config/env.py).
+REDIS_URL = env_url("REDIS_URL", {"redis", "rediss", "unix", *CLUSTER_SCHEMES}) or embedded.running_redis_url(VAR_DIR)
 if DATABASE_URL is None or REDIS_URL is None:
     _unset = " and ".join(
         name for name, url in [("DATABASE_URL", DATABASE_URL), ("REDIS_URL", REDIS_URL)] if url is None
@@ -56,9 +60,10 @@ if DATABASE_URL is None or REDIS_URL is None:
         f"{_unset} unset and no embedded server runs under {VAR_DIR}: start the service with"
         " `make run` (manage.py serve starts the embedded servers), or set the URL"
     )
-# REDIS_DB picks another database of the same server (the tests use their own).
+_redis_cluster = redis_cluster_nodes(REDIS_URL) is not None  # a bad node list stops start-up here
+# REDIS_DB picks another database of the same server (the tests use their own); a cluster has one.
 _redis_db = env_int("REDIS_DB", -1, minimum=-1, maximum=1000)
-if _redis_db >= 0:
+if _redis_db >= 0 and not _redis_cluster:
     REDIS_URL = redis_url_with_db(REDIS_URL, _redis_db)
 
 _db = database_config(DATABASE_URL)
@@ -133,12 +138,7 @@ TEMPLATES = [
     },
 ]
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "ma:channels:"},
-    },
-}
+CHANNEL_LAYERS = channel_layers(REDIS_URL)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

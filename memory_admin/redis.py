@@ -12,11 +12,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from django.conf import settings
 
+from config.env import redis_cluster_nodes
 from memory_admin.errors import Unavailable
 
 P = ParamSpec("P")
@@ -27,18 +31,42 @@ _OPTIONS = {
     "socket_timeout": 5,
     "socket_connect_timeout": 2,
     "health_check_interval": 15,
-    "retry_on_timeout": False,
 }
 
 
+def is_cluster() -> bool:
+    """Whether REDIS_URL names a Redis Cluster (`redis+cluster://host:port[,host:port...]`)."""
+    return redis_cluster_nodes(settings.REDIS_URL) is not None
+
+
+def _connect(single: type, cluster: type, node: type):
+    """A client of REDIS_URL: `single` for one server, `cluster` for a cluster (seeded with every
+    node the URL names, so any one of them that answers introduces the rest)."""
+    nodes = redis_cluster_nodes(settings.REDIS_URL)
+    if nodes is None:
+        return single.from_url(settings.REDIS_URL, retry_on_timeout=False, **_OPTIONS)
+    others = [urlsplit(url) for url in nodes[1:]]
+    return cluster.from_url(nodes[0], startup_nodes=[node(u.hostname, u.port) for u in others], **_OPTIONS)
+
+
 @functools.cache
-def client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, **_OPTIONS)
+def client() -> redis.Redis | redis.cluster.RedisCluster:
+    return _connect(redis.Redis, redis.cluster.RedisCluster, redis.cluster.ClusterNode)
 
 
-def async_client() -> redis.asyncio.Redis:
+def async_client() -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
     """A new asyncio client; asyncio pools are bound to one event loop, so callers own it."""
-    return redis.asyncio.Redis.from_url(settings.REDIS_URL, **_OPTIONS)
+    return _connect(
+        redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster, redis.asyncio.cluster.ClusterNode
+    )
+
+
+async def pubsub(client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster):
+    """`client.pubsub()` that hears every PUBLISH: a cluster broadcasts them to all its nodes, so a
+    cluster's subscriber may listen on any one; the cluster's client must first know its nodes."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        await client.initialize()
+    return client.pubsub(ignore_subscribe_messages=True)
 
 
 def unavailable_on_error(func: Callable[P, T]) -> Callable[P, T]:

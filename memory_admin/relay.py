@@ -142,7 +142,7 @@ class Relay:
     async def _listen(self) -> None:
         """Subscribe to the writers' doorbell; without Redis, the relay polls."""
         try:
-            self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            self.pubsub = await r.pubsub(self.redis)
             await self.pubsub.subscribe(events.doorbell_channel())
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("%s cannot hear the doorbell (%s); polling", self.name, exc)

@@ -4,6 +4,10 @@ Builders (`make_agent`, `make_token`) and three standing agents — `alpha` and 
 namespace `team`, `outsider` in namespace `other` — for permission checks.
 `web_server` runs the real ASGI app under uvicorn (config/web.py) on a free port (with `relay`
 alongside when a test asks for it), against the test database and the tests' Redis database.
+
+Tests marked `cluster` run twice: on the tests' Redis database (`[redis]`) and on a real
+three-master Redis Cluster (`[cluster]`, tests/redis_cluster.py) that the session starts on its
+first such test; `redis_store` says which one a test runs on.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils.timezone import now
 
 from config import processes, web
+from config.env import channel_layers
 from config.processes import free_port, wait_for  # noqa: F401 - the tests import them from here
 from memory_admin import redis as r
 from memory_admin.errors import VersionConflict
@@ -39,6 +44,7 @@ from memory_admin.services.locks import acquire_lock
 from memory_admin.services.records import write_record
 from memory_admin.services.status import heartbeat
 from memory_admin.services.tokens import ensure_agent, issue_token
+from tests import redis_cluster
 from tests.browser_support import (  # noqa: F401 - the browser tests' fixtures, for every module
     allow_orm_beside_playwright,
     api,
@@ -51,9 +57,52 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+def pytest_generate_tests(metafunc) -> None:
+    if metafunc.definition.get_closest_marker("cluster") and "redis_store" in metafunc.fixturenames:
+        metafunc.parametrize("redis_store", ["redis", "cluster"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_of_redis() -> Iterator[redis_cluster.RedisCluster]:
+    """A three-master Redis Cluster for the session; skipped without redis-server, unless
+    REQUIRE_CLUSTER=1 (CI), where that fails instead."""
+    reason = redis_cluster.missing()
+    if reason is not None:
+        if redis_cluster.required():
+            pytest.fail(f"REQUIRE_CLUSTER=1 but {reason}")
+        pytest.skip(reason)
+    cluster = redis_cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_store(request) -> Iterator[str]:
+    """ "redis" (the tests' Redis database), or "cluster" for the `[cluster]` run of a test marked
+    `cluster`: settings (REDIS_URL, CHANNEL_LAYERS) point at the cluster for that test, and the
+    processes it starts (`server_env`) inherit them."""
+    store = getattr(request, "param", "redis")
+    if store == "redis":
+        yield store
+        return
+    url = request.getfixturevalue("cluster_of_redis").url
+    with override_settings(REDIS_URL=url, CHANNEL_LAYERS=channel_layers(url)):
+        _forget_redis_clients()
+        try:
+            yield store
+        finally:
+            _forget_redis_clients()
+
+
+def _forget_redis_clients() -> None:
+    """memory_admin.redis keeps one client and its scripts per process: make them anew."""
+    r.client.cache_clear()
+    r.script.cache_clear()
+
+
 @pytest.fixture(autouse=True)
-def clean_redis() -> Iterator[None]:
-    """Each test starts with the tests' Redis database empty."""
+def clean_redis(redis_store) -> Iterator[None]:
+    """Each test starts with the tests' Redis database (or the cluster) empty."""
     r.client().flushdb()
     yield
 
@@ -281,12 +330,21 @@ def start_web(tmp: Path, port: int | None = None, workers: int = 1) -> LiveServe
 
 
 @pytest.fixture(scope="session")
-def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[LiveServer]:
+def web_servers(django_db_setup, django_db_blocker) -> Iterator[dict[str, LiveServer]]:
+    """The session's web processes, one per Redis store, each started by its first test."""
+    servers: dict[str, LiveServer] = {}
+    yield servers
+    for server in servers.values():
+        server.process.stop()
+
+
+@pytest.fixture
+def web_server(web_servers, redis_store, tmp_path_factory) -> LiveServer:
     """The web process serving config.asgi on a free port, for the whole session (tests use
-    transactional db)."""
-    server = start_web(tmp_path_factory.mktemp("web"))
-    yield server
-    server.process.stop()
+    transactional db), on the test's Redis store."""
+    if redis_store not in web_servers:
+        web_servers[redis_store] = start_web(tmp_path_factory.mktemp("web"))
+    return web_servers[redis_store]
 
 
 @pytest.fixture

@@ -16,6 +16,9 @@ from memory_admin.validation import reserved_event_type
 from tests.api_support import api_for, error, state
 from tests.conftest import ROOT
 
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.django_db(transaction=True)
 def test_publishing_an_event_returns_201_with_the_event(alpha):

@@ -14,7 +14,8 @@ from memory_admin.services.tokens import issue_token
 from tests.api_support import api_for, error
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
 
 def _client(web_server, agent) -> httpx.Client:

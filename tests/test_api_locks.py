@@ -8,7 +8,8 @@ from memory_admin.models import Event
 from tests.api_support import api_for, error, state
 from tests.conftest import api_clients, wait_for
 
-pytestmark = pytest.mark.django_db
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = [pytest.mark.django_db, pytest.mark.cluster]
 
 
 def test_acquire_returns_the_lock_with_a_growing_fencing_token(alpha):

@@ -4,7 +4,8 @@ from memory_admin import redis as r
 from memory_admin.models import Event
 from tests.api_support import api_for, error, state
 
-pytestmark = pytest.mark.django_db
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = [pytest.mark.django_db, pytest.mark.cluster]
 
 
 def test_put_status_returns_it_with_expiry_and_only_a_change_makes_an_event(alpha):

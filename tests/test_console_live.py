@@ -21,7 +21,8 @@ from memory_admin.services.status import heartbeat
 from memory_admin.views.screens import last_event_id
 from tests.conftest import actor
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
 ORIGIN = b"http://127.0.0.1"
 

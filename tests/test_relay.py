@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
 from django.test import Client
@@ -19,6 +19,9 @@ from memory_admin.models import Event, Namespace
 from memory_admin.relay import STATUS_KEY
 from memory_admin.services.events import find_position, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
+
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = pytest.mark.cluster
 
 
 def stream_ids(ns) -> list[int]:
@@ -80,17 +83,22 @@ def test_a_standby_relay_takes_over(ns, alpha, tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_each_namespace_group_hears_its_own_log_grow(ns, alpha, outsider, relay):
-    layer = get_channel_layer()
-    mine, theirs = async_to_sync(layer.new_channel)(), async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(live.group_name(ns.pk), mine)
-    async_to_sync(layer.group_add)(live.group_name(outsider.ns.pk), theirs)
+    async def hear():
+        # One event loop throughout: a pub/sub layer's channels belong to the loop that made them.
+        layer = get_channel_layer()
+        mine, theirs = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add(live.group_name(ns.pk), mine)
+        await layer.group_add(live.group_name(outsider.ns.pk), theirs)
+        [position] = await sync_to_async(publish)(ns, alpha, 1)
+        message = await layer.receive(mine)
+        other = await sync_to_async(publish_event)(
+            ns=outsider.ns, type="tick", payload={}, actor=actor(outsider)
+        )
+        return message, await layer.receive(theirs), position, other
 
-    [position] = publish(ns, alpha, 1)
-    message = async_to_sync(layer.receive)(mine)
+    message, heard, position, other = async_to_sync(hear)()
     assert message == {"type": "memory.changed", "ns": ns.name, "event": {"id": position}}
-
-    other = publish_event(ns=outsider.ns, type="tick", payload={}, actor=actor(outsider))
-    assert async_to_sync(layer.receive)(theirs)["event"]["id"] == find_position(other).position
+    assert heard["event"]["id"] == find_position(other).position
 
 
 @pytest.mark.django_db(transaction=True)

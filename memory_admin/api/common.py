@@ -205,8 +205,9 @@ class Subscription:
 
     async def listen(self) -> None:
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = await r.pubsub(self.client)
                 await pubsub.subscribe(self.channel)
                 self.ready.set()
                 while True:
@@ -217,8 +218,9 @@ class Subscription:
                 raise
             except Exception:  # Redis away: waiters still look for themselves after their timeout
                 self.ready.set()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # its connection, before the next subscription takes one
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # its connection, before the next subscription takes one
                 await asyncio.sleep(1)
 
     def _heard(self, data: str) -> None:

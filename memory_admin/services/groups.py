@@ -231,7 +231,8 @@ def _recreate(*, ns: Namespace, row: ConsumerGroup) -> None:
     client, key = r.client(), r.stream_key(ns.name)
     with transaction.atomic():
         row = ConsumerGroup.objects.select_for_update().get(pk=row.pk)  # one recreator at a time
-        with client.pipeline() as pipe:
+        # transaction=True: a cluster's client takes WATCH only in a pipeline that says so
+        with client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(key)  # the relay appends meanwhile: then try again
