@@ -31,6 +31,7 @@ import redis
 from config import embedded
 from config import web as config_web
 from config.processes import free_port, wait_for
+from tests.redis_cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEF"
@@ -80,6 +81,8 @@ class Cluster:
     web: Child | None = None
     relays: list[Child] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # A Redis Cluster (tests/redis_cluster.py) in place of the Valkey child, for web and relays.
+    redis_cluster: RedisCluster | None = None
     _count: int = 0
 
     # --- stores ---------------------------------------------------------------------
@@ -122,9 +125,13 @@ class Cluster:
 
     @property
     def redis_url(self) -> str:
+        if self.redis_cluster is not None:
+            return self.redis_cluster.url
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def redis_client(self) -> redis.Redis:
+        if self.redis_cluster is not None:
+            return self.redis_cluster.client()
         return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
 
     def sql(self, query: str, params: list | tuple = ()) -> list[tuple]:
@@ -256,10 +263,14 @@ print("TOKENS=" + json.dumps(tokens))
             self.start_relay(wait_active=True)
         wait_for(self.healthy, timeout=30, message="the cluster to be healthy")
 
-    def shutdown(self) -> None:
+    def stop_app(self) -> None:
+        """Stop web and relays; the stores go on."""
         for child in [self.web, *self.relays]:
             if child is not None:
                 child.stop()
+
+    def shutdown(self) -> None:
+        self.stop_app()
         if self.redis is not None:
             self.redis.kill(signal.SIGKILL)
         self.stop_postgres()
