@@ -9,7 +9,7 @@ from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from memory_admin.services.tokens import issue_token
-from tests.conftest import start_web
+from tests.conftest import start_web, wait_for
 
 RECORD = "api/v1/records/<path:key>"
 
@@ -87,6 +87,33 @@ def test_a_multi_worker_server_counts_requests_writes_and_locks_across_its_worke
     assert {total(s, "memory_admin_record_writes_total", outcome="ok") for s in again} == {
         total(after, "memory_admin_record_writes_total", outcome="ok")
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_stream_whose_client_left_ends_on_the_server(two_workers, alpha):
+    url, token = two_workers.url, issue_token(agent=alpha)[1]
+
+    def open_streams() -> float:
+        return total(scrape(url), "memory_admin_event_streams_open")
+
+    def leave(*, after_first_frame: bool) -> None:
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream(
+                "GET", f"{url}/api/v1/events/stream", headers={"Authorization": f"Bearer {token}"}
+            ) as sse,
+        ):
+            assert sse.status_code == 200
+            frames = sse.iter_raw()  # kept: a dropped iterator closes the response
+            next(frames)  # its first frame: the stream runs on the server
+            if not after_first_frame:
+                wait_for(lambda: open_streams() == 1, message="the stream counted")
+        # The client has left (its connection closed): the server's side of the stream ends.
+        wait_for(lambda: open_streams() == 0, message="the server to end the abandoned stream")
+
+    leave(after_first_frame=False)  # while the stream waits for Redis to wake it
+    for _ in range(5):  # at once: the cancel lands in the stream's first reads
+        leave(after_first_frame=True)
 
 
 @pytest.mark.django_db

@@ -3,8 +3,8 @@
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import django.db
 from django.http import HttpRequest, StreamingHttpResponse
@@ -31,6 +31,7 @@ from memory_admin.models import Namespace
 from memory_admin.services import events, idempotency, tokens, wakeups
 
 router = Router(tags=["events"])
+T = TypeVar("T")
 log = logging.getLogger("memory_admin.api")
 
 KEEPALIVE_SECONDS = 15
@@ -194,11 +195,12 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
         # the first event resumes from here, not from a later "now" (which would skip what came
         # between).
         yield f"retry: 1000\nid: {cursor}\n\n"
-        wake_from = await watch.top()  # taken before the replay: nothing falls between
+        wake_from = await _unless_left(watch.top())  # taken before the replay: nothing falls between
         last_write = loop.time()
         while True:
             try:
-                batch = await in_thread(_next_batch)(token_id, ns=ns, after=cursor, types=types, limit=BATCH)
+                read = in_thread(_next_batch)(token_id, ns=ns, after=cursor, types=types, limit=BATCH)
+                batch = await _unless_left(read)
             except django.db.Error as exc:  # Postgres away: keep the stream, try again shortly
                 log.warning("event stream of %s waiting for Postgres: %s", ns.name, exc)
                 await asyncio.sleep(POLL_SECONDS)
@@ -214,15 +216,26 @@ async def _follow(ns: Namespace, cursor: int, types: list[str], token_id: int) -
                 continue
             if wake_from is None:
                 await asyncio.sleep(POLL_SECONDS)
-                wake_from = await watch.top()
+                wake_from = await _unless_left(watch.top())
             else:
-                wake_from = await watch.wait_past(wake_from, WAKE_BLOCK_MS, BATCH)
+                wake_from = await _unless_left(watch.wait_past(wake_from, WAKE_BLOCK_MS, BATCH))
             if loop.time() - last_write >= KEEPALIVE_SECONDS:
                 yield ": keepalive\n\n"
                 last_write = loop.time()
     finally:
         metrics.EVENT_STREAMS.dec()
         await watch.close()
+
+
+async def _unless_left(work: Awaitable[T]) -> T:
+    """`work`, shielded from the stream's cancel. When the client leaves, Django cancels the
+    stream; a cancel that lands in sync_to_async (a read of the log) or in a redis-py command was
+    swallowed (the call finished and returned), so the stream went on following the log for
+    nobody, holding its Redis client and delaying its worker's exit. Shielded, the stream ends
+    at once, and the call finishes alone."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+    return await asyncio.shield(task)
 
 
 def _next_batch(token_id: int, **read) -> list | None:
