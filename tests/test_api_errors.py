@@ -221,6 +221,7 @@ def test_a_huge_body_at_the_default_limit_is_413(alpha):
     assert state() == before
 
 
+@pytest.mark.cluster
 def test_the_rate_limit_answers_429_with_retry_after(alpha, settings):
     settings.RATE_LIMIT_PER_MINUTE = 3
     api, other = api_for(alpha), api_for(alpha)

@@ -15,6 +15,9 @@ from memory_admin import redis as r
 from memory_admin import throttle
 from tests.conftest import start_web
 
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = pytest.mark.cluster
+
 PASSWORD = "a-long-enough-password-for-the-validators"
 
 

@@ -26,6 +26,9 @@ from memory_admin.services.locks import (
 from memory_admin.services.records import Fence, get_record, write_record
 from tests.conftest import actor, lapse_fence, lapse_lock
 
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_acquirers_never_overlap_and_tokens_grow_in_acquisition_order(ns, make_agent):

@@ -22,6 +22,9 @@ from memory_admin.services.status import (
 )
 from tests.conftest import actor, lapse_heartbeat, wait_for
 
+# Also on a Redis Cluster (conftest: redis_store).
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.django_db
 def test_a_heartbeat_is_live_until_its_ttl_lapses_then_stale(ns, alpha, beta):
