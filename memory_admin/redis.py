@@ -49,16 +49,36 @@ def _connect(single: type, cluster: type, node: type):
     return cluster.from_url(nodes[0], startup_nodes=[node(u.hostname, u.port) for u in others], **_OPTIONS)
 
 
+# A cluster none of whose nodes answers raises RedisClusterException where one server raises
+# ConnectionError: these say ConnectionError too, so every caller's outage handling (a 503, a
+# relay that waits) holds on a cluster.
+_UNREACHABLE = redis.exceptions.RedisClusterException
+
+
+class _Cluster(redis.cluster.RedisCluster):
+    def __init__(self, *args, **kwargs) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise redis.ConnectionError(str(exc)) from exc
+
+
+class _AsyncCluster(redis.asyncio.cluster.RedisCluster):
+    async def initialize(self, *args, **kwargs) -> _AsyncCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise redis.ConnectionError(str(exc)) from exc
+
+
 @functools.cache
 def client() -> redis.Redis | redis.cluster.RedisCluster:
-    return _connect(redis.Redis, redis.cluster.RedisCluster, redis.cluster.ClusterNode)
+    return _connect(redis.Redis, _Cluster, redis.cluster.ClusterNode)
 
 
 def async_client() -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
     """A new asyncio client; asyncio pools are bound to one event loop, so callers own it."""
-    return _connect(
-        redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster, redis.asyncio.cluster.ClusterNode
-    )
+    return _connect(redis.asyncio.Redis, _AsyncCluster, redis.asyncio.cluster.ClusterNode)
 
 
 async def pubsub(client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster):

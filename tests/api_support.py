@@ -88,10 +88,11 @@ def state() -> dict[str, int]:
 
 
 @contextmanager
-def redis_down(settings) -> Iterator[None]:
-    """Point the app at a port where no Redis listens, then back (clients and scripts are cached)."""
+def redis_down(settings, url: str = "redis://127.0.0.1:1/0") -> Iterator[None]:
+    """Point the app at a port where no Redis (or no cluster node) listens, then back (clients
+    and scripts are cached)."""
     original = settings.REDIS_URL
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.REDIS_URL = url
     r.client.cache_clear()
     r.script.cache_clear()
     try:

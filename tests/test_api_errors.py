@@ -234,10 +234,11 @@ def test_the_rate_limit_answers_429_with_retry_after(alpha, settings):
     assert other.get("/me").status_code == 200  # per token
 
 
-def test_redis_down_is_503_with_retry_after_and_changes_nothing(alpha, settings):
+@pytest.mark.parametrize("down", ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1,127.0.0.1:2"])
+def test_redis_down_is_503_with_retry_after_and_changes_nothing(alpha, settings, down):
     api = api_for(alpha)
     before = state()
-    with redis_down(settings):
+    with redis_down(settings, down):
         for method, path, body in [
             ("POST", "/locks/printer", {}),
             ("PUT", "/status", {"status": "working"}),
