@@ -1,7 +1,8 @@
 """The Redis connection, the key layout and the Lua scripts — nowhere else.
 
 Every key of a namespace shares the hash tag `{<namespace>}` so multi-key scripts
-stay on one Redis Cluster slot.
+stay on one Redis Cluster slot. REDIS_URL may name a cluster (`redis+cluster://host:port,...`,
+config/env.py): the clients made here are then redis-py's cluster clients.
 """
 
 from __future__ import annotations
@@ -32,11 +33,6 @@ _OPTIONS = {
     "socket_connect_timeout": 2,
     "health_check_interval": 15,
 }
-
-
-def is_cluster() -> bool:
-    """Whether REDIS_URL names a Redis Cluster (`redis+cluster://host:port[,host:port...]`)."""
-    return redis_cluster_nodes(settings.REDIS_URL) is not None
 
 
 def _connect(single: type, cluster: type, node: type):
