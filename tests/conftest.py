@@ -78,9 +78,9 @@ def cluster_of_redis() -> Iterator[redis_cluster.RedisCluster]:
 
 @pytest.fixture
 def redis_store(request) -> Iterator[str]:
-    """ "redis" (the tests' Redis database), or "cluster" for the `[cluster]` run of a test marked
-    `cluster`: settings (REDIS_URL, CHANNEL_LAYERS) point at the cluster for that test, and the
-    processes it starts (`server_env`) inherit them."""
+    """Which Redis the test runs on: the tests' database ("redis"), or for the `[cluster]` run of
+    a test marked `cluster` the cluster ("cluster"): settings (REDIS_URL, CHANNEL_LAYERS) point at
+    it for that test, and the processes the test starts (`server_env`) inherit them."""
     store = getattr(request, "param", "redis")
     if store == "redis":
         yield store
