@@ -108,7 +108,7 @@ def test_two_web_nodes_and_two_relays_on_a_redis_cluster_lose_nothing_when_the_a
             Cluster(cluster.root / name, database_url=cluster.database_url, redis_cluster=cluster_of_redis)
         )
     agents = [f"agent-{i:02d}" for i in range(6)]
-    tokens = cluster.provision(ns, [*agents, "auditor"], operator="olga")
+    tokens = cluster.provision(ns, [*agents, "auditor"], operator="nadia")  # the suite shares one database
     consoles: list[Console] = []
     stack = contextlib.ExitStack()  # the consoles' sockets
     try:
@@ -117,7 +117,7 @@ def test_two_web_nodes_and_two_relays_on_a_redis_cluster_lose_nothing_when_the_a
         active = nodes[0].start_relay("relay-a", wait_active=True)
         standby = nodes[1].start_relay("relay-b")
         for node in nodes:
-            cookies = console(node, "olga").cookies
+            cookies = console(node, "nadia").cookies
             consoles.append(
                 Console(node, ns, "; ".join(f"{k}={v}" for k, v in cookies.items())).start(stack, 0)
             )
