@@ -187,9 +187,10 @@ def last_hour(ns: Namespace, *, agent: str = "", sample_agents: int | None = Non
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(key)
     if not agent:
-        pipe.mget([r.lock_waits_key(ns.name, m) for m in range(first, current + 1)])
+        for m in range(first, current + 1):
+            pipe.get(r.lock_waits_key(ns.name, m))  # GETs: a cluster's client refuses MGET in a pipeline
     stored, *waited = pipe.execute()
-    waits = [int(w or 0) for w in waited[0]] if waited else [None] * MINUTES
+    waits = [int(w or 0) for w in waited] if waited else [None] * MINUTES
     kept = {int(m): v for m, v in stored.items() if not m.startswith("a")}
     samples = {int(m[1:]): int(v) for m, v in stored.items() if m.startswith("a")}
     if sample_agents is not None:
