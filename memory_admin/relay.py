@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import psycopg
 import redis.asyncio
+import redis.asyncio.cluster
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
@@ -235,11 +236,16 @@ class Relay:
                 maxlen=settings.EVENT_STREAM_MAXLEN,
                 approximate=True,
             )
-        pipe.publish(events.positions_channel(), " ".join(f"{row[-1]}:{row[0]}" for row in rows))
+        heard = " ".join(f"{row[-1]}:{row[0]}" for row in rows)
+        cluster = isinstance(self.redis, redis.asyncio.cluster.RedisCluster)
+        if not cluster:
+            pipe.publish(events.positions_channel(), heard)
         for result in await pipe.execute(raise_on_error=False):
             # A stream that already has this id got it before a crash: exactly once, by Redis' rule.
             if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
                 raise result
+        if cluster:  # a cluster's pipeline takes no command without a key
+            await self.redis.publish(events.positions_channel(), heard)
         await live.broadcast(ns_id, ns, through)
         self.marks[ns_id] = through
         self.published += len(rows)
