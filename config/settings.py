@@ -51,7 +51,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # With DATABASE_URL / REDIS_URL unset, the embedded servers running under ./var (config/embedded.py).
 DATABASE_URL = env_url("DATABASE_URL", {"postgres", "postgresql"}) or embedded.running_postgres_url(VAR_DIR)
 # REDIS_URL may name a Redis Cluster: redis+cluster://host:port[,host:port...] (config/env.py).
-REDIS_URL = env_url("REDIS_URL", {"redis", "rediss", "unix", *CLUSTER_SCHEMES}) or embedded.running_redis_url(VAR_DIR)
+_redis_schemes = {"redis", "rediss", "unix", *CLUSTER_SCHEMES}
+REDIS_URL = env_url("REDIS_URL", _redis_schemes) or embedded.running_redis_url(VAR_DIR)
 if DATABASE_URL is None or REDIS_URL is None:
     _unset = " and ".join(
         name for name, url in [("DATABASE_URL", DATABASE_URL), ("REDIS_URL", REDIS_URL)] if url is None
