@@ -25,6 +25,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from memory_admin.api.auth import watch_revocations  # noqa: E402
 from memory_admin.mcp_server import PATH as MCP_PATH  # noqa: E402
 from memory_admin.mcp_server import McpEndpoint  # noqa: E402
 from memory_admin.middleware import BodyLimit, SameOriginWebsockets  # noqa: E402
@@ -134,6 +135,7 @@ class ApiHandler(ReusedThreads, ASGIHandler):
             super().load_middleware(is_async=is_async)
 
     async def handle(self, scope, receive, send) -> None:
+        await watch_revocations()  # the token cache's feed (memory_admin/api/auth.py)
         if is_async_view(scope["path"].removeprefix(scope.get("root_path", ""))):  # the path_info
             await super().handle(scope, receive, send)
             return

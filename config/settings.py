@@ -168,6 +168,9 @@ BODY_TIMEOUT_SECONDS = env_int("BODY_TIMEOUT_SECONDS", 30, minimum=1, maximum=36
 # index_sql and score_sql. Full-text search by default: no embedding model is fetched here.
 STORE_RANKING = "memory_admin.services.store.FullTextRanking"
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 6000, minimum=1, maximum=10_000_000)
+# How long a web process keeps a live token it looked up (memory_admin/api/auth.py): the longest
+# a revocation whose Redis message was lost goes unnoticed. 0: every request reads Postgres.
+TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0, maximum=300)
 EVENT_STREAM_MAXLEN = env_int("EVENT_STREAM_MAXLEN", 100_000, minimum=100, maximum=100_000_000)
 
 # GET /metrics (README: Metrics): for a bearer METRICS_TOKEN, or from an address in METRICS_ALLOW

@@ -174,10 +174,15 @@ class Subscription:
     """This process's one subscription to a Redis channel whose messages wake waiting requests:
     `parse` turns a message into (name, value) pairs, and the request waiting under a name (if it
     is here) gets the value at once. With `keep`, the last `keep` values no request waited for
-    are kept, for a request that arms only after its message came."""
+    are kept, for a request that arms only after its message came. `on_state` (if given) is told
+    True each time the subscription is (again) in place and False each time it is lost, so a
+    cache kept by the channel's messages can drop what it may have missed meanwhile."""
 
-    def __init__(self, channel: str, parse: Parse, keep: int = 0) -> None:
+    def __init__(
+        self, channel: str, parse: Parse, keep: int = 0, on_state: Callable[[bool], None] | None = None
+    ) -> None:
         self.channel, self.parse, self.keep = channel, parse, keep
+        self.on_state = on_state or (lambda up: None)
         self.futures: dict[str, asyncio.Future] = {}
         self.heard: dict[str, Any] = {}
         self.client = r.async_client()
@@ -209,14 +214,17 @@ class Subscription:
             try:
                 pubsub = await r.pubsub(self.client)
                 await pubsub.subscribe(self.channel)
+                self.on_state(True)
                 self.ready.set()
                 while True:
                     message = await pubsub.get_message(timeout=30)
                     if message is not None:
                         self._heard(message["data"])
             except asyncio.CancelledError:
+                self.on_state(False)
                 raise
             except Exception:  # Redis away: waiters still look for themselves after their timeout
+                self.on_state(False)
                 self.ready.set()
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
@@ -237,12 +245,14 @@ class Subscription:
 _subscriptions: dict[tuple[asyncio.AbstractEventLoop, str], Subscription] = {}
 
 
-async def subscribed(channel: str, parse: Parse, keep: int = 0) -> Subscription:
+async def subscribed(
+    channel: str, parse: Parse, keep: int = 0, on_state: Callable[[bool], None] | None = None
+) -> Subscription:
     """The event loop's subscription to `channel`, started on first use."""
     loop = asyncio.get_running_loop()
     subscription = _subscriptions.get((loop, channel))
     if subscription is None:
-        subscription = _subscriptions[(loop, channel)] = Subscription(channel, parse, keep)
+        subscription = _subscriptions[(loop, channel)] = Subscription(channel, parse, keep, on_state)
         subscription.task = loop.create_task(subscription.listen())
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(subscription.ready.wait(), 1)

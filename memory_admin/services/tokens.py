@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 
+import redis
 from django.db import connection, transaction
 from django.utils.timezone import now
 
+from memory_admin import redis as r
 from memory_admin import rows
 from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import Agent, Namespace, Token
 from memory_admin.services import SYSTEM_ACTOR, Actor
-from memory_admin.services.events import append_event
+from memory_admin.services.events import append_event, doorbell_channel
 from memory_admin.validation import check_key
 
 PREFIX = "ma_"
+
+log = logging.getLogger("memory_admin.tokens")
 
 
 def digest(raw: str) -> str:
@@ -54,11 +59,13 @@ def issue_token(*, agent: Agent, actor: Actor = SYSTEM_ACTOR, read_only: bool = 
 
 @transaction.atomic
 def revoke_token(*, token: Token, actor: Actor = SYSTEM_ACTOR) -> Token:
-    """Revoke at once: authentication reads the database on every request."""
+    """Revoke at once: once committed, every web process is told to forget the token
+    (revoked_channel), and its next request reads the database."""
     token = Token.objects.select_for_update().select_related("agent__ns").get(pk=token.pk)
     if token.revoked is None:
         token.revoked = now()
         token.save(update_fields=["revoked"])
+        transaction.on_commit(lambda: announce_revoked(token.digest))
         append_event(
             ns=token.agent.ns,
             type="agent.token_revoked",
@@ -77,16 +84,38 @@ def token_is_live(token_id: int) -> bool:
     return Token.objects.filter(pk=token_id, revoked__isnull=True).exists()
 
 
+def revoked_channel() -> str:
+    """Where a committed revocation names the token's digest, for the web processes' token
+    caches (memory_admin/api/auth.py): one channel per database, as the relay's doorbell."""
+    return doorbell_channel().replace("doorbell", "revoked", 1)
+
+
+def announce_revoked(token_digest: str) -> None:
+    """Tell every web process that the token is revoked. A message lost to a Redis outage is
+    safe: a process whose subscription broke has dropped its cache, and an entry lives
+    seconds at most (settings.TOKEN_CACHE_SECONDS)."""
+    try:
+        r.client().publish(revoked_channel(), token_digest)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("revocation not announced, Redis unavailable: %s", exc)
+
+
 def authenticate(raw: str) -> Token | None:
     """The live token for a presented secret, with its agent and namespace, or None.
 
     Lookup is by the SHA-256 of the secret, so no secret is ever compared byte by byte.
-    Every API request runs it, so the query is written once (memory_admin/rows.py).
     """
     if not raw or len(raw) > 200:
         return None
+    return by_digest(digest(raw))
+
+
+def by_digest(token_digest: str) -> Token | None:
+    """The live token with this digest, with its agent and namespace, or None. Every API request
+    whose token is not in its process's cache runs it, so the query is written once
+    (memory_admin/rows.py)."""
     with connection.cursor() as cursor:
-        cursor.execute(_AUTH, [digest(raw)])
+        cursor.execute(_AUTH, [token_digest])
         row = cursor.fetchone()
     if row is None:
         return None
