@@ -131,7 +131,7 @@ def gate(view: Callable, *, circuit: bool = True) -> Callable:
             if refused is not None:
                 return refused
             try:
-                return _passed(await view(request, *args, **kwargs))
+                return _passed(request, await view(request, *args, **kwargs))
             except Exception as exc:  # a bug of ours: logged, and still the error shape
                 return on_error(request, exc)
 
@@ -143,15 +143,17 @@ def gate(view: Callable, *, circuit: bool = True) -> Callable:
         if refused is not None:
             return refused
         try:
-            return _passed(view(request, *args, **kwargs))
+            return _passed(request, view(request, *args, **kwargs))
         except Exception as exc:
             return on_error(request, exc)
 
     return gated
 
 
-def _passed(response: HttpResponse) -> HttpResponse:
-    if response.status_code < 500:  # Postgres answered (every call reads its token there)
+def _passed(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    # Postgres answered: a call whose token was read there (not one from the process's token
+    # cache, which may have used Redis alone) and that did not fail.
+    if response.status_code < 500 and not getattr(request, "token_cached", False):
         outage.postgres.succeeded()
     return _shape(response)
 

@@ -132,7 +132,7 @@ class BearerToken(HttpBearer):
         return None
 
     def authenticate(self, request: HttpRequest, token: str) -> Token | None:
-        found = live_token(token.strip())
+        found = live_token(token.strip(), request)
         if found is None:
             return None
         writing = (
@@ -149,13 +149,15 @@ class BearerToken(HttpBearer):
 bearer = BearerToken()
 
 
-def live_token(raw: str) -> Token | None:
+def live_token(raw: str, request: HttpRequest) -> Token | None:
     """The live token for a presented secret (tokens.authenticate), from this process's cache
-    when it holds it."""
+    when it holds it (then `request.token_cached` is set: the request may not have reached
+    Postgres at all)."""
     if not raw or len(raw) > 200:
         return None
     token_digest = tokens.digest(raw)
     found = token_cache.get(token_digest)
+    request.token_cached = found is not None
     if found is None:
         epoch = token_cache.epoch
         found = tokens.by_digest(token_digest)
