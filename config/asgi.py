@@ -97,20 +97,37 @@ def api_middleware() -> Iterator[None]:
         settings.MIDDLEWARE = full
 
 
-def is_async_view(path: str) -> bool:
-    """Whether the view at `path` is async (one of its operations is: ninja serves a path with
-    one view). Paths no pattern takes are answered by sync code (the 404)."""
+def is_async_view(path: str, method: str) -> bool:
+    """Whether `method` on `path` is answered by async code (a waiting lock, the event stream).
+    Paths no pattern takes are answered by sync code (the 404)."""
     # Agents send the same few paths again and again; a long path resolves each time rather than
     # fill the cache.
-    return _resolves_async(path) if len(path) <= 300 else _resolves_async.__wrapped__(path)
+    methods = _async_methods(path) if len(path) <= 300 else _async_methods.__wrapped__(path)
+    return methods is None or method in methods
 
 
 @functools.lru_cache(maxsize=4096)
-def _resolves_async(path: str) -> bool:
+def _async_methods(path: str) -> frozenset[str] | None:
+    """The methods async code answers at `path`; None: every method."""
     try:
-        return iscoroutinefunction(get_resolver().resolve(path).func)
+        view = get_resolver().resolve(path).func
     except Resolver404:
-        return False
+        return frozenset()
+    if not iscoroutinefunction(view):
+        return frozenset()
+    return getattr(view, "async_methods", None)  # memory_admin/api/__init__.py: AgentAPI
+
+
+class DirectHandler(BaseHandler):
+    """The API's middleware chain and views, run in the request's thread. A sync operation on a
+    path whose view is async (a lock's release beside its acquire) is called as the sync view
+    the API keeps for it, rather than through the async view, which would hop back to the loop
+    and then to a thread again."""
+
+    def resolve_request(self, request):
+        match = super().resolve_request(request)
+        match.func = getattr(match.func, "sync_view", match.func)
+        return match
 
 
 class ApiHandler(ReusedThreads, ASGIHandler):
@@ -121,12 +138,13 @@ class ApiHandler(ReusedThreads, ASGIHandler):
     the connection back to the pool) run there one after the other, as under a WSGI server.
     Django's ASGI path hands each of the three to the thread separately; each hop is a future, a
     queue, a thread wake-up and the loop's wake-up back (in the benchmark's profile, handing work
-    to threads was about a sixth of the web process's CPU). Async views (waiting locks, the event
-    stream) keep Django's path: they wait in the event loop, not in a thread."""
+    to threads was about a sixth of the web process's CPU). Async operations (waiting locks, the
+    event stream) keep Django's path: they wait in the event loop, not in a thread. (The path is
+    matched without the server's root_path: it is the request's path_info.)"""
 
     def __init__(self) -> None:
         super().__init__()
-        self.direct = BaseHandler()
+        self.direct = DirectHandler()
         with api_middleware():
             self.direct.load_middleware(is_async=False)
 
@@ -136,7 +154,7 @@ class ApiHandler(ReusedThreads, ASGIHandler):
 
     async def handle(self, scope, receive, send) -> None:
         await watch_revocations()  # the token cache's feed (memory_admin/api/auth.py)
-        if is_async_view(scope["path"].removeprefix(scope.get("root_path", ""))):  # the path_info
+        if is_async_view(scope["path"].removeprefix(scope.get("root_path", "")), scope["method"]):
             await super().handle(scope, receive, send)
             return
         try:

@@ -14,6 +14,7 @@ Around every operation, in order:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import re_path
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.operation import PathView
 from ninja.parser import Parser
 
 from memory_admin import outage
@@ -85,7 +87,18 @@ class AgentAPI(NinjaAPI):
     def _get_urls(self) -> list:
         urls = super()._get_urls()
         for pattern in urls:
-            pattern.callback = gate(pattern.callback, circuit=pattern.name not in WITHOUT_POSTGRES)
+            circuit = pattern.name not in WITHOUT_POSTGRES
+            view = pattern.callback
+            pattern.callback = gate(view, circuit=circuit)
+            operations = _path_view(view)
+            if operations is not None and operations.is_async:
+                # ninja serves every method of a path with one view, async when one operation is
+                # (a lock's acquire makes its release and read async views too). config/asgi.py
+                # answers the sync ones in one hop through `sync_view`, not through the async view.
+                pattern.callback.async_methods = frozenset(
+                    method for op in operations.operations if op.is_async for method in op.methods
+                )
+                pattern.callback.sync_view = gate(operations._sync_view, circuit=circuit)
         urls.append(re_path(r"^[\s\S]*$", gate(_unknown_path, circuit=False), name="unknown"))
         return urls
 
@@ -116,6 +129,15 @@ api.add_router("", events.router)
 api.add_router("", groups.router)
 api.add_router("", txn.router)
 api.add_router("", store.router)
+
+
+def _path_view(view: Callable) -> PathView | None:
+    """The PathView whose view ninja made `view` (it is in the view's closure)."""
+    for cell in getattr(view, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            if isinstance(cell.cell_contents, PathView):
+                return cell.cell_contents
+    return None
 
 
 # --- the gate -------------------------------------------------------------------------
