@@ -104,8 +104,9 @@ async def watch_revocations() -> None:
 
 
 class BearerToken(HttpBearer):
-    """`Authorization: Bearer <token>` or `x-api-key: <token>`, looked up by its SHA-256 on
-    every request, so a revoked token is refused at once by every web process."""
+    """`Authorization: Bearer <token>` or `x-api-key: <token>`, looked up by its SHA-256 in the
+    process's TokenCache or else in Postgres; a revoked token is refused at once by every web
+    process."""
 
     def __call__(self, request: HttpRequest) -> Token | None:
         # Memoized per request: the idempotency layer needs the token before ninja asks for it.
