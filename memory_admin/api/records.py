@@ -101,7 +101,7 @@ def list_records(request: HttpRequest, query: Query[RecordQuery]):
 def record_versions(request: HttpRequest, key: RecordKey, query: Query[VersionQuery]):
     """A key's versions, newest first; a delete is a version with `deleted` true and value null."""
     found = records.record_versions(ns=ns_of(request), key=key, limit=query.limit)
-    return {"items": [_version_body(version) for version in found]}
+    return {"items": [version_body(version) for version in found]}
 
 
 @router.get(
@@ -193,7 +193,7 @@ def delete_versions_key(request: HttpRequest, key: Key, query: Query[DeleteQuery
     return delete_record(request, f"{key}/versions", query)
 
 
-def _version_body(version: RecordVersion) -> dict[str, Any]:
+def version_body(version: RecordVersion) -> dict[str, Any]:
     return {
         "version": version.version,
         "value": version.value,
