@@ -34,36 +34,28 @@ Id = Annotated[int, Field(ge=0, le=2**63 - 1)]  # ids, versions, cursors: what a
 
 
 # Errors only the HTTP layer raises; the domain's own kinds are in memory_admin/errors.py.
-class MalformedJson(DomainError):
-    status, code = 400, "malformed_json"
+class MalformedJson(DomainError, status=400, code="malformed_json"): ...
 
 
-class Unauthenticated(DomainError):
-    status, code = 401, "unauthenticated"
+class Unauthenticated(DomainError, status=401, code="unauthenticated"): ...
 
 
-class MethodNotAllowed(DomainError):
-    status, code = 405, "method_not_allowed"
+class MethodNotAllowed(DomainError, status=405, code="method_not_allowed"): ...
 
 
-class PayloadTooLarge(DomainError):
-    status, code = 413, "payload_too_large"
+class PayloadTooLarge(DomainError, status=413, code="payload_too_large"): ...
 
 
-class UnsupportedMediaType(DomainError):
-    status, code = 415, "unsupported_media_type"
+class UnsupportedMediaType(DomainError, status=415, code="unsupported_media_type"): ...
 
 
-class RateLimited(DomainError):
-    status, code = 429, "rate_limited"
-
+class RateLimited(DomainError, status=429, code="rate_limited"):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, retry_after=retry_after)
         self.retry_after = retry_after
 
 
-class InternalError(DomainError):
-    status, code = 500, "internal_error"
+class InternalError(DomainError, status=500, code="internal_error"): ...
 
 
 class In(Schema):
