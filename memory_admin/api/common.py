@@ -24,6 +24,7 @@ from memory_admin.validation import KEY_RE, RECORD_KEY_RE
 
 log = logging.getLogger("memory_admin.api")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Keys, lock resources, group and agent names (API.md); a bad one is a 422 naming the field.
 Key = Annotated[str, StringConstraints(pattern=KEY_RE.pattern)]
@@ -83,6 +84,21 @@ def errors(*statuses: int) -> dict[int, type[Error]]:
     400 `malformed_json` (any request may carry a body that is not JSON) and 404 (a path
     parameter with characters no route takes, a newline say, leaves the URL unrouted)."""
     return dict.fromkeys((*statuses, 400, 401, 404, 408, 413, 415, 422, 429, 500, 503), Error)
+
+
+def and_exact(route: Callable[..., Callable[[F], F]], path: str, *, url_name: str, **options: Any):
+    """Register a view at `path` and at `path!`, the form that reaches any key, even one that
+    ends like another route (API.md: Reaching every key); `route` is `router.get`, `.put`, ...
+
+    The `!` pattern is registered first: the plain one would otherwise take `key!` as a (bad) key.
+    """
+
+    def register(view: F) -> F:
+        exact = f"{url_name}_exact"
+        view = route(f"{path}!", url_name=exact, operation_id=exact, **options)(view)
+        return route(path, url_name=url_name, **options)(view)
+
+    return register
 
 
 def error_response(exc: DomainError, *, headers: dict[str, str] | None = None) -> JsonResponse:
