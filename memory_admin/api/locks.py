@@ -21,6 +21,7 @@ from memory_admin.api.common import (
     Limit,
     Subscription,
     actor_of,
+    and_exact,
     error_response,
     errors,
     in_thread,
@@ -111,14 +112,11 @@ def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
     return locks.held_item(lock)
 
 
-# Each `!` form is the lower decorator, so its URL pattern is registered first: the plain
-# pattern would otherwise take `resource!` as a (bad) resource.
-@router.post("/locks/{path:resource}", response={200: LockOut, **errors(403, 409)}, url_name="acquire_lock")
-@router.post(
-    "/locks/{path:resource}!",
+@and_exact(
+    router.post,
+    "/locks/{path:resource}",
     response={200: LockOut, **errors(403, 409)},
-    url_name="acquire_lock_exact",
-    operation_id="acquire_lock_exact",
+    url_name="acquire_lock",
 )
 async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | None = None):
     """Take the lock, waiting up to `wait_seconds` for its holder to go; else 409 `lock_held`.
@@ -184,12 +182,8 @@ def _woken(message: str) -> list[tuple[str, None]]:
     return [(message.rsplit("\n", 1)[-1], None)]
 
 
-@router.get("/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock")
-@router.get(
-    "/locks/{path:resource}!",
-    response={200: LockDetail, **errors(404)},
-    url_name="get_lock_exact",
-    operation_id="get_lock_exact",
+@and_exact(
+    router.get, "/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock"
 )
 def get_lock(request: HttpRequest, resource: Key):
     """The lock as held now, with `waiting`: the agents queued for it, first in line first."""
@@ -198,12 +192,8 @@ def get_lock(request: HttpRequest, resource: Key):
     return {**locks.held_item(lock), "waiting": locks.waiters(ns=ns, resource=resource)}
 
 
-@router.delete("/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock")
-@router.delete(
-    "/locks/{path:resource}!",
-    response={204: None, **errors(403, 409)},
-    url_name="release_lock_exact",
-    operation_id="release_lock_exact",
+@and_exact(
+    router.delete, "/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock"
 )
 def release_lock(request: HttpRequest, resource: Key, query: Query[ReleaseQuery]):
     """Release; only the holder with its token may (else 409 `not_lock_holder`)."""
