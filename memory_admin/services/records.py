@@ -180,9 +180,9 @@ def write_records(
     params = {
         **_lock_params(ns, lock),
         "ns": ns.pk,
-        "keys": [writes[index].key for index in valid],
-        "values": [dumps(writes[index].value) for index in valid],
-        "expected": [writes[index].expected_version for index in valid],
+        # One JSON document, not three arrays: one json.dumps in C, not 50 and psycopg's
+        # quoting of every element in Python.
+        "writes": dumps([[writes[i].key, writes[i].value, writes[i].expected_version] for i in valid]),
         "actor": actor.name,
         "agent_id": actor.agent_id,
         "stamp": stamp,
@@ -291,7 +291,8 @@ WITH w AS (
 KEY_LOCKS = 0x7478  # "tx"
 _LOCK_KEYS = """
 SELECT count(pg_advisory_xact_lock(%(lock_space)s, h)) AS n FROM (
-    SELECT DISTINCT hashtext(%(lock_ns)s || ':' || k) AS h FROM unnest(%(lock_keys)s::text[]) AS k ORDER BY h
+    SELECT DISTINCT hashtext(%(lock_ns)s || ':' || k) AS h
+    FROM jsonb_array_elements_text(%(lock_keys)s::jsonb) AS k ORDER BY h
 ) AS ids
 """
 
@@ -304,7 +305,7 @@ def lock_keys(*, ns: Namespace, keys: Collection[str]) -> None:
 
 
 def _lock_params(ns: Namespace, keys: Collection[str]) -> dict[str, Any]:
-    return {"lock_space": KEY_LOCKS, "lock_ns": str(ns.pk), "lock_keys": sorted(keys)}
+    return {"lock_space": KEY_LOCKS, "lock_ns": str(ns.pk), "lock_keys": dumps(sorted(keys))}
 
 
 # write_records' statement: _WRITE's three forms over arrays, each write in the form its
@@ -322,19 +323,19 @@ def _insert_many(which: str) -> str:
     return f"""
     INSERT INTO memory_admin_record AS rec
         (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
-    SELECT %(ns)s, i.key, i.value::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID}
+    SELECT %(ns)s, i.key, i.value, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID}
     FROM i WHERE {which} ORDER BY i.key
     ON CONFLICT (ns_id, key) DO UPDATE SET {_MANY_SET}"""
 
 
 _MANY_INPUT = """i AS (
-    SELECT * FROM unnest(%(keys)s::text[], %(values)s::text[], %(expected)s::bigint[])
-        WITH ORDINALITY AS i(key, value, expected, n)"""
+    SELECT w->>0 AS key, w->1 AS value, (w->>2)::bigint AS expected, n
+    FROM jsonb_array_elements(%(writes)s::jsonb) WITH ORDINALITY AS i(w, n)"""
 _NO_RECORD = ", ".join(["NULL"] * len(Record._meta.concrete_fields))  # a written row's record columns
 _WRITE_MANY_REST = f"""
 ), over_n AS (
     UPDATE memory_admin_record rec
-    SET value = i.value::jsonb, version = rec.version + 1, updated_by = %(actor)s, updated = %(stamp)s,
+    SET value = i.value, version = rec.version + 1, updated_by = %(actor)s, updated = %(stamp)s,
         ord = GREATEST(rec.ord, {_XID})
     FROM i
     WHERE rec.ns_id = %(ns)s AND rec.key = i.key AND i.expected > 0 AND rec.version = i.expected
