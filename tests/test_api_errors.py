@@ -164,6 +164,26 @@ def test_numbers_are_not_coerced_from_strings(alpha):
     error(api.post("/locks/printer", {"ttl_seconds": True}), 422, "validation_error")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"value": 1, "expected_version": "5"},
+        {"value": 1, "expected_version": 1.0},
+        {"value": 1, "expected_version": True},
+        {"value": 1, "colour": "unknown fields are refused"},
+        {"value": 1, "fence": {"lock": "printer", "token": "5"}},
+        {"value": 1, "fence": {"lock": "printer", "token": 5, "colour": "red"}},
+        {"expected_version": 0},
+    ],
+)
+def test_a_record_body_is_strict_at_every_level(alpha, body):
+    api = api_for(alpha)
+    before = state()
+    failure = error(api.put("/records/plan", body), 422, "validation_error")
+    assert failure["fields"]
+    assert state() == before
+
+
 def test_a_10000_character_key_is_422_everywhere(alpha):
     api = api_for(alpha)
     key = "k" * 10_000
