@@ -219,6 +219,15 @@ def rate_key(ns: str, token_id: int, window: int) -> str:
     return f"{_tag(ns)}:rate:{token_id}:{window}"
 
 
+# A call counted in its window's key (KEYS[1]), which lives ARGV[1] seconds from the window's first
+# call; the count so far. One command, where INCR and EXPIRE in a MULTI were a pipeline's worth.
+COUNT_CALL = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
 def login_failures_key(who: str) -> str:
     """Failed console logins of one (username, address) pair, `who` being their digest."""
     return f"ma:login-failures:{who}"

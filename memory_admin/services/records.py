@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils.timezone import now
 
 from memory_admin import metrics, rows
@@ -116,13 +117,44 @@ def _write(*, ns, key, value, actor, expected_version) -> tuple[Record, bool] | 
         "stamp": now(),
         "txn": current_txn(),
     }
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is None or not row[-2]:  # refused: absent, or the version did not match
         return _refused(ns=ns, write=Write(key, value, expected_version), actor=actor, row=row)
     ring_after_write()
     return rows.load(Record, row), row[-1]
+
+
+class _Prepared(ServerBindingCursor):
+    """Binds parameters on the server and has Postgres prepare each statement once per
+    connection (pooled connections keep them): the write's statement took longer to parse and
+    plan than to run (EXPLAIN ANALYZE: 0.3-0.5 ms planning, 0.2-0.4 ms execution)."""
+
+    def execute(self, query, params=None, **kwargs):
+        return super().execute(query, params, prepare=True, **kwargs)
+
+
+# Statements a pooled connection keeps prepared (psycopg evicts the oldest past it): _WRITE's forms
+# take one each per set of parameter types.
+_PREPARED_MAX = 32
+
+
+def prepared_cursor():
+    """A Django cursor (query logging, error wrapping) over a _Prepared cursor. Its statement's
+    result columns are named, not `*`, so a column added later cannot change a prepared result.
+
+    Django turns psycopg's preparing off (prepare_threshold None, for PgBouncer's transaction
+    mode); the service pools its own connections, so a connection prepares what asks for it
+    here. Django's own cursors bind on the client and never prepare."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        pg = connection.connection
+        if pg.prepare_threshold is None:
+            pg.prepare_threshold, pg.prepared_max = 2**31 - 1, _PREPARED_MAX  # only on request
+        raw = _Prepared(pg)
+    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
 
 
 def _refused(*, ns, write, actor, row) -> Conflict:
