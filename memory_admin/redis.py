@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -250,11 +250,10 @@ local function wake(channel, message, now)
 end
 """
 
-# KEYS: lock, index, queue, leases, tickets, and with a waiter its wait's mark and the minute's
-# wait counter. ARGV: owner, now_ms, ttl_ms, waiter id ('' for none), lease_ms, join
-# the queue (1/0), and with a waiter the mark's TTL (ms) and the counter's (s).
+# KEYS: lock, index, queue, leases, tickets. ARGV: owner, now_ms, ttl_ms, waiter id ('' for none),
+# lease_ms, join the queue (1/0).
 # Returns {1} when reserved; {0, owner, token, expires_ms} when held; {2} when free but an earlier
-# waiter's turn (the caller, if it waits, is queued and its wait counted in both cases).
+# waiter's turn (the caller, if it waits, is queued in both cases).
 ACQUIRE = (
     _PRUNE
     + """
@@ -267,10 +266,6 @@ local function queue()
     redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), waiter)
   end
   redis.call('HSET', KEYS[4], waiter, now + tonumber(ARGV[5]))
-  if redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[7]) then
-    redis.call('INCR', KEYS[7])
-    redis.call('EXPIRE', KEYS[7], ARGV[8])
-  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   queue()
@@ -390,6 +385,15 @@ wake(ARGV[2], ARGV[3], tonumber(ARGV[4]))
 return 1
 """
 )
+
+# KEYS: the waiter's mark, the minute's counter. ARGV: the mark's TTL (ms), the counter's (s).
+# Counts a wait once, however often its waiter looks again. Returns 1 when counted now.
+COUNT_WAIT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
 
 # KEYS: status, heartbeats index. ARGV: agent, status, detail, now_ms, ttl_ms.
 # Returns {previous status or false, previous detail or false, was_live (0/1), and what
@@ -521,19 +525,3 @@ def held_locks(ns: str, now_ms: int) -> list[list[str]]:
 @functools.cache
 def script(source: str) -> redis.commands.core.Script:
     return client().register_script(source)
-
-
-async def run_async(
-    client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster, source: str, *, keys: list, args: list
-) -> Any:
-    """A script run with an event loop's asyncio client (async_client); Unavailable when Redis does
-    not answer."""
-    try:
-        return await _async_script(client, source)(keys=keys, args=args)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise Unavailable("Redis is unreachable; retry shortly") from exc
-
-
-@functools.cache
-def _async_script(client, source: str):
-    return client.register_script(source)

@@ -2,7 +2,6 @@
 views on Django's path, each with the API's behaviour (auth, errors, metrics, the pool)."""
 
 import asyncio
-import contextvars
 
 import httpx
 import pytest
@@ -174,50 +173,3 @@ def test_an_acquire_answered_in_one_hop_keeps_its_idempotency_key(alpha):
     assert taken.status_code == 200 and released.status_code == 204
     assert retried.status_code == 200 and retried.headers["Idempotent-Replayed"] == "true"
     assert retried.json() == taken.json()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_waiting_acquire_looks_at_a_held_lock_without_a_hop(alpha, beta, monkeypatch):
-    """A waiter's looks at a held lock are made from the event loop; its thread is used for the
-    token once it gets the lock (and Django's signals, auth and close), not per look."""
-    holder, waiter = issue_token(agent=alpha)[1], issue_token(agent=beta)[1]
-    connections.close_all()
-    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
-    hops: list[str] = []
-    call = SyncToAsync.__call__
-
-    def counted(self, *args, **kwargs):
-        if who.get():
-            hops.append(getattr(self.func, "__qualname__", repr(self.func)))
-        return call(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
-
-    async def calls() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/api/v1") as api:
-            as_holder = {"Authorization": f"Bearer {holder}"}
-            taken = await api.post("/locks/printer", headers=as_holder)
-
-            async def wait() -> httpx.Response:
-                who.set("waiter")
-                return await api.post(
-                    "/locks/printer", json={"wait_seconds": 10}, headers={"Authorization": f"Bearer {waiter}"}
-                )
-
-            waiting = asyncio.create_task(wait())
-            for _ in range(200):  # until it is queued
-                await asyncio.sleep(0.02)
-                if beta.name in (await api.get("/locks/printer", headers=as_holder)).json()["waiting"]:
-                    break
-            released = await api.delete(
-                f"/locks/printer?fencing_token={taken.json()['fencing_token']}", headers=as_holder
-            )
-            return taken, released, await waiting
-
-    taken, released, served = asyncio.run(calls())
-    assert (taken.status_code, released.status_code, served.status_code) == (200, 204, 200)
-    assert served.json()["fencing_token"] > taken.json()["fencing_token"]
-    # The request_started signal, auth, the token once the lock was freed, the close: the look
-    # that found the lock held and queued the waiter took none.
-    assert len(hops) == 4 and hops.count("in_thread.<locals>.call") == 1, hops

@@ -31,7 +31,7 @@ from memory_admin.api.common import (
     ns_of,
     subscribed,
 )
-from memory_admin.api.once import HEADER, REPLAYED, once
+from memory_admin.api.once import REPLAYED, once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.services import locks
 
@@ -140,16 +140,12 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
             final = left <= 0
             # Armed before the attempt, so a wake-up that comes while it runs is not lost.
             woken = wakeups.arm(waiter) if wakeups is not None and not final else None
-            if wakeups is not None and HEADER not in request.headers:
-                response = await _attempt_from_loop(request, resource, body, waiter, not final, busy, wakeups)
-                if not final and response.status_code == 409:
-                    response = None
-            else:  # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
-                response = await in_thread(once)(
-                    request,
-                    lambda final=final: _attempt(request, resource, body, waiter, not final, busy),
-                    ready=lambda response, final=final: final or response.status_code != 409,
-                )
+            # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
+            response = await in_thread(once)(
+                request,
+                lambda final=final: _attempt(request, resource, body, waiter, not final, busy),
+                ready=lambda response, final=final: final or response.status_code != 409,
+            )
             if response is not None:
                 # Taking the lock took the waiter out of the queue too (a replay took nothing).
                 served = response.status_code == 200 and REPLAYED not in response
@@ -206,41 +202,6 @@ def _attempt(
         )
     except DomainError as exc:
         return error_response(exc)
-    return _answer(outcome, resource, busy)
-
-
-async def _attempt_from_loop(
-    request: HttpRequest,
-    resource: str,
-    body: AcquireIn,
-    waiter: str,
-    queue: bool,
-    busy: list[locks.Busy],
-    wakeups: Subscription,
-) -> HttpResponse:
-    """_attempt for a waiter without an Idempotency-Key: the lock is reserved from the event loop
-    (with the wake-ups' Redis client), so a look that finds it held takes no thread; only the
-    Postgres part of an acquire that got it does."""
-    ns, actor = ns_of(request), actor_of(request)
-    try:
-        stamp, held_by = await locks.try_reserve(
-            wakeups.client,
-            ns=ns,
-            resource=resource,
-            actor=actor,
-            ttl_seconds=body.ttl_seconds,
-            waiter=waiter,
-            queue=queue,
-        )
-        outcome = held_by or await in_thread(locks.complete_acquire)(
-            ns=ns, resource=resource, actor=actor, ttl_seconds=body.ttl_seconds, stamp=stamp
-        )
-    except DomainError as exc:
-        return error_response(exc)
-    return _answer(outcome, resource, busy)
-
-
-def _answer(outcome: locks.HeldLock | locks.Busy, resource: str, busy: list[locks.Busy]) -> HttpResponse:
     if isinstance(outcome, locks.Busy):
         busy.append(outcome)
         return error_response(outcome.error(resource))

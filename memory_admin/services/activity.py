@@ -144,15 +144,14 @@ WAIT_MARK_MS = 120_000
 WAIT_COUNTER_SECONDS = MINUTES * 60 + 300
 
 
-def lock_wait_counter(*, ns: Namespace, waiter: str) -> tuple[list[str], list[int]]:
-    """The keys and arguments with which a lock's acquire script counts a wait that begins
-    (services/locks.py: an acquire that found its lock held and waits for it): counted in the
-    minute it began, once however often it looks again."""
+def count_lock_wait(*, ns: Namespace, waiter: str) -> None:
+    """An acquire found its lock held and waits for it (services/locks.py): counted in the minute
+    it began, once however often it looks again."""
     minute = int(now().timestamp() // 60)
-    return [r.lock_wait_mark(ns.name, waiter), r.lock_waits_key(ns.name, minute)], [
-        WAIT_MARK_MS,
-        WAIT_COUNTER_SECONDS,
-    ]
+    r.script(r.COUNT_WAIT)(
+        keys=[r.lock_wait_mark(ns.name, waiter), r.lock_waits_key(ns.name, minute)],
+        args=[WAIT_MARK_MS, WAIT_COUNTER_SECONDS],
+    )
 
 
 # The buckets last counted are reused this long while the log's head stays where it was (lock

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -102,53 +102,21 @@ def try_acquire(
 ) -> HeldLock | Busy:
     """One attempt: the lock, or who holds it. With `queue`, a caller that did not get it keeps
     (or takes) its place among the waiters under `waiter`."""
-    stamp = now()
-    keys, args = _reserving(ns, resource, actor, ttl_seconds, waiter, queue, stamp)
-    busy = _busy(r.script(r.ACQUIRE)(keys=keys, args=args))
-    return busy or complete_acquire(
-        ns=ns, resource=resource, actor=actor, ttl_seconds=ttl_seconds, stamp=stamp
-    )
-
-
-async def try_reserve(
-    client, *, ns: Namespace, resource: str, actor: Actor, ttl_seconds: int, waiter: str, queue: bool
-) -> tuple[datetime, Busy | None]:
-    """try_acquire's first step from an event loop, with the loop's asyncio Redis client: when the
-    time and None, the lock is reserved for the caller, who finishes with complete_acquire in a
-    thread; else who holds it. An attempt that finds the lock held costs no thread."""
-    stamp = now()
-    keys, args = _reserving(ns, resource, actor, ttl_seconds, waiter, queue, stamp)
-    return stamp, _busy(await r.run_async(client, r.ACQUIRE, keys=keys, args=args))
-
-
-def _reserving(ns, resource, actor, ttl_seconds, waiter, queue, stamp) -> tuple[list[str], list[Any]]:
-    """The ACQUIRE script's keys and arguments (a waiter that queues has its wait counted)."""
     check_key(resource, "resource")
     if not 1 <= ttl_seconds <= 3600:
         raise Invalid("ttl_seconds must be 1-3600", {"ttl_seconds": "1-3600"})
+    stamp = now()
     keys = r.lock_keys(ns.name, resource)
-    args = [actor.name, r.to_ms(stamp), ttl_seconds * 1000, waiter, WAITER_LEASE_MS, int(queue)]
-    if waiter and queue:  # the overview charts waits (not in the log)
-        counter_keys, counter_args = activity.lock_wait_counter(ns=ns, waiter=waiter)
-        keys, args = keys + counter_keys, args + counter_args
-    return keys, args
-
-
-def _busy(reply: list) -> Busy | None:
-    """Who holds the lock, from the ACQUIRE script's reply; None when it is reserved."""
-    if int(reply[0]) == 0:
-        return Busy(owner=reply[1], expires_ms=int(float(reply[3])) if reply[3] else None)
-    if int(reply[0]) == 2:
+    reserved = r.script(r.ACQUIRE)(
+        keys=keys,
+        args=[actor.name, r.to_ms(stamp), ttl_seconds * 1000, waiter, WAITER_LEASE_MS, int(queue)],
+    )
+    if int(reserved[0]) != 1 and queue and waiter:
+        activity.count_lock_wait(ns=ns, waiter=waiter)  # the overview charts waits (not in the log)
+    if int(reserved[0]) == 0:
+        return Busy(owner=reserved[1], expires_ms=int(float(reserved[3])) if reserved[3] else None)
+    if int(reserved[0]) == 2:
         return Busy(owner=None, expires_ms=None)
-    return None
-
-
-@r.unavailable_on_error
-def complete_acquire(
-    *, ns: Namespace, resource: str, actor: Actor, ttl_seconds: int, stamp: datetime
-) -> HeldLock | Busy:
-    """An acquire reserved at `stamp`: its token from Postgres, then confirmed in Redis."""
-    keys = r.lock_keys(ns.name, resource)
     expires = stamp + timedelta(seconds=ttl_seconds)
     try:
         token = _record_acquire(
