@@ -9,8 +9,10 @@ path reach the resource that ends in `/renew`, as nothing else answers them ther
 
 import asyncio
 import contextlib
+import json
 import time
 
+from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
@@ -30,7 +32,7 @@ from memory_admin.api.common import (
     ns_of,
     subscribed,
 )
-from memory_admin.api.once import once
+from memory_admin.api.once import REPLAYED, once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.services import locks
 
@@ -129,24 +131,7 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
     waiter = locks.new_waiter(actor) if body.wait_seconds > 0 else ""
     wakeups = await wakeup_listener() if waiter else None
     busy: list[locks.Busy] = []
-
-    def attempt(queue: bool) -> HttpResponse:
-        try:
-            outcome = locks.try_acquire(
-                ns=ns,
-                resource=resource,
-                actor=actor,
-                ttl_seconds=body.ttl_seconds,
-                waiter=waiter,
-                queue=queue,
-            )
-        except DomainError as exc:
-            return error_response(exc)
-        if isinstance(outcome, locks.Busy):
-            busy.append(outcome)
-            return error_response(outcome.error(resource))
-        return json_response(locks.held_item(outcome))
-
+    served = False
     try:
         while True:
             left = deadline - loop.time()
@@ -156,10 +141,12 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
             # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
             response = await in_thread(once)(
                 request,
-                lambda final=final: attempt(not final),
+                lambda final=final: _attempt(request, resource, body, waiter, not final, busy),
                 ready=lambda response, final=final: final or response.status_code != 409,
             )
             if response is not None:
+                # Taking the lock took the waiter out of the queue too (a replay took nothing).
+                served = response.status_code == 200 and REPLAYED not in response
                 return response
             pause = min(left, locks.WAITER_LOOK_SECONDS)
             holder_expires = busy[-1].expires_ms if busy else None
@@ -167,9 +154,56 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
                 pause = min(pause, max(0.0, holder_expires / 1000 - time.time()) + 0.005)
             await wakeups.wait(woken, pause)
     finally:
-        if waiter:
+        if waiter and not served:
             with contextlib.suppress(Exception):
                 await in_thread(locks.leave_queue)(ns=ns, resource=resource, waiter=waiter)
+
+
+def acquire_now(request: HttpRequest, resource: Key, body: AcquireIn | None = None):
+    """acquire_lock for a body that does not wait, in the request's thread (config/asgi.py
+    answers such a request with it, in one hop): one attempt, kept under an Idempotency-Key as
+    the async view keeps its last."""
+    body = body or AcquireIn()
+    if body.wait_seconds > 0:  # not sent here (`waits` says so); still answered as it asks
+        return async_to_sync(acquire_lock)(request, resource, body)
+    return once(request, lambda: _attempt(request, resource, body, "", False, []))
+
+
+def waits(body: bytes) -> bool:
+    """Whether an acquire with this (raw) body may wait: `wait_seconds` given and not 0. Any
+    other body, valid or not, is answered by acquire_now, the same as by acquire_lock."""
+    if b"wait" not in body and b"\\" not in body:  # no such key, not even escaped: no parsing
+        return False
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("wait_seconds", 0) != 0
+
+
+acquire_lock.sync_twin = acquire_now  # memory_admin/api/__init__.py: AgentAPI
+acquire_lock.waits = waits
+
+
+def _attempt(
+    request: HttpRequest, resource: str, body: AcquireIn, waiter: str, queue: bool, busy: list[locks.Busy]
+) -> HttpResponse:
+    """One try for the lock: its answer (200 or the 409 that says who holds it)."""
+    try:
+        outcome = locks.try_acquire(
+            ns=ns_of(request),
+            resource=resource,
+            actor=actor_of(request),
+            ttl_seconds=body.ttl_seconds,
+            waiter=waiter,
+            queue=queue,
+        )
+    except DomainError as exc:
+        return error_response(exc)
+    if isinstance(outcome, locks.Busy):
+        busy.append(outcome)
+        return error_response(outcome.error(resource))
+    return json_response(locks.held_item(outcome))
 
 
 async def wakeup_listener() -> Subscription:
