@@ -33,7 +33,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from memory_admin import live
+from memory_admin import live, sql
 from memory_admin import redis as r
 from memory_admin.models import iso
 from memory_admin.services import events
@@ -176,7 +176,7 @@ class Relay:
                 await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [events.SEQUENCER_LOCK])
                 if marks:
                     await self.conn.execute(_MARK, [list(marks), list(marks.values())])
-                stamping = await self.conn.execute(events.SEQUENCE_SQL, [events.SEQUENCE_BATCH])
+                stamping = await self.conn.execute(sql.SEQUENCE, [events.SEQUENCE_BATCH])
             pending = await self.conn.execute(_PENDING)
             waiting = await self.conn.execute(_WAITING)
             stamped = await stamping.fetchall()
