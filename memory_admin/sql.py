@@ -22,6 +22,7 @@ from django.db.models import Model
 from memory_admin.models import (
     LOCK_EVENTS,
     Agent,
+    Conflict,
     Event,
     Fact,
     LockFence,
@@ -32,6 +33,7 @@ from memory_admin.models import (
     Token,
 )
 from memory_admin.rows import columns
+from memory_admin.services import SYSTEM
 
 
 class _Names:
@@ -49,7 +51,7 @@ class _Names:
 
 _MODELS = {
     model.__name__: _Names(model)
-    for model in (Agent, Event, Fact, LockFence, Namespace, Record, RecordVersion, StoreItem, Token)
+    for model in (Agent, Conflict, Event, Fact, LockFence, Namespace, Record, RecordVersion, StoreItem, Token)
 }
 
 
@@ -550,3 +552,276 @@ def store_value_compare(op: str) -> str:
         return f" AND ({value}) IS DISTINCT FROM %s::jsonb"
     assert op in ("<", "<=", ">", ">="), op
     return f" AND jsonb_typeof({value}) = jsonb_typeof(%s::jsonb) AND {value} {op} %s::jsonb"
+
+
+# --- records (services/records.py) ------------------------------------------------------
+
+GET_RECORD = _statement(
+    "GET_RECORD",
+    "SELECT {record} FROM {Record} r "
+    "WHERE r.{Record.ns} = %s AND r.{Record.key} = %s AND NOT r.{Record.deleted}",
+    record=columns(Record, "r"),
+    orm="Record.objects.filter(ns=ns, key=key, deleted=False).first()",
+    why="the most frequent agent call: compiling the queryset each time cost a measurable share of "
+    "the web process's CPU (memory_admin/rows.py)",
+)
+
+# The rest of a write, after `w` (the record row written, with `is_new`): its history row, the
+# `record.written` event and the writer's open conflicts on the key closed as superseded, with a
+# `conflict.resolved` event each; it returns the record, written = true and created. When it
+# wrote nothing it returns the record as it stands with written = false (or no row if absent).
+# The event's log order follows the key's last one (services/events.py: `ord`).
+_WRITE_REST = """
+, v AS (
+    INSERT INTO {RecordVersion} ({RecordVersion.record}, {RecordVersion.version}, {RecordVersion.value},
+                                 {RecordVersion.deleted}, {RecordVersion.updated_by}, {RecordVersion.updated})
+    SELECT {Record.id}, {Record.version}, {Record.value}, false, {Record.updated_by}, {Record.updated} FROM w
+), c AS (
+    UPDATE {Conflict} SET {Conflict.status} = 'resolved', {Conflict.resolution} = 'superseded',
+        {Conflict.resolved_by} = %(actor)s, {Conflict.resolved} = %(stamp)s
+    WHERE {Conflict.ns} = %(ns)s AND {Conflict.key} = %(key)s AND {Conflict.actor} = %(actor)s
+      AND {Conflict.status} = 'open' AND EXISTS (SELECT 1 FROM w)
+    RETURNING {Conflict.id}
+), e AS (
+    INSERT INTO {Event} ({event_columns})
+    SELECT w.{Record.ns}, w.{Record.ord}, %(txn)s, 'record.written', %(actor)s, %(agent_id)s, w.{Record.key},
+           jsonb_build_object('key', w.{Record.key}, 'version', w.{Record.version}, 'created', w.is_new),
+           %(stamp)s
+    FROM w
+    UNION ALL
+    SELECT w.{Record.ns}, w.{Record.ord}, %(txn)s, 'conflict.resolved', %(actor)s, %(agent_id)s,
+           w.{Record.key},
+           jsonb_build_object('conflict_id', c.{Conflict.id}, 'key', w.{Record.key},
+                              'resolution', 'superseded', 'version', w.{Record.version}), %(stamp)s
+    FROM w, c
+)
+SELECT {written}, true, w.is_new FROM w
+UNION ALL
+SELECT {record}, false, false FROM {Record} r
+WHERE r.{Record.ns} = %(ns)s AND r.{Record.key} = %(key)s AND NOT EXISTS (SELECT 1 FROM w)
+"""
+EVENT_COLUMNS = (
+    "{Event.ns}, {Event.ord}, {Event.txn}, {Event.type}, {Event.actor}, {Event.agent_id}, "
+    "{Event.subject}, {Event.payload}, {Event.created}"
+)
+
+WRITE_RECORD = _statement(
+    "WRITE_RECORD",
+    """
+WITH w AS (
+    INSERT INTO {Record} AS rec ({Record.ns}, {Record.key}, {Record.value}, {Record.version},
+        {Record.deleted}, {Record.updated_by}, {Record.updated}, {Record.created}, {Record.ord})
+    SELECT %(ns)s, %(key)s, %(value)s::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {xid}
+    -- over version n, only a record that exists: a key never written is not created
+    WHERE %(expected)s::bigint IS NULL OR %(expected)s::bigint = 0
+       OR EXISTS (SELECT FROM {Record} WHERE {Record.ns} = %(ns)s AND {Record.key} = %(key)s)
+    ON CONFLICT ({Record.ns}, {Record.key}) DO UPDATE SET
+        {Record.value} = EXCLUDED.{Record.value}, {Record.version} = rec.{Record.version} + 1,
+        {Record.deleted} = false, {Record.updated_by} = EXCLUDED.{Record.updated_by},
+        {Record.updated} = EXCLUDED.{Record.updated}, {Record.ord} = GREATEST(rec.{Record.ord}, {xid}),
+        -- a tombstone comes back to life as created: its `created` is the new life's
+        {Record.created} = CASE WHEN rec.{Record.deleted} THEN EXCLUDED.{Record.created}
+                           ELSE rec.{Record.created} END
+    -- unconditional (NULL); create only (0): a tombstone; over version n: that live version
+    WHERE %(expected)s::bigint IS NULL OR (%(expected)s::bigint = 0 AND rec.{Record.deleted})
+       OR (rec.{Record.version} = %(expected)s::bigint AND NOT rec.{Record.deleted})
+    RETURNING {returning}, (rec.xmax = 0 OR rec.{Record.created} = %(stamp)s) AS is_new
+)"""
+    + _WRITE_REST,
+    returning=columns(Record, "rec"),
+    xid=XID,
+    event_columns=EVENT_COLUMNS,
+    written=columns(Record, "w"),
+    record=columns(Record, "r"),
+    orm="with transaction.atomic(): record = Record.objects.select_for_update().filter(ns=ns, key=key)"
+    ".first(); if it matches expected_version (None: any, 0: absent or deleted, n: live version n): "
+    "record.version += 1 ... record.save() (or Record.objects.create(...)); "
+    "RecordVersion.objects.create(...); conflicts.close_superseded(...); append_event(...)",
+    why="the record, its version row, its event and the writer's superseded conflicts in one "
+    "statement: outside a transaction it commits by itself in one round trip (the ORM form is "
+    "seven or more, with BEGIN and COMMIT)",
+)
+
+# The writer's one open conflict on the key: created, or refreshed in place (conflict_one_open_uniq).
+KEEP_CONFLICT = _statement(
+    "KEEP_CONFLICT",
+    """
+INSERT INTO {Conflict} AS c (
+    {Conflict.ns}, {Conflict.key}, {Conflict.agent}, {Conflict.actor}, {Conflict.expected_version},
+    {Conflict.current_version}, {Conflict.proposed_value}, "{Conflict.delete}", "{Conflict.group}",
+    {Conflict.status}, {Conflict.resolution}, {Conflict.resolved_by}, {Conflict.resolved}, {Conflict.created}
+)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, 'open', '', '', NULL, %s)
+ON CONFLICT ({Conflict.ns}, {Conflict.key}, {Conflict.actor}) WHERE {Conflict.status} = 'open' DO UPDATE SET
+    {Conflict.agent} = EXCLUDED.{Conflict.agent},
+    {Conflict.expected_version} = EXCLUDED.{Conflict.expected_version},
+    {Conflict.current_version} = EXCLUDED.{Conflict.current_version},
+    {Conflict.proposed_value} = EXCLUDED.{Conflict.proposed_value},
+    "{Conflict.delete}" = EXCLUDED."{Conflict.delete}", "{Conflict.group}" = EXCLUDED."{Conflict.group}"
+RETURNING {Conflict.id}, {Conflict.created}, xmax = 0
+""",
+    orm="Conflict.objects.update_or_create(ns=ns, key=key, actor=actor, status='open', defaults={...})",
+    why="race-free on the partial unique index conflict_one_open_uniq (ON CONFLICT ... WHERE), which "
+    "neither update_or_create (SELECT, then INSERT) nor bulk_create(update_conflicts=True) can name",
+)
+
+# The fence row share-locked to commit: a new acquire (which updates it) orders after the write.
+FENCE_FOR_SHARE = _statement(
+    "FENCE_FOR_SHARE",
+    "SELECT * FROM {LockFence} WHERE {LockFence.ns} = %s AND {LockFence.resource} = %s FOR SHARE",
+    orm="LockFence.objects.select_for_update().filter(ns=ns, resource=lock).first()",
+    why="FOR SHARE, which the ORM lacks: concurrent fenced writes do not queue behind each other "
+    "(select_for_update is FOR UPDATE)",
+)
+
+
+# --- locks (services/locks.py) ----------------------------------------------------------
+
+# The fencing counter bumped and the holder recorded, with `lock.acquired` (and, when the fence
+# still names a holder whose lease lapsed unrecorded, its `lock.expired` first), in one statement.
+# The FOR UPDATE sub-select reads the fence as it is once locked, so `was` is the previous holder.
+ACQUIRE_LOCK = _statement(
+    "ACQUIRE_LOCK",
+    """
+WITH bumped AS (
+    UPDATE {LockFence} f
+    SET {LockFence.token} = f.{LockFence.token} + 1, {LockFence.holder} = %(owner)s, {LockFence.held} = true,
+        {LockFence.acquired} = %(stamp)s, {LockFence.expires} = %(expires)s,
+        {LockFence.ord} = GREATEST(f.{LockFence.ord}, {xid})
+    FROM (SELECT {LockFence.id}, {LockFence.holder}, {LockFence.token}, {LockFence.held} FROM {LockFence}
+          WHERE {LockFence.ns} = %(ns)s AND {LockFence.resource} = %(resource)s FOR UPDATE) was
+    WHERE f.{LockFence.id} = was.{LockFence.id}
+    RETURNING f.{LockFence.token}, f.{LockFence.ord}, was.{LockFence.holder} AS was_holder,
+              was.{LockFence.token} AS was_token, was.{LockFence.held} AS was_held
+), created AS (
+    INSERT INTO {LockFence} ({LockFence.ns}, {LockFence.resource}, {LockFence.token}, {LockFence.holder},
+                             {LockFence.held}, {LockFence.acquired}, {LockFence.expires}, {LockFence.ord})
+    SELECT %(ns)s, %(resource)s, 1, %(owner)s, true, %(stamp)s, %(expires)s, {xid}
+    WHERE NOT EXISTS (SELECT 1 FROM bumped)
+    ON CONFLICT ({LockFence.ns}, {LockFence.resource}) DO NOTHING
+    RETURNING {LockFence.token}, {LockFence.ord}, ''::varchar AS was_holder, 0::bigint AS was_token,
+              false AS was_held
+), f AS (
+    SELECT * FROM bumped UNION ALL SELECT * FROM created
+), e AS (
+    INSERT INTO {Event} ({event_columns})
+    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.expired', '{system}', f.was_holder, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'holder', f.was_holder,
+                              'fencing_token', f.was_token),
+           %(stamp)s
+    FROM f WHERE f.was_held
+    UNION ALL
+    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.acquired', %(owner)s, %(agent_id)s, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
+                              'expires_at', %(expires_at)s::text,
+                              'fencing_token', f.{LockFence.token}),
+           %(stamp)s
+    FROM f
+)
+SELECT {LockFence.token} FROM f
+""",
+    xid=XID,
+    event_columns=EVENT_COLUMNS,
+    system=SYSTEM,
+    orm="with transaction.atomic(): fence = LockFence.objects.select_for_update().filter(ns=ns, "
+    "resource=resource).first(); if fence and fence.held: append_event(type='lock.expired', ...); "
+    "fence.token += 1, fence.holder = owner ... fence.save() (or LockFence.objects.create(token=1, ...)); "
+    "append_event(type='lock.acquired', ...)",
+    why="the fence and its events in one statement: an acquire outside a transaction commits by "
+    "itself in one round trip (the ORM form is five or six, with BEGIN and COMMIT)",
+)
+
+# The holder's fence marked free, with its `lock.released` / `lock.expired` event.
+END_LOCK = _statement(
+    "END_LOCK",
+    """
+WITH f AS (
+    UPDATE {LockFence} SET {LockFence.held} = false, {LockFence.ord} = GREATEST({LockFence.ord}, {xid})
+    WHERE {LockFence.ns} = %(ns)s AND {LockFence.resource} = %(resource)s AND {LockFence.token} = %(token)s
+      AND {LockFence.holder} = %(owner)s AND {LockFence.held}
+    RETURNING {LockFence.ord}
+)
+INSERT INTO {Event} ({event_columns})
+SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, %(type)s, %(actor)s, %(owner)s, %(resource)s,
+       jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint)
+       || CASE WHEN %(type)s::text = 'lock.released' THEN '{{}}'::jsonb
+               ELSE jsonb_build_object('holder', %(owner)s::text) END,
+       %(stamp)s
+FROM f
+""",
+    xid=XID,
+    event_columns=EVENT_COLUMNS,
+    orm="with transaction.atomic(): n = LockFence.objects.filter(ns=ns, resource=resource, token=token, "
+    "holder=owner, held=True).update(held=False, ord=Greatest('ord', XidAsBigint())); if n: "
+    "append_event(type=type, ...)",
+    why="the fence and its event in one statement, one round trip outside a transaction; the event's "
+    "`ord` is the fence's, read in the same statement",
+)
+
+
+# --- /txn (services/txn.py) -------------------------------------------------------------
+
+# The records that exist, row-locked: single writes (which take no advisory lock) wait for the
+# commit too, so a compare on an existing record still holds when the writes are in.
+LOCK_ROWS = _statement(
+    "LOCK_ROWS",
+    """
+SELECT {Record.key}, CASE WHEN {Record.deleted} THEN 0 ELSE {Record.version} END FROM {Record}
+WHERE {Record.ns} = %s AND {Record.key} = ANY(%s) ORDER BY {Record.key} FOR UPDATE
+""",
+    orm="Record.objects.select_for_update().filter(ns=ns, key__in=read).order_by('key')"
+    ".values_list('key', Case(When(deleted=True, then=0), default='version'))",
+    why="every /txn with conditions runs it: compiling the queryset each time is CPU on the path "
+    "the benchmark's /txn scenario measures; the statement is the same",
+)
+
+
+# --- the relay (relay.py, on its own psycopg connection) --------------------------------
+
+RELAY_LOCK = _statement(
+    "RELAY_LOCK",
+    "SELECT pg_try_advisory_lock(%s)",
+    orm="none: the ORM has no advisory locks",
+    why="a session-level advisory lock: the active relay holds it for as long as its connection lives",
+)
+RELAY_PENDING = _statement(
+    "RELAY_PENDING",
+    """
+SELECT {Namespace.id}, {Namespace.name}, {Namespace.published}, {Namespace.head} FROM {Namespace}
+WHERE {Namespace.head} > {Namespace.published} ORDER BY {Namespace.id}
+""",
+    orm="Namespace.objects.filter(head__gt=F('published')).order_by('id').values_list('id', 'name', "
+    "'published', 'head')",
+    why="the relay runs on a psycopg connection of its own, pipelined with the sequencer's statements "
+    "(one round trip a pass), which the ORM does not drive",
+)
+RELAY_WAITING = _statement(
+    "RELAY_WAITING",
+    "SELECT EXISTS (SELECT 1 FROM {Event} WHERE {Event.position} IS NULL)",
+    orm="Event.objects.filter(position=None).exists()",
+    why="as RELAY_PENDING: the relay's own pipelined connection",
+)
+RELAY_FETCH = _statement(
+    "RELAY_FETCH",
+    """
+SELECT {Event.position}, {Event.type}, {Event.actor}, {Event.agent_id}, {Event.subject},
+       {Event.payload}::text, {Event.created}, {Event.txn}, {Event.seq}
+FROM {Event} WHERE {Event.ns} = %s AND {Event.position} > %s AND {Event.position} <= %s
+ORDER BY {Event.position}
+""",
+    orm="Event.objects.filter(ns=ns_id, position__gt=after, position__lte=through).order_by('position')"
+    ".values_list('position', 'type', 'actor', 'agent_id', 'subject', Cast('payload', TextField()), "
+    "'created', 'txn', 'seq')",
+    why="as RELAY_PENDING: the relay's own connection; the payload comes as its text, published as it is",
+)
+RELAY_MARK = _statement(
+    "RELAY_MARK",
+    """
+UPDATE {Namespace} ns SET {Namespace.published} = marks.published
+FROM unnest(%s::bigint[], %s::bigint[]) AS marks (id, published)
+WHERE ns.{Namespace.id} = marks.id AND ns.{Namespace.published} < marks.published
+""",
+    orm="for each namespace: Namespace.objects.filter(pk=id, published__lt=p).update(published=p)",
+    why="every namespace's mark in one statement (the ORM form is one per namespace), on the relay's "
+    "own connection",
+)
