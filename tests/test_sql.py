@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from django.contrib.postgres.fields import ArrayField
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import (
     BigIntegerField,
+    Case,
     Count,
     Exists,
     F,
@@ -23,13 +24,17 @@ from django.db.models import (
     OuterRef,
     Q,
     Subquery,
+    TextField,
     Value,
+    When,
 )
+from django.db.models.functions import Cast
 from django.utils.timezone import now
 
 from memory_admin import sql
 from memory_admin.models import (
     LOCK_EVENTS,
+    Conflict,
     Event,
     Fact,
     LockFence,
@@ -38,7 +43,9 @@ from memory_admin.models import (
     RecordVersion,
     StoreItem,
     Token,
+    iso,
 )
+from memory_admin.rows import load as rows_load
 from memory_admin.services import counts, store
 from memory_admin.services.events import SEQUENCER_LOCK, append_event
 from memory_admin.services.facts import store_fact
@@ -60,7 +67,7 @@ def covers(*names: str):
 def rows(statement: str, params=None) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
-        return cursor.fetchall()
+        return cursor.fetchall() if cursor.description else []
 
 
 def _json(value):
@@ -586,3 +593,329 @@ def test_statements_are_named_from_model_metadata():
     assert f"FROM {Event._meta.db_table}" in sql.WAITING
     assert Event._meta.get_field("position").column in sql.SEQUENCE
     assert sql.PING.__doc__.startswith("Replaces: ")
+
+
+# --- records, locks, /txn, the relay -------------------------------------------------------
+
+
+@covers("GET_RECORD")
+def test_get_record_reads_the_live_record_the_orm_reads(ns, alpha):
+    write_record(ns=ns, key="live", value={"v": 1}, actor=actor(alpha))
+    write_record(ns=ns, key="gone", value={"v": 1}, actor=actor(alpha))
+    delete_record(ns=ns, key="gone", actor=actor(alpha))
+    for key in ("live", "gone", "never"):
+        raw = [rows_load(Record, row) for row in rows(sql.GET_RECORD, [ns.pk, key])]
+        orm = list(Record.objects.filter(ns=ns, key=key, deleted=False)[:1])
+        assert [_fields(r) for r in raw] == [_fields(r) for r in orm]
+
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+def _orm_write(ns, key, value, expected, who):
+    """WRITE_RECORD's ORM form: (written, created, the record as it stands or None)."""
+    from memory_admin.services import conflicts
+
+    with transaction.atomic():
+        record = Record.objects.select_for_update().filter(ns=ns, key=key).first()
+        live = record is not None and not record.deleted
+        if not (
+            expected is None
+            or (expected == 0 and not live)
+            or (expected and live and record.version == expected)
+        ):
+            return False, False, record
+        stamp, created = now(), not live
+        if record is None:
+            record = Record(ns=ns, key=key, version=0, created=stamp)
+        elif record.deleted:
+            record.created = stamp
+        record.version += 1
+        event = append_event(
+            ns=ns,
+            type="record.written",
+            actor=who,
+            subject=key,
+            payload={"key": key, "version": record.version, "created": created},
+            follows=record.ord if record.pk else 0,
+        )
+        record.value, record.deleted, record.updated_by, record.updated = value, False, who.name, stamp
+        record.ord = event.ord
+        record.save()
+        RecordVersion.objects.create(
+            record=record, version=record.version, value=value, updated_by=who.name, updated=stamp
+        )
+        conflicts.close_superseded(ns=ns, key=key, actor=who, version=record.version)
+        return True, created, record
+
+
+def _raw_write(ns, key, value, expected, who):
+    params = {
+        "ns": ns.pk,
+        "key": key,
+        "value": json.dumps(value),
+        "expected": expected,
+        "actor": who.name,
+        "agent_id": who.agent_id,
+        "stamp": now(),
+        "txn": "",
+    }
+    found = rows(sql.WRITE_RECORD, params)
+    if not found:
+        return False, False, None
+    *record, written, created = found[0]
+    return written, created, rows_load(Record, record)
+
+
+@covers("WRITE_RECORD")
+def test_write_record_does_what_its_orm_form_does_for_every_expected_version(ns, alpha):
+    who = actor(alpha)
+    steps = [
+        (0, {"v": 1}),  # create only, absent: created
+        (0, {"v": 2}),  # create only, live: refused
+        (1, {"v": 3}),  # over version 1: written
+        (1, {"v": 4}),  # over version 1 again: refused
+        (None, {"v": 5}),  # unconditional: written
+        ("delete", None),
+        (3, {"v": 6}),  # over a tombstone's version: refused
+        (0, {"v": 7}),  # create only, over a tombstone: created anew
+        (None, {"v": 8}),
+        (9, {"v": 9}),  # over a version it never had: refused
+    ]
+    outcomes = {"raw": [], "orm": []}
+    for expected, value in steps:
+        for key, write in (("raw", _raw_write), ("orm", _orm_write)):
+            if expected == "delete":
+                delete_record(ns=ns, key=key, actor=who)
+                continue
+            if expected == 1 and value == {"v": 3}:  # an open conflict of this writer, superseded next
+                store_open_conflict(ns, key, who)
+            written, created, record = write(ns, key, value, expected, who)
+            outcomes[key].append(
+                (written, created, record and (record.version, record.value, record.deleted))
+            )
+    assert outcomes["raw"] == outcomes["orm"]
+    assert [o[:2] for o in outcomes["raw"]] == [
+        (True, True), (False, False), (True, False), (False, False), (True, False),
+        (False, False), (True, True), (True, False), (False, False),
+    ]  # fmt: skip
+
+    def history(key):
+        versions = RecordVersion.objects.filter(record__key=key).order_by("version")
+        events = Event.objects.filter(subject=key).exclude(type="conflict.opened").order_by("seq")
+        return (
+            list(versions.values_list("version", "value", "deleted", "updated_by")),
+            [
+                (e.type, {k: v for k, v in e.payload.items() if k not in ("key", "conflict_id")})
+                for e in events
+            ],
+            list(Conflict.objects.filter(key=key).values_list("status", "resolution")),
+        )
+
+    assert history("raw") == history("orm")
+    assert history("raw")[2] == [("resolved", "superseded")]
+    # Over version n, a key never written is refused without a row.
+    assert _raw_write(ns, "never", {"v": 1}, 4, who) == (False, False, None)
+    assert not Record.objects.filter(key="never").exists()
+
+
+def store_open_conflict(ns, key, who):
+    Conflict.objects.create(ns=ns, key=key, agent=who.agent, actor=who.name, expected_version=7)
+
+
+@covers("KEEP_CONFLICT")
+def test_keep_conflict_creates_then_refreshes_the_one_open_conflict_as_update_or_create(ns, alpha):
+    def raw(key, expected):
+        return rows(
+            sql.KEEP_CONFLICT,
+            [ns.pk, key, alpha.pk, "alpha", expected, 3, json.dumps({"p": expected}), False, "", now()],
+        )[0]
+
+    def orm(key, expected):
+        return Conflict.objects.update_or_create(
+            ns=ns,
+            key=key,
+            actor="alpha",
+            status="open",
+            defaults={"agent": alpha, "expected_version": expected, "current_version": 3},
+            create_defaults={"agent": alpha, "expected_version": expected, "current_version": 3},
+        )
+
+    first, again = raw("raw", 1), raw("raw", 2)
+    (made, created), (same, created_again) = orm("orm", 1), orm("orm", 2)
+    assert (first[2], again[2]) == (created, created_again) == (True, False)
+    assert first[0] == again[0] and made.pk == same.pk
+    fields = ("status", "expected_version", "current_version", "agent_id")
+    assert Conflict.objects.filter(key="raw").values_list(*fields).get() == (
+        Conflict.objects.filter(key="orm").values_list(*fields).get()
+    )
+
+
+@covers("FENCE_FOR_SHARE")
+def test_the_fence_read_for_share_is_the_row_select_for_update_reads(ns):
+    LockFence.objects.create(ns=ns, resource="db", token=3, holder="alpha", expires=now())
+    for resource in ("db", "none"):
+        raw = list(LockFence.objects.raw(sql.FENCE_FOR_SHARE, [ns.pk, resource]))
+        orm = list(LockFence.objects.select_for_update().filter(ns=ns, resource=resource))
+        assert [_fields(f) for f in raw] == [_fields(f) for f in orm]
+    assert sql.FENCE_FOR_SHARE.endswith("FOR SHARE")  # not FOR UPDATE: fenced writers share it
+
+
+def _orm_acquire(ns, resource, owner, stamp, expires):
+    with transaction.atomic():
+        fence = LockFence.objects.select_for_update().filter(ns=ns, resource=resource).first()
+        if fence is not None and fence.held:
+            append_event(
+                ns=ns,
+                type="lock.expired",
+                actor="system",
+                agent_id=fence.holder,
+                subject=resource,
+                payload={"resource": resource, "holder": fence.holder, "fencing_token": fence.token},
+            )
+        if fence is None:
+            fence = LockFence(ns=ns, resource=resource, token=0)
+        fence.token += 1
+        fence.holder, fence.held, fence.acquired, fence.expires = owner, True, stamp, expires
+        fence.save()
+        append_event(
+            ns=ns,
+            type="lock.acquired",
+            actor=owner,
+            agent_id=owner,
+            subject=resource,
+            payload={
+                "resource": resource,
+                "ttl_seconds": 30,
+                "expires_at": iso(expires),
+                "fencing_token": fence.token,
+            },
+        )
+        return fence.token
+
+
+def _raw_acquire(ns, resource, owner, stamp, expires):
+    params = {
+        "ns": ns.pk,
+        "resource": resource,
+        "owner": owner,
+        "agent_id": owner,
+        "stamp": stamp,
+        "expires": expires,
+        "expires_at": iso(expires),
+        "ttl": 30,
+        "txn": "",
+    }
+    return rows(sql.ACQUIRE_LOCK, params)[0][0]
+
+
+def _orm_end(ns, resource, owner, token, type):
+    with transaction.atomic():
+        ended = LockFence.objects.filter(
+            ns=ns, resource=resource, token=token, holder=owner, held=True
+        ).update(held=False)
+        if ended:
+            payload = {"resource": resource, "fencing_token": token}
+            if type != "lock.released":
+                payload["holder"] = owner
+            append_event(ns=ns, type=type, actor=owner, agent_id=owner, subject=resource, payload=payload)
+        return ended
+
+
+def _raw_end(ns, resource, owner, token, type):
+    params = {
+        "ns": ns.pk,
+        "resource": resource,
+        "owner": owner,
+        "token": token,
+        "type": type,
+        "actor": owner,
+        "stamp": now(),
+        "txn": "",
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql.END_LOCK, params)
+        return cursor.rowcount
+
+
+@covers("ACQUIRE_LOCK", "END_LOCK")
+def test_acquire_and_end_lock_write_the_fence_and_events_their_orm_forms_write(ns):
+    stamp = now()
+    expires = stamp + timedelta(seconds=30)
+    outcomes = {}
+    for resource, acquire, end in (("raw", _raw_acquire, _raw_end), ("orm", _orm_acquire, _orm_end)):
+        outcomes[resource] = [
+            acquire(ns, resource, "alpha", stamp, expires),  # a new fence: token 1
+            end(ns, resource, "alpha", 1, "lock.released"),
+            end(ns, resource, "alpha", 1, "lock.released"),  # no longer held: nothing
+            acquire(ns, resource, "beta", stamp, expires),  # token 2
+            acquire(ns, resource, "alpha", stamp, expires),  # beta's lapsed unrecorded: expired, then 3
+            end(ns, resource, "alpha", 3, "lock.expired"),
+        ]
+    assert outcomes["raw"] == outcomes["orm"] == [1, 1, 0, 2, 3, 1]
+    fields = ("token", "holder", "held", "acquired", "expires")
+    assert LockFence.objects.filter(resource="raw").values_list(*fields).get() == (
+        LockFence.objects.filter(resource="orm").values_list(*fields).get()
+    )
+
+    def log(resource):
+        events = Event.objects.filter(subject=resource).order_by("seq")
+        return [
+            (e.type, e.actor, e.agent_id, {k: v for k, v in e.payload.items() if k != "resource"})
+            for e in events
+        ]
+
+    assert log("raw") == log("orm")
+
+
+VERSION = BigIntegerField()
+
+
+@covers("LOCK_ROWS")
+def test_lock_rows_reads_the_versions_the_orm_reads_row_locked(ns, alpha):
+    for key in ("a", "b", "c"):
+        write_record(ns=ns, key=key, value={}, actor=actor(alpha))
+    write_record(ns=ns, key="b", value={}, actor=actor(alpha))
+    delete_record(ns=ns, key="c", actor=actor(alpha))
+    read = ["c", "a", "b", "never"]
+    raw = rows(sql.LOCK_ROWS, [ns.pk, sorted(read)])
+    orm = (
+        Record.objects.select_for_update()
+        .filter(ns=ns, key__in=read)
+        .order_by("key")
+        .values_list("key", Case(When(deleted=True, then=0), default="version", output_field=VERSION))
+    )
+    assert raw == list(orm) == [("a", 1), ("b", 2), ("c", 0)]
+
+
+@covers("RELAY_LOCK", "RELAY_PENDING", "RELAY_WAITING", "RELAY_FETCH", "RELAY_MARK")
+def test_the_relays_statements_read_and_mark_what_the_orm_forms_do(ns, alpha, make_agent):
+    other = make_agent("zed", namespace="elsewhere").ns
+    for n in range(1, 4):
+        event(ns, n, type="custom.x", payload={"n": n}, agent="alpha")
+    Namespace.objects.filter(pk=ns.pk).update(head=3, published=1)
+    Namespace.objects.filter(pk=other.pk).update(head=2, published=2)
+    assert rows(sql.RELAY_LOCK, [12345]) == [(True,)]
+    rows("SELECT pg_advisory_unlock(12345)")
+
+    pending = Namespace.objects.filter(head__gt=F("published")).order_by("id")
+    assert rows(sql.RELAY_PENDING) == list(pending.values_list("id", "name", "published", "head"))
+    assert rows(sql.RELAY_WAITING) == [(Event.objects.filter(position=None).exists(),)]
+
+    fetched = rows(sql.RELAY_FETCH, [ns.pk, 1, 3])
+    orm = (
+        Event.objects.filter(ns=ns, position__gt=1, position__lte=3)
+        .order_by("position")
+        .values_list("position", "type", "actor", "agent_id", "subject", Cast("payload", TextField()))
+    )
+    assert [row[:6] for row in fetched] == list(orm)
+    assert [json.loads(row[5]) for row in fetched] == [{"n": 2}, {"n": 3}]
+
+    rows(sql.RELAY_MARK, [[ns.pk, other.pk], [3, 1]])  # never backwards
+    assert list(
+        Namespace.objects.filter(pk__in=[ns.pk, other.pk]).order_by("pk").values_list("published")
+    ) == [
+        (3,),
+        (2,),
+    ]
