@@ -1,8 +1,10 @@
 import contextlib
+import contextvars
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 import django
 from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
@@ -97,25 +99,37 @@ def api_middleware() -> Iterator[None]:
         settings.MIDDLEWARE = full
 
 
-def is_async_view(path: str, method: str) -> bool:
-    """Whether `method` on `path` is answered by async code (a waiting lock, the event stream).
+def is_async_view(path: str, method: str, body: Callable[[], bytes] = bytes) -> bool:
+    """Whether `method` on `path` with `body()` is answered by async code (a lock acquire that
+    waits, the event stream); the body is read only for an operation whose answer depends on it.
     Paths no pattern takes are answered by sync code (the 404)."""
     # Agents send the same few paths again and again; a long path resolves each time rather than
     # fill the cache.
-    methods = _async_methods(path) if len(path) <= 300 else _async_methods.__wrapped__(path)
-    return methods is None or method in methods
+    answers = _answers(path) if len(path) <= 300 else _answers.__wrapped__(path)
+    if answers is None:
+        return True
+    async_methods, waits = answers
+    return method in async_methods or (method in waits and waits[method](body()))
 
 
 @functools.lru_cache(maxsize=4096)
-def _async_methods(path: str) -> frozenset[str] | None:
-    """The methods async code answers at `path`; None: every method."""
+def _answers(path: str) -> tuple[frozenset[str], dict[str, Callable[[bytes], bool]]] | None:
+    """The methods async code answers at `path`, and those it answers when their body asks to
+    wait (method -> `waits(body)`); None: every method, whatever the body."""
     try:
         view = get_resolver().resolve(path).func
     except Resolver404:
-        return frozenset()
+        return frozenset(), {}
     if not iscoroutinefunction(view):
-        return frozenset()
-    return getattr(view, "async_methods", None)  # memory_admin/api/__init__.py: AgentAPI
+        return frozenset(), {}
+    async_methods = getattr(view, "async_methods", None)  # memory_admin/api/__init__.py: AgentAPI
+    if async_methods is None:
+        return None
+    return async_methods, getattr(view, "waits", {})
+
+
+# The body of a request read before choosing how to answer it (ApiHandler.handle).
+_read_body: contextvars.ContextVar[BinaryIO | None] = contextvars.ContextVar("read_body", default=None)
 
 
 class DirectHandler(BaseHandler):
@@ -154,12 +168,17 @@ class ApiHandler(ReusedThreads, ASGIHandler):
 
     async def handle(self, scope, receive, send) -> None:
         await watch_revocations()  # the token cache's feed (memory_admin/api/auth.py)
-        if is_async_view(scope["path"].removeprefix(scope.get("root_path", "")), scope["method"]):
-            await super().handle(scope, receive, send)
-            return
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
+            return
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if is_async_view(path, scope["method"], lambda: _peek(body_file)):
+            chosen = _read_body.set(body_file)
+            try:
+                await super().handle(scope, receive, send)
+            finally:
+                _read_body.reset(chosen)
             return
         set_script_prefix(get_script_prefix(scope))
         try:
@@ -170,6 +189,11 @@ class ApiHandler(ReusedThreads, ASGIHandler):
         finally:
             body_file.close()
 
+    async def read_body(self, receive) -> BinaryIO:
+        """The body, as read already when the request was routed to Django's async path."""
+        body_file = _read_body.get()
+        return body_file if body_file is not None else await super().read_body(receive)
+
     def respond(self, scope, body_file) -> HttpResponseBase:
         """In the request's thread: the response to the request, closed unless it streams."""
         signals.request_started.send(sender=self.__class__, scope=scope)
@@ -179,6 +203,13 @@ class ApiHandler(ReusedThreads, ASGIHandler):
         if not response.streaming:
             response.close()  # its content is all made: the request is finished
         return response
+
+
+def _peek(body_file: BinaryIO) -> bytes:
+    """The body's bytes, the file left to be read from the start."""
+    body = body_file.read()
+    body_file.seek(0)
+    return body
 
 
 # The console's few static files are served by the app itself: one process, no extra server.

@@ -13,6 +13,15 @@ class DomainError(Exception):
     status = 400
     code = "bad_request"
 
+    def __init_subclass__(cls, *, status: int | None = None, code: str | None = None, **kwargs: Any) -> None:
+        """A kind names its status and code where it is declared: `class X(DomainError, status=409,
+        code="x"): ...`."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -22,39 +31,30 @@ class DomainError(Exception):
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
 
-class Invalid(DomainError):
-    status, code = 422, "validation_error"
-
+class Invalid(DomainError, status=422, code="validation_error"):
     def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
         super().__init__(message, fields=fields or {})
 
 
-class NotFound(DomainError):
-    status, code = 404, "not_found"
+class NotFound(DomainError, status=404, code="not_found"): ...
 
 
-class Forbidden(DomainError):
-    status, code = 403, "forbidden"
+class Forbidden(DomainError, status=403, code="forbidden"): ...
 
 
-class VersionConflict(DomainError):
-    status, code = 409, "version_conflict"
+class VersionConflict(DomainError, status=409, code="version_conflict"): ...
 
 
-class LockHeld(DomainError):
-    status, code = 409, "lock_held"
+class LockHeld(DomainError, status=409, code="lock_held"): ...
 
 
-class NotLockHolder(DomainError):
-    status, code = 409, "not_lock_holder"
+class NotLockHolder(DomainError, status=409, code="not_lock_holder"): ...
 
 
-class StaleFence(DomainError):
-    status, code = 409, "stale_fencing_token"
+class StaleFence(DomainError, status=409, code="stale_fencing_token"): ...
 
 
-class Unavailable(DomainError):
+class Unavailable(DomainError, status=503, code="unavailable"):
     """Postgres or Redis cannot be reached; nothing was half-done."""
 
-    status, code = 503, "unavailable"
     retry_after = 1

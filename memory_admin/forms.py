@@ -40,27 +40,19 @@ class ResolveForm(forms.Form):
         return data
 
 
+def reason_field(**options) -> forms.CharField:
+    """Why an operator acted, for the log: required, and white space alone is none (the field
+    strips it before the required check)."""
+    return forms.CharField(max_length=500, error_messages={"required": "A reason is required."}, **options)
+
+
 class ForceReleaseForm(forms.Form):
     resource = forms.CharField(max_length=200, widget=forms.HiddenInput)
-    reason = forms.CharField(
-        max_length=500, widget=forms.TextInput(attrs={"placeholder": "why (recorded in the log)"})
-    )
-
-    def clean_reason(self):
-        reason = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("A reason is required.")
-        return reason
+    reason = reason_field(widget=forms.TextInput(attrs={"placeholder": "why (recorded in the log)"}))
 
 
 class ReleaseAgentForm(forms.Form):
-    reason = forms.CharField(max_length=500)
-
-    def clean_reason(self):
-        reason = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("A reason is required.")
-        return reason
+    reason = reason_field()
 
 
 class IssueTokenForm(forms.Form):

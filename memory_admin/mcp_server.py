@@ -29,6 +29,8 @@ from pydantic import Field
 
 from memory_admin.api.auth import check_rate
 from memory_admin.api.common import RateLimited
+from memory_admin.api.facts import fact_body
+from memory_admin.api.records import version_body
 from memory_admin.errors import DomainError, Forbidden, VersionConflict
 from memory_admin.models import Token, iso
 from memory_admin.services import Actor, events, facts, locks, records, tokens
@@ -125,7 +127,7 @@ async def store_fact(
         found = facts.store_fact(
             ns=token.agent.ns, fact=fact, category=category, metadata=metadata or {}, actor=_actor(token)
         )
-        return _fact(found)
+        return fact_body(found)
 
     return await _call(ctx, run, writes=True)
 
@@ -141,7 +143,7 @@ async def search_facts(
 
     def run(token: Token) -> dict[str, Any]:
         found, _ = facts.query_facts(ns=token.agent.ns, q=q, category=category, limit=limit)
-        return {"items": [_fact(f) for f in found]}
+        return {"items": [fact_body(f) for f in found]}
 
     return await _call(ctx, run, writes=False)
 
@@ -186,18 +188,7 @@ async def record_history(
 
     def run(token: Token) -> dict[str, Any]:
         found = records.record_versions(ns=token.agent.ns, key=key, limit=limit)
-        return {
-            "items": [
-                {
-                    "version": v.version,
-                    "value": v.value,
-                    "deleted": v.deleted,
-                    "updated_by": v.updated_by,
-                    "updated_at": iso(v.updated),
-                }
-                for v in found
-            ]
-        }
+        return {"items": [version_body(v) for v in found]}
 
     return await _call(ctx, run, writes=False)
 
@@ -301,17 +292,6 @@ async def read_events(
         return {"items": [e.body() for e in found], "next": found[-1].id if found else after}
 
     return await _call(ctx, run, writes=False)
-
-
-def _fact(fact) -> dict[str, Any]:
-    return {
-        "id": fact.pk,
-        "fact": fact.fact,
-        "category": fact.category,
-        "agent_id": fact.agent.name,
-        "metadata": fact.metadata,
-        "created_at": iso(fact.created),
-    }
 
 
 def _agent(found) -> dict[str, Any]:

@@ -15,13 +15,13 @@ import json
 import time
 from urllib.parse import urlsplit
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.template.loader import render_to_string
+from django.utils.deprecation import MiddlewareMixin
 
 from memory_admin import metrics, outage
 from memory_admin.live.consumer import Refused
@@ -48,62 +48,6 @@ def policy(request: HttpRequest) -> str:
     return text
 
 
-class ContentSecurityPolicyMiddleware:
-    """Adds the policy unless a view set its own. Sync and async, so it adds no thread hop."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):
-        if self.is_async:
-            return self._acall(request)
-        return self._add(request, self.get_response(request))
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        return self._add(request, await self.get_response(request))
-
-    @staticmethod
-    def _add(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        if HEADER not in response:
-            response[HEADER] = policy(request)
-        return response
-
-
-class NoStoreMiddleware:
-    """`Cache-Control: no-store` on the console's responses unless a view set its own: pages show
-    operators' data (and tokens, once), which no shared or browser cache should keep for the
-    next person at the machine. The agent API is not behind it (config/asgi.py)."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):
-        if self.is_async:
-            return self._acall(request)
-        return self._add(self.get_response(request))
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        return self._add(await self.get_response(request))
-
-    @staticmethod
-    def _add(response: HttpResponse) -> HttpResponse:
-        if "Cache-Control" not in response:
-            response["Cache-Control"] = "no-store"
-        return response
-
-
 class InlineHooks:
     """For the async chain: call a MiddlewareMixin's process_request / process_response in the
     event loop instead of handing each to a thread and back (Django's default for sync hooks).
@@ -117,6 +61,26 @@ class InlineHooks:
         response = response or await self.get_response(request)
         if hasattr(self, "process_response"):
             response = self.process_response(request, response)
+        return response
+
+
+class ContentSecurityPolicyMiddleware(InlineHooks, MiddlewareMixin):
+    """Adds the policy unless a view set its own. Sync and async, so it adds no thread hop."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if HEADER not in response:
+            response[HEADER] = policy(request)
+        return response
+
+
+class NoStoreMiddleware(InlineHooks, MiddlewareMixin):
+    """`Cache-Control: no-store` on the console's responses unless a view set its own: pages show
+    operators' data (and tokens, once), which no shared or browser cache should keep for the
+    next person at the machine. The agent API is not behind it (config/asgi.py)."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if "Cache-Control" not in response:
+            response["Cache-Control"] = "no-store"
         return response
 
 
@@ -278,29 +242,17 @@ async def _refuse(send, status: int, code: str, message: str, **details) -> None
     await send({"type": "http.response.body", "body": body})
 
 
-class OutageMiddleware:
+class OutageMiddleware(InlineHooks, MiddlewareMixin):
     """Console pages while Postgres is down (memory_admin/outage.py): a 503 page at once when
     the circuit is open, and a 503 page, not a 500, when a page's query finds Postgres gone.
     The API answers for itself (its gate), as do the outage banner and static files."""
 
     EXEMPT = ("/api/", "/static/", "/metrics", "/outage/")
-    sync_capable = True
-    async_capable = True
 
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
         if not request.path.startswith(self.EXEMPT) and not outage.postgres.allow():
-            return self._now(outage_page()) if self.is_async else outage_page()
-        return self.get_response(request)
-
-    @staticmethod
-    async def _now(response: HttpResponse) -> HttpResponse:
-        return response
+            return outage_page()
+        return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if request.path.startswith(self.EXEMPT) or not outage.is_postgres_error(exception):
@@ -316,28 +268,19 @@ def outage_page() -> HttpResponse:
     return response
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(MiddlewareMixin):
     """Every request counted and timed by route and status (memory_admin/metrics.py); the
     outermost middleware, so the 503s of an outage and the 413s of the gate count too."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
     def __call__(self, request: HttpRequest):
-        if self.is_async:
-            return self._acall(request)
+        if self.async_mode:
+            return self.__acall__(request)
         started = time.perf_counter()
         response = self.get_response(request)
         metrics.observe_request(request, response, time.perf_counter() - started)
         return response
 
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = await self.get_response(request)
         metrics.observe_request(request, response, time.perf_counter() - started)

@@ -28,6 +28,16 @@ def iso_ms(moment: datetime | None) -> str | None:
     return None if moment is None else iso(moment.replace(microsecond=moment.microsecond // 1000 * 1000))
 
 
+class DomId:
+    """`dom_id`: the id of the object's element on the console's pages, `<dom_prefix>-<pk>`."""
+
+    dom_prefix: str
+
+    @property
+    def dom_id(self) -> str:
+        return f"{self.dom_prefix}-{self.pk}"
+
+
 class Namespace(models.Model):
     name = models.CharField(max_length=200, unique=True)
     created = models.DateTimeField(default=now)
@@ -54,7 +64,7 @@ class Namespace(models.Model):
         return self.name
 
 
-class Agent(models.Model):
+class Agent(DomId, models.Model):
     ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="agents")
     name = models.CharField(max_length=200)  # the agent_id agents see
     created = models.DateTimeField(default=now)
@@ -80,12 +90,10 @@ class Agent(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def dom_id(self) -> str:
-        return f"agent-{self.pk}"
+    dom_prefix = "agent"
 
 
-class Token(models.Model):
+class Token(DomId, models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
     digest = models.CharField(
         max_length=64, unique=True
@@ -103,12 +111,10 @@ class Token(models.Model):
     def scopes(self) -> list[str]:
         return ["read"] if self.read_only else ["read", "write"]
 
-    @property
-    def dom_id(self) -> str:
-        return f"token-{self.pk}"
+    dom_prefix = "token"
 
 
-class Fact(models.Model):
+class Fact(DomId, models.Model):
     ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="facts")
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="facts")
     fact = models.TextField()
@@ -129,12 +135,10 @@ class Fact(models.Model):
             GinIndex(fields=["search"], name="fact_search_idx"),
         ]
 
-    @property
-    def dom_id(self) -> str:
-        return f"fact-{self.pk}"
+    dom_prefix = "fact"
 
 
-class Record(models.Model):
+class Record(DomId, models.Model):
     ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="records")
     # Bytewise collation: prefix listing (LIKE 'p%') and key cursors use the unique index.
     key = models.CharField(max_length=200, db_collation="C")
@@ -159,9 +163,7 @@ class Record(models.Model):
     def __str__(self) -> str:
         return self.key
 
-    @property
-    def dom_id(self) -> str:
-        return f"record-{self.pk}"
+    dom_prefix = "record"
 
 
 class RecordVersion(models.Model):
@@ -201,7 +203,7 @@ class StoreItem(models.Model):
         ]
 
 
-class Conflict(models.Model):
+class Conflict(DomId, models.Model):
     class Status(models.TextChoices):
         OPEN = "open"
         RESOLVED = "resolved"
@@ -246,12 +248,10 @@ class Conflict(models.Model):
             models.Index(fields=["ns", "group"], name="conflict_group_idx", condition=~models.Q(group="")),
         ]
 
-    @property
-    def dom_id(self) -> str:
-        return f"conflict-{self.pk}"
+    dom_prefix = "conflict"
 
 
-class LockFence(models.Model):
+class LockFence(DomId, models.Model):
     """The durable side of a lock: its fencing counter and the last known holder.
 
     An acquire bumps `token` in the Postgres transaction that records it and commits before
@@ -274,9 +274,7 @@ class LockFence(models.Model):
             models.Index(fields=["expires"], name="lockfence_expiry_idx", condition=models.Q(held=True)),
         ]
 
-    @property
-    def dom_id(self) -> str:
-        return f"lock-{self.pk}"
+    dom_prefix = "lock"
 
 
 # The events that change who holds a lock; time travel reads a lock's last one up to an event.
@@ -369,7 +367,7 @@ class Idempotency(models.Model):
         indexes = [models.Index(fields=["created"], name="idempotency_created_idx")]
 
 
-class ConsumerGroup(models.Model):
+class ConsumerGroup(DomId, models.Model):
     """A consumer group on a namespace's Redis stream, kept here so Redis may lose it.
 
     `floor`: every event up to it has been delivered and acked. A group Redis lost is
@@ -388,12 +386,10 @@ class ConsumerGroup(models.Model):
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["ns", "name"], name="consumergroup_ns_name_uniq")]
 
-    @property
-    def dom_id(self) -> str:
-        return f"group-{self.pk}"
+    dom_prefix = "group"
 
 
-class ParkedEvent(models.Model):
+class ParkedEvent(DomId, models.Model):
     """An event a group's consumers failed `max_deliveries` times, taken out of delivery
     (acked in Redis) until an operator replays or discards it."""
 
@@ -410,9 +406,7 @@ class ParkedEvent(models.Model):
             models.UniqueConstraint(fields=["group", "event"], name="parkedevent_group_event_uniq")
         ]
 
-    @property
-    def dom_id(self) -> str:
-        return f"parked-{self.pk}"
+    dom_prefix = "parked"
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,15 @@ def rate_key(ns: str, token_id: int, window: int) -> str:
     return f"{_tag(ns)}:rate:{token_id}:{window}"
 
 
+# A call counted in its window's key (KEYS[1]), which lives ARGV[1] seconds from the window's first
+# call; the count so far. One command, where INCR and EXPIRE in a MULTI were a pipeline's worth.
+COUNT_CALL = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
 def login_failures_key(who: str) -> str:
     """Failed console logins of one (username, address) pair, `who` being their digest."""
     return f"ma:login-failures:{who}"
@@ -289,9 +298,12 @@ return {1}
 """
 )
 
-# KEYS: lock, index. ARGV: owner, token, resource. Returns 1 when confirmed, 0 when the
-# reservation is gone (its lease ran out first).
+# KEYS: lock, index. ARGV: owner, token, resource, the relay's doorbell channel ('' for none:
+# the acquire's transaction rings it when it commits). Rings the doorbell (Postgres has the
+# acquire's event either way); returns 1 when confirmed, 0 when the reservation is gone (its
+# lease ran out first).
 CONFIRM = """
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], '1') end
 local h = redis.call('HMGET', KEYS[1], 'owner', 'state', 'expires')
 if h[1] ~= ARGV[1] or h[2] ~= 'acquiring' then return 0 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'state', 'held')
@@ -311,16 +323,20 @@ return 1
 """
 )
 
-# KEYS: lock, index, queue, leases. ARGV: owner, token, resource, channel, message prefix, now_ms.
+# KEYS: lock, index, queue, leases. ARGV: owner, token, resource, channel, message prefix, now_ms,
+# phase, the relay's doorbell channel ('' for none).
 # Ends a lock the caller holds with that token: `releasing` (Postgres records the release while
-# nobody can take the lock) with `phase` 'begin'; deleted, and the next waiter woken, with 'end';
-# back to `held` with 'undo'. Returns 1 when the caller held it (in the state the phase needs).
+# nobody can take the lock) with `phase` 'begin'; deleted, the next waiter woken and the relay's
+# doorbell rung (Postgres has the release's event, also when the lease ran out meanwhile), with
+# 'end'; back to `held` with 'undo'.
+# Returns 1 when the caller held it (in the state the phase needs).
 RELEASE = (
     _PRUNE
     + """
+local phase = ARGV[7]
+if phase == 'end' and ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], '1') end
 local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
-local phase = ARGV[7]
 if phase == 'begin' then
   if h[3] == 'releasing' then return 0 end
   redis.call('HSET', KEYS[1], 'state', 'releasing')

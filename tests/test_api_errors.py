@@ -1,6 +1,7 @@
 """Auth, limits and bad input: every refusal is the one error shape, a 4xx, and changes nothing."""
 
 import json
+import time
 
 import pytest
 from django.core.management import call_command
@@ -164,6 +165,26 @@ def test_numbers_are_not_coerced_from_strings(alpha):
     error(api.post("/locks/printer", {"ttl_seconds": True}), 422, "validation_error")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"value": 1, "expected_version": "5"},
+        {"value": 1, "expected_version": 1.0},
+        {"value": 1, "expected_version": True},
+        {"value": 1, "colour": "unknown fields are refused"},
+        {"value": 1, "fence": {"lock": "printer", "token": "5"}},
+        {"value": 1, "fence": {"lock": "printer", "token": 5, "colour": "red"}},
+        {"expected_version": 0},
+    ],
+)
+def test_a_record_body_is_strict_at_every_level(alpha, body):
+    api = api_for(alpha)
+    before = state()
+    failure = error(api.put("/records/plan", body), 422, "validation_error")
+    assert failure["fields"]
+    assert state() == before
+
+
 def test_a_10000_character_key_is_422_everywhere(alpha):
     api = api_for(alpha)
     key = "k" * 10_000
@@ -232,6 +253,15 @@ def test_the_rate_limit_answers_429_with_retry_after(alpha, settings):
     assert 1 <= int(response["Retry-After"]) <= 60
     assert failure["retry_after"] == int(response["Retry-After"])
     assert other.get("/me").status_code == 200  # per token
+    # Each window's count lapses: its key has a time to live (-1: none; -2: no such key).
+    minute = int(time.time() // 60)
+    ttls = [
+        r.client().ttl(r.rate_key(alpha.ns.name, token.pk, window))
+        for token in Token.objects.filter(agent=alpha)
+        for window in (minute - 1, minute)
+    ]
+    kept = [ttl for ttl in ttls if ttl != -2]
+    assert len(kept) >= 2 and all(0 < ttl <= 120 for ttl in kept)
 
 
 @pytest.mark.parametrize("down", ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1,127.0.0.1:2"])

@@ -14,6 +14,7 @@ from memory_admin import redis as r
 from memory_admin.errors import LockHeld, NotLockHolder, StaleFence
 from memory_admin.models import Event, LockFence, Record
 from memory_admin.services import Actor
+from memory_admin.services.events import doorbell_channel
 from memory_admin.services.locks import (
     acquire_lock,
     force_release,
@@ -190,3 +191,38 @@ def test_a_fence_counts_only_for_the_agent_holding_the_lock(ns, alpha, beta):
         write_record(ns=ns, key="k", value="beta's", fence=Fence("r", lock.token), actor=actor(beta))
     assert not Record.objects.filter(key="k").exists()
     write_record(ns=ns, key="k", value="alpha's", fence=Fence("r", lock.token), actor=actor(alpha))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_acquire_and_a_release_take_two_redis_calls_each_and_ring_the_relay(ns, alpha, monkeypatch):
+    """Reserve, then confirm and ring; begin, then end, wake and ring: the relay's doorbell rides
+    on the second script rather than costing a round trip of its own."""
+    release_lock(ns=ns, resource="warm", token=acquire_lock(ns=ns, resource="warm", actor=actor(alpha)).token,
+                 actor=actor(alpha))  # fmt: skip
+    client = r.client()
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(doorbell_channel())
+    calls: list[str] = []
+    execute = type(client).execute_command
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[0])
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(client), "execute_command", counted)
+    lock = acquire_lock(ns=ns, resource="report", actor=actor(alpha))
+    acquired = list(calls)
+    calls.clear()
+    release_lock(ns=ns, resource="report", token=lock.token, actor=actor(alpha))
+    released = list(calls)
+    monkeypatch.undo()
+    rings = []
+    for _ in range(20):
+        message = listener.get_message(timeout=0.25)
+        if message is not None:
+            rings.append(message["data"])
+        if len(rings) == 2:
+            break
+    listener.close()
+    assert (acquired, released) == (["EVALSHA"] * 2, ["EVALSHA"] * 2)
+    assert len(rings) == 2

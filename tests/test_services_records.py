@@ -132,6 +132,29 @@ def test_a_later_successful_write_by_the_same_agent_closes_its_conflict(ns, alph
 
 
 @pytest.mark.django_db
+def test_a_write_is_planned_once_per_connection_not_per_call(ns, alpha):
+    def prepared() -> list[tuple[int, int]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE %s ORDER BY name",
+                ["%INSERT INTO memory_admin_recordversion%"],
+            )
+            return cursor.fetchall()
+
+    record, _ = write_record(ns=ns, key="plan", value=0, expected_version=0, actor=actor(alpha))
+    for n in range(1, 11):
+        record, _ = write_record(
+            ns=ns, key="plan", value=n, expected_version=record.version, actor=actor(alpha)
+        )
+    kept = prepared()
+    assert len(kept) == 2  # create-only and over-version-n, each prepared once
+    assert sum(generic + custom for generic, custom in kept) == 11
+    record, _ = write_record(ns=ns, key="plan", value=11, expected_version=record.version, actor=actor(alpha))
+    assert len(prepared()) == 2 and record.version == 12
+
+
+@pytest.mark.django_db
 def test_unconditional_write_upserts_and_counts_versions(ns, alpha):
     record, created = write_record(ns=ns, key="notes", value="a", actor=actor(alpha))
     assert (record.version, created) == (1, True)

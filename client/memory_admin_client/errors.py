@@ -6,7 +6,19 @@ agents act on also carry those details as attributes (`ConflictError.current`, .
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+
+def _detail(name: str, *, empty: Callable[[], Any] | None = None) -> Any:
+    """An attribute of the error read from its details: what the server sent as `name`, else
+    None (or, with `empty`, a new empty value)."""
+
+    def read(error: MemoryAdminError) -> Any:
+        value = error.details.get(name)
+        return (value or empty()) if empty else value
+
+    return property(read)
 
 
 class MemoryAdminError(Exception):
@@ -28,9 +40,7 @@ class InvalidRequest(MemoryAdminError):
 
     code = "validation_error"
 
-    @property
-    def fields(self) -> dict[str, str]:
-        return self.details.get("fields") or {}
+    fields: dict[str, str] = _detail("fields", empty=dict)
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -80,17 +90,9 @@ class ConflictError(MemoryAdminError):
 
     code = "version_conflict"
 
-    @property
-    def current(self) -> dict[str, Any] | None:
-        return self.details.get("current")
-
-    @property
-    def expected_version(self) -> int | None:
-        return self.details.get("expected_version")
-
-    @property
-    def conflict_id(self) -> int | None:
-        return self.details.get("conflict_id")
+    current: dict[str, Any] | None = _detail("current")
+    expected_version: int | None = _detail("expected_version")
+    conflict_id: int | None = _detail("conflict_id")
 
 
 class TxnAborted(MemoryAdminError):
@@ -100,21 +102,10 @@ class TxnAborted(MemoryAdminError):
 
     code = "txn_aborted"
 
-    @property
-    def failed_op(self) -> int | None:
-        return self.details.get("failed_op")
-
-    @property
-    def error(self) -> dict[str, Any]:
-        return self.details.get("error") or {}
-
-    @property
-    def txn(self) -> str | None:
-        return self.details.get("txn")
-
-    @property
-    def conflict_group(self) -> str | None:
-        return self.details.get("conflict_group")
+    failed_op: int | None = _detail("failed_op")
+    error: dict[str, Any] = _detail("error", empty=dict)
+    txn: str | None = _detail("txn")
+    conflict_group: str | None = _detail("conflict_group")
 
 
 class LockHeld(MemoryAdminError):
@@ -122,13 +113,8 @@ class LockHeld(MemoryAdminError):
 
     code = "lock_held"
 
-    @property
-    def held_by(self) -> str | None:
-        return self.details.get("held_by")
-
-    @property
-    def expires_at(self) -> str | None:
-        return self.details.get("expires_at")
+    held_by: str | None = _detail("held_by")
+    expires_at: str | None = _detail("expires_at")
 
 
 class NotLockHolder(MemoryAdminError):
@@ -149,9 +135,7 @@ class RateLimited(MemoryAdminError):
 
     code = "rate_limited"
 
-    @property
-    def retry_after(self) -> float | None:
-        return self.details.get("retry_after")
+    retry_after: float | None = _detail("retry_after")
 
 
 class Unavailable(MemoryAdminError):

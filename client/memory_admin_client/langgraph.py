@@ -56,9 +56,7 @@ class MemoryAdminStore(BaseStore):
     # --- BaseStore ----------------------------------------------------------------------
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        ops = list(ops)
-        wire = [_wire(op) for op in ops]
-        sent = [w for w in wire if w is not None]
+        ops, wire, sent = _plan(ops)
         if not sent:
             return [None] * len(ops)
         if self._client is None:
@@ -66,9 +64,7 @@ class MemoryAdminStore(BaseStore):
         return _results(ops, wire, self._client.post("/store/batch", json={"ops": sent}))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        ops = list(ops)
-        wire = [_wire(op) for op in ops]
-        sent = [w for w in wire if w is not None]
+        ops, wire, sent = _plan(ops)
         if not sent:
             return [None] * len(ops)
         if self._aclient is None:
@@ -98,6 +94,13 @@ class MemoryAdminStore(BaseStore):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _plan(ops: Iterable[Op]) -> tuple[list[Op], list[dict[str, Any] | None], list[dict[str, Any]]]:
+    """The operations, each as sent (None where answered locally), and what goes to the server."""
+    ops = list(ops)
+    wire = [_wire(op) for op in ops]
+    return ops, wire, [w for w in wire if w is not None]
 
 
 def _wire(op: Op) -> dict[str, Any] | None:

@@ -141,13 +141,7 @@ class OfflineLog:
             self._queued += 1
 
     def queued(self, limit: int = 1000) -> list[Row]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, kind, method, path, body, idempotency_key, agent_id, queued, state, error"
-                " FROM log WHERE state = 'queued' ORDER BY seq LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [Row(*row) for row in rows]
+        return self.rows("queued", limit)
 
     def done(self, seq: int) -> None:
         """The server answered the row: it leaves the log."""
@@ -163,12 +157,13 @@ class OfflineLog:
             ).rowcount:
                 self._queued -= 1
 
-    def rows(self, state: str) -> list[Row]:
+    def rows(self, state: str, limit: int = -1) -> list[Row]:
+        """The rows in `state`, oldest first; up to `limit` of them (-1, SQLite's "no limit": all)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, kind, method, path, body, idempotency_key, agent_id, queued, state, error"
-                " FROM log WHERE state = ? ORDER BY seq",
-                (state,),
+                " FROM log WHERE state = ? ORDER BY seq LIMIT ?",
+                (state, limit),
             ).fetchall()
         return [Row(*row) for row in rows]
 

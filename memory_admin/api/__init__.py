@@ -26,7 +26,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import re_path
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
-from ninja.operation import PathView
+from ninja.operation import Operation, PathView
 from ninja.parser import Parser
 
 from memory_admin import outage
@@ -94,11 +94,14 @@ class AgentAPI(NinjaAPI):
             if operations is not None and operations.is_async:
                 # ninja serves every method of a path with one view, async when one operation is
                 # (a lock's acquire makes its release and read async views too). config/asgi.py
-                # answers the sync ones in one hop through `sync_view`, not through the async view.
+                # answers the sync ones in one hop through `sync_view`, not through the async view,
+                # and so an async one whose body does not ask to wait (`waits`), by its sync twin.
+                threaded, waits = _in_thread(operations)
                 pattern.callback.async_methods = frozenset(
-                    method for op in operations.operations if op.is_async for method in op.methods
+                    method for op in threaded.operations if op.is_async for method in op.methods
                 )
-                pattern.callback.sync_view = gate(operations._sync_view, circuit=circuit)
+                pattern.callback.waits = waits
+                pattern.callback.sync_view = gate(threaded._sync_view, circuit=circuit)
         urls.append(re_path(r"^[\s\S]*$", gate(_unknown_path, circuit=False), name="unknown"))
         return urls
 
@@ -138,6 +141,34 @@ def _path_view(view: Callable) -> PathView | None:
             if isinstance(cell.cell_contents, PathView):
                 return cell.cell_contents
     return None
+
+
+def _in_thread(operations: PathView) -> tuple[PathView, dict[str, Callable[[bytes], bool]]]:
+    """The path's operations as answered in the request's thread, and the methods answered so
+    unless their body asks to wait (method -> `waits(body)`): an async operation whose view has a
+    `sync_twin` (the same parameters and answers, for a body that does not wait: a lock acquire
+    without `wait_seconds`) is run as that twin."""
+    threaded = PathView()
+    waits: dict[str, Callable[[bytes], bool]] = {}
+    for operation in operations.operations:
+        twin = getattr(operation.view_func, "sync_twin", None)
+        if operation.is_async and twin is not None:
+            waits.update(dict.fromkeys(operation.methods, operation.view_func.waits))
+            operation = _sync_operation(operation, twin)
+        threaded.operations.append(operation)
+    return threaded, waits
+
+
+def _sync_operation(operation: Operation, view: Callable) -> Operation:
+    """A copy of async `operation` (its auth, parameters and answers) that calls sync `view`.
+    The API's `idempotent` is not applied to it: like the async view, the twin keeps its answer
+    under an Idempotency-Key itself (once.py), so both store and replay the same answers."""
+    twin = operation.clone()
+    twin.__class__ = Operation
+    twin.is_async = False
+    twin.view_func = view
+    twin.api = operation.api
+    return twin
 
 
 # --- the gate -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import Schema
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from memory_admin import outage
 from memory_admin import redis as r
@@ -24,6 +24,7 @@ from memory_admin.validation import KEY_RE, RECORD_KEY_RE
 
 log = logging.getLogger("memory_admin.api")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Keys, lock resources, group and agent names (API.md); a bad one is a 422 naming the field.
 Key = Annotated[str, StringConstraints(pattern=KEY_RE.pattern)]
@@ -34,41 +35,36 @@ Id = Annotated[int, Field(ge=0, le=2**63 - 1)]  # ids, versions, cursors: what a
 
 
 # Errors only the HTTP layer raises; the domain's own kinds are in memory_admin/errors.py.
-class MalformedJson(DomainError):
-    status, code = 400, "malformed_json"
+class MalformedJson(DomainError, status=400, code="malformed_json"): ...
 
 
-class Unauthenticated(DomainError):
-    status, code = 401, "unauthenticated"
+class Unauthenticated(DomainError, status=401, code="unauthenticated"): ...
 
 
-class MethodNotAllowed(DomainError):
-    status, code = 405, "method_not_allowed"
+class MethodNotAllowed(DomainError, status=405, code="method_not_allowed"): ...
 
 
-class PayloadTooLarge(DomainError):
-    status, code = 413, "payload_too_large"
+class PayloadTooLarge(DomainError, status=413, code="payload_too_large"): ...
 
 
-class UnsupportedMediaType(DomainError):
-    status, code = 415, "unsupported_media_type"
+class UnsupportedMediaType(DomainError, status=415, code="unsupported_media_type"): ...
 
 
-class RateLimited(DomainError):
-    status, code = 429, "rate_limited"
-
+class RateLimited(DomainError, status=429, code="rate_limited"):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, retry_after=retry_after)
         self.retry_after = retry_after
 
 
-class InternalError(DomainError):
-    status, code = 500, "internal_error"
+class InternalError(DomainError, status=500, code="internal_error"): ...
 
 
-class In(Schema):
+class In(BaseModel):
     """A request body. Unknown fields are refused (422), so a misspelt field never passes silently;
-    wrong types are refused rather than coerced ("5" is not a number)."""
+    wrong types are refused rather than coerced ("5" is not a number).
+
+    A plain pydantic model, not ninja's Schema: a Schema that forbids extra fields validates a
+    body twice, and once more through ninja's attribute getter (api/txn.py `Body` measured it)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -91,6 +87,21 @@ def errors(*statuses: int) -> dict[int, type[Error]]:
     400 `malformed_json` (any request may carry a body that is not JSON) and 404 (a path
     parameter with characters no route takes, a newline say, leaves the URL unrouted)."""
     return dict.fromkeys((*statuses, 400, 401, 404, 408, 413, 415, 422, 429, 500, 503), Error)
+
+
+def and_exact(route: Callable[..., Callable[[F], F]], path: str, *, url_name: str, **options: Any):
+    """Register a view at `path` and at `path!`, the form that reaches any key, even one that
+    ends like another route (API.md: Reaching every key); `route` is `router.get`, `.put`, ...
+
+    The `!` pattern is registered first: the plain one would otherwise take `key!` as a (bad) key.
+    """
+
+    def register(view: F) -> F:
+        exact = f"{url_name}_exact"
+        view = route(f"{path}!", url_name=exact, operation_id=exact, **options)(view)
+        return route(path, url_name=url_name, **options)(view)
+
+    return register
 
 
 def error_response(exc: DomainError, *, headers: dict[str, str] | None = None) -> JsonResponse:

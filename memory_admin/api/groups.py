@@ -13,6 +13,7 @@ from memory_admin.api.common import (
     Unauthenticated,
     actor_of,
     agent_of,
+    and_exact,
     error_response,
     errors,
     in_thread,
@@ -166,26 +167,19 @@ def _state(request: HttpRequest, group: str) -> dict:
 
 
 # Registered after /read and /ack: `{path:group}` would take their suffix as part of the name.
-@router.get("/events/groups/{path:group}", response={200: GroupOut, **errors(404)}, url_name="get_group")
-@router.get(
-    "/events/groups/{path:group}!",
-    response={200: GroupOut, **errors(404)},
-    url_name="get_group_exact",
-    operation_id="get_group_exact",
+@and_exact(
+    router.get, "/events/groups/{path:group}", response={200: GroupOut, **errors(404)}, url_name="get_group"
 )
 def get_group(request: HttpRequest, group: Key):
     """The group's cursor, lag, unacked deliveries per consumer and how many events are parked."""
     return _state(request, group)
 
 
-@router.put(
-    "/events/groups/{path:group}", response={200: GroupOut, **errors(403)}, url_name="configure_group"
-)
-@router.put(
-    "/events/groups/{path:group}!",
+@and_exact(
+    router.put,
+    "/events/groups/{path:group}",
     response={200: GroupOut, **errors(403)},
-    url_name="configure_group_exact",
-    operation_id="configure_group_exact",
+    url_name="configure_group",
 )
 def configure_group(request: HttpRequest, group: Key, body: ConfigureIn):
     """Set after how many failed deliveries the group parks an event (creating the group if new)."""
@@ -197,29 +191,24 @@ def configure_group(request: HttpRequest, group: Key, body: ConfigureIn):
 
 # The /read and /ack paths take every URL ending so; a GET or PUT there is of the group whose
 # name ends so (API.md: Reaching every key). `/events/groups/{group}!` reaches any group too.
-@router.get(
-    "/events/groups/{path:group}/read", response={200: GroupOut, **errors(404)}, include_in_schema=False
-)
-def get_read_group(request: HttpRequest, group: Key):
-    return get_group(request, f"{group}/read")
+def _group_named_with(suffix: str) -> None:
+    path = f"/events/groups/{{path:group}}/{suffix}"
+
+    @router.get(
+        path, response={200: GroupOut, **errors(404)}, url_name=f"get_{suffix}_group", include_in_schema=False
+    )
+    def get_suffixed_group(request: HttpRequest, group: Key):
+        return get_group(request, f"{group}/{suffix}")
+
+    @router.put(
+        path,
+        response={200: GroupOut, **errors(403)},
+        url_name=f"configure_{suffix}_group",
+        include_in_schema=False,
+    )
+    def configure_suffixed_group(request: HttpRequest, group: Key, body: ConfigureIn):
+        return configure_group(request, f"{group}/{suffix}", body)
 
 
-@router.put(
-    "/events/groups/{path:group}/read", response={200: GroupOut, **errors(403)}, include_in_schema=False
-)
-def configure_read_group(request: HttpRequest, group: Key, body: ConfigureIn):
-    return configure_group(request, f"{group}/read", body)
-
-
-@router.get(
-    "/events/groups/{path:group}/ack", response={200: GroupOut, **errors(404)}, include_in_schema=False
-)
-def get_ack_group(request: HttpRequest, group: Key):
-    return get_group(request, f"{group}/ack")
-
-
-@router.put(
-    "/events/groups/{path:group}/ack", response={200: GroupOut, **errors(403)}, include_in_schema=False
-)
-def configure_ack_group(request: HttpRequest, group: Key, body: ConfigureIn):
-    return configure_group(request, f"{group}/ack", body)
+_group_named_with("read")
+_group_named_with("ack")

@@ -9,8 +9,10 @@ path reach the resource that ends in `/renew`, as nothing else answers them ther
 
 import asyncio
 import contextlib
+import json
 import time
 
+from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
@@ -21,6 +23,7 @@ from memory_admin.api.common import (
     Limit,
     Subscription,
     actor_of,
+    and_exact,
     error_response,
     errors,
     in_thread,
@@ -29,7 +32,7 @@ from memory_admin.api.common import (
     ns_of,
     subscribed,
 )
-from memory_admin.api.once import once
+from memory_admin.api.once import REPLAYED, once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.services import locks
 
@@ -111,14 +114,11 @@ def renew_lock(request: HttpRequest, resource: Key, body: RenewIn):
     return locks.held_item(lock)
 
 
-# Each `!` form is the lower decorator, so its URL pattern is registered first: the plain
-# pattern would otherwise take `resource!` as a (bad) resource.
-@router.post("/locks/{path:resource}", response={200: LockOut, **errors(403, 409)}, url_name="acquire_lock")
-@router.post(
-    "/locks/{path:resource}!",
+@and_exact(
+    router.post,
+    "/locks/{path:resource}",
     response={200: LockOut, **errors(403, 409)},
-    url_name="acquire_lock_exact",
-    operation_id="acquire_lock_exact",
+    url_name="acquire_lock",
 )
 async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | None = None):
     """Take the lock, waiting up to `wait_seconds` for its holder to go; else 409 `lock_held`.
@@ -131,24 +131,7 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
     waiter = locks.new_waiter(actor) if body.wait_seconds > 0 else ""
     wakeups = await wakeup_listener() if waiter else None
     busy: list[locks.Busy] = []
-
-    def attempt(queue: bool) -> HttpResponse:
-        try:
-            outcome = locks.try_acquire(
-                ns=ns,
-                resource=resource,
-                actor=actor,
-                ttl_seconds=body.ttl_seconds,
-                waiter=waiter,
-                queue=queue,
-            )
-        except DomainError as exc:
-            return error_response(exc)
-        if isinstance(outcome, locks.Busy):
-            busy.append(outcome)
-            return error_response(outcome.error(resource))
-        return json_response(locks.held_item(outcome))
-
+    served = False
     try:
         while True:
             left = deadline - loop.time()
@@ -158,10 +141,12 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
             # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
             response = await in_thread(once)(
                 request,
-                lambda final=final: attempt(not final),
+                lambda final=final: _attempt(request, resource, body, waiter, not final, busy),
                 ready=lambda response, final=final: final or response.status_code != 409,
             )
             if response is not None:
+                # Taking the lock took the waiter out of the queue too (a replay took nothing).
+                served = response.status_code == 200 and REPLAYED not in response
                 return response
             pause = min(left, locks.WAITER_LOOK_SECONDS)
             holder_expires = busy[-1].expires_ms if busy else None
@@ -169,9 +154,56 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
                 pause = min(pause, max(0.0, holder_expires / 1000 - time.time()) + 0.005)
             await wakeups.wait(woken, pause)
     finally:
-        if waiter:
+        if waiter and not served:
             with contextlib.suppress(Exception):
                 await in_thread(locks.leave_queue)(ns=ns, resource=resource, waiter=waiter)
+
+
+def acquire_now(request: HttpRequest, resource: Key, body: AcquireIn | None = None):
+    """acquire_lock for a body that does not wait, in the request's thread (config/asgi.py
+    answers such a request with it, in one hop): one attempt, kept under an Idempotency-Key as
+    the async view keeps its last."""
+    body = body or AcquireIn()
+    if body.wait_seconds > 0:  # not sent here (`waits` says so); still answered as it asks
+        return async_to_sync(acquire_lock)(request, resource, body)
+    return once(request, lambda: _attempt(request, resource, body, "", False, []))
+
+
+def waits(body: bytes) -> bool:
+    """Whether an acquire with this (raw) body may wait: `wait_seconds` given and not 0. Any
+    other body, valid or not, is answered by acquire_now, the same as by acquire_lock."""
+    if b"wait" not in body and b"\\" not in body:  # no such key, not even escaped: no parsing
+        return False
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("wait_seconds", 0) != 0
+
+
+acquire_lock.sync_twin = acquire_now  # memory_admin/api/__init__.py: AgentAPI
+acquire_lock.waits = waits
+
+
+def _attempt(
+    request: HttpRequest, resource: str, body: AcquireIn, waiter: str, queue: bool, busy: list[locks.Busy]
+) -> HttpResponse:
+    """One try for the lock: its answer (200 or the 409 that says who holds it)."""
+    try:
+        outcome = locks.try_acquire(
+            ns=ns_of(request),
+            resource=resource,
+            actor=actor_of(request),
+            ttl_seconds=body.ttl_seconds,
+            waiter=waiter,
+            queue=queue,
+        )
+    except DomainError as exc:
+        return error_response(exc)
+    if isinstance(outcome, locks.Busy):
+        busy.append(outcome)
+        return error_response(outcome.error(resource))
+    return json_response(locks.held_item(outcome))
 
 
 async def wakeup_listener() -> Subscription:
@@ -184,12 +216,8 @@ def _woken(message: str) -> list[tuple[str, None]]:
     return [(message.rsplit("\n", 1)[-1], None)]
 
 
-@router.get("/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock")
-@router.get(
-    "/locks/{path:resource}!",
-    response={200: LockDetail, **errors(404)},
-    url_name="get_lock_exact",
-    operation_id="get_lock_exact",
+@and_exact(
+    router.get, "/locks/{path:resource}", response={200: LockDetail, **errors(404)}, url_name="get_lock"
 )
 def get_lock(request: HttpRequest, resource: Key):
     """The lock as held now, with `waiting`: the agents queued for it, first in line first."""
@@ -198,12 +226,8 @@ def get_lock(request: HttpRequest, resource: Key):
     return {**locks.held_item(lock), "waiting": locks.waiters(ns=ns, resource=resource)}
 
 
-@router.delete("/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock")
-@router.delete(
-    "/locks/{path:resource}!",
-    response={204: None, **errors(403, 409)},
-    url_name="release_lock_exact",
-    operation_id="release_lock_exact",
+@and_exact(
+    router.delete, "/locks/{path:resource}", response={204: None, **errors(403, 409)}, url_name="release_lock"
 )
 def release_lock(request: HttpRequest, resource: Key, query: Query[ReleaseQuery]):
     """Release; only the holder with its token may (else 409 `not_lock_holder`)."""

@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Field, Query, Router, Schema
 
-from memory_admin.api.common import Id, In, Key, Limit, RecordKey, actor_of, errors, ns_of
+from memory_admin.api.common import Id, In, Key, Limit, RecordKey, actor_of, and_exact, errors, ns_of
 from memory_admin.models import RecordVersion, iso
 from memory_admin.services import records
 
@@ -101,7 +101,7 @@ def list_records(request: HttpRequest, query: Query[RecordQuery]):
 def record_versions(request: HttpRequest, key: RecordKey, query: Query[VersionQuery]):
     """A key's versions, newest first; a delete is a version with `deleted` true and value null."""
     found = records.record_versions(ns=ns_of(request), key=key, limit=query.limit)
-    return {"items": [_version_body(version) for version in found]}
+    return {"items": [version_body(version) for version in found]}
 
 
 @router.get(
@@ -116,30 +116,17 @@ def record_versions_alias(request: HttpRequest, key: RecordKey, query: Query[Ver
     return record_versions(request, key, query)
 
 
-# Each `!` form is the lower decorator, so its URL pattern is registered first: the plain
-# pattern would otherwise take `key!` as a (bad) key.
-@router.get("/records/{path:key}", response={200: RecordOut, **errors(404)}, url_name="get_record")
-@router.get(
-    "/records/{path:key}!",
-    response={200: RecordOut, **errors(404)},
-    url_name="get_record_exact",
-    operation_id="get_record_exact",
-)
+@and_exact(router.get, "/records/{path:key}", response={200: RecordOut, **errors(404)}, url_name="get_record")
 def get_record(request: HttpRequest, key: RecordKey):
     """The record with header `ETag: "<version>"`."""
     return _with_etag(records.get_record(ns=ns_of(request), key=key))
 
 
-@router.put(
+@and_exact(
+    router.put,
     "/records/{path:key}",
     response={(200, 201): RecordOut, **errors(403, 409)},
     url_name="write_record",
-)
-@router.put(
-    "/records/{path:key}!",
-    response={(200, 201): RecordOut, **errors(403, 409)},
-    url_name="write_record_exact",
-    operation_id="write_record_exact",
 )
 def write_record(request: HttpRequest, key: Key, body: RecordIn):
     """Write with optimistic locking: 201 when created, 200 when updated, 409 `version_conflict`
@@ -156,12 +143,11 @@ def write_record(request: HttpRequest, key: Key, body: RecordIn):
     return _with_etag(record, status=201 if created else 200)
 
 
-@router.delete("/records/{path:key}", response={204: None, **errors(403, 404, 409)}, url_name="delete_record")
-@router.delete(
-    "/records/{path:key}!",
+@and_exact(
+    router.delete,
+    "/records/{path:key}",
     response={204: None, **errors(403, 404, 409)},
-    url_name="delete_record_exact",
-    operation_id="delete_record_exact",
+    url_name="delete_record",
 )
 def delete_record(request: HttpRequest, key: Key, query: Query[DeleteQuery]):
     """Delete; with `expected_version`, only if the stored version is still that."""
@@ -193,7 +179,7 @@ def delete_versions_key(request: HttpRequest, key: Key, query: Query[DeleteQuery
     return delete_record(request, f"{key}/versions", query)
 
 
-def _version_body(version: RecordVersion) -> dict[str, Any]:
+def version_body(version: RecordVersion) -> dict[str, Any]:
     return {
         "version": version.version,
         "value": version.value,

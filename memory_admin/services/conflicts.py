@@ -140,6 +140,9 @@ def resolve_group(
         members = [c for c in group_conflicts(ns=ns, group=group) if c.status == Conflict.Status.OPEN]
         if not members:
             raise NotFound(f"no open conflicts in group {group!r}")
+        # All its keys first, in the one order of a /txn's: a txn over the same keys in another
+        # order waits for the whole group instead of holding one key it needs (deadlock).
+        records.lock_keys(ns=ns, keys={c.key for c in members})
         for conflict in members:
             written.append(
                 resolve_conflict(

@@ -9,9 +9,4 @@ from memory_admin import redis as r
 def count_call(*, ns_name: str, token_id: int, window: int, keep_seconds: int) -> int:
     """Count one call of the token in time window `window`; the window's count so far. Unavailable
     when Redis does not answer."""
-    key = r.rate_key(ns_name, token_id, window)
-    pipe = r.client().pipeline(transaction=True)
-    pipe.incr(key)
-    pipe.expire(key, keep_seconds)
-    count, _ = pipe.execute()
-    return count
+    return r.script(r.COUNT_CALL)(keys=[r.rate_key(ns_name, token_id, window)], args=[keep_seconds])

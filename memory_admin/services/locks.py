@@ -6,8 +6,8 @@ commits before the token is handed out, then confirms the reservation with the t
 only grow, also after Redis loses its data and after a Postgres crash; a reservation whose
 Postgres part failed is given back. A release marks the lock `releasing` in Redis (only its
 holder with its token may), records it in Postgres, then frees it and wakes the next waiter: no
-acquire can slip between, so the log shows each lock's acts in order. Postgres work per acquire
-or release: one statement.
+acquire can slip between, so the log shows each lock's acts in order. Work per acquire or
+release: one Postgres statement and two Redis scripts (the second also rings the relay's doorbell).
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from memory_admin import redis as r
 from memory_admin.errors import Invalid, LockHeld, NotFound, NotLockHolder
 from memory_admin.models import HeldLock, LockFence, Namespace, iso, iso_ms
 from memory_admin.services import SYSTEM, Actor, activity
-from memory_admin.services.events import append_event, current_txn, ring_after_write
+from memory_admin.services.events import (
+    append_event,
+    current_txn,
+    doorbell_channel,
+    ring_after_commit,
+    ring_after_write,
+)
 from memory_admin.validation import check_key
 
 # A waiter's place in a lock's queue lapses this long after its last look (a waiter whose
@@ -119,7 +125,7 @@ def try_acquire(
     except BaseException:
         _undo(ns, resource, actor)
         raise
-    if not r.script(r.CONFIRM)(keys=keys[:2], args=[actor.name, token, resource]):
+    if not r.script(r.CONFIRM)(keys=keys[:2], args=[actor.name, token, resource, _doorbell()]):
         # The reservation's lease ran out before Postgres answered: it was never held with
         # this token. Record its end, so the fence does not name a holder that has none.
         _record_end(ns=ns, resource=resource, owner=actor.name, token=token, type="lock.expired")
@@ -227,12 +233,22 @@ def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
         if row is None:  # a first acquire raced another for the new fence row: it exists now
             cursor.execute(_ACQUIRE, params)
             row = cursor.fetchone()
-    ring_after_write()
-    return row[0]
+    return row[0]  # the relay's doorbell rings with the confirmation (_doorbell)
 
 
-def _record_end(*, ns, resource, owner, token, type, actor: str | None = None) -> bool:
-    """Mark the holder's fence free with its event; False if the fence no longer names it."""
+def _doorbell() -> str:
+    """The relay's doorbell channel for the lock script that follows an acquire's or release's
+    statement to ring, in the same round trip; '' inside a transaction, which rings it when it
+    commits (services/events.ring_after_write)."""
+    if connection.in_atomic_block:
+        ring_after_commit()
+        return ""
+    return doorbell_channel()
+
+
+def _record_end(*, ns, resource, owner, token, type, actor: str | None = None, ring: bool = True) -> bool:
+    """Mark the holder's fence free with its event; False if the fence no longer names it.
+    With `ring` false the caller rings the relay's doorbell (_doorbell)."""
     with connection.cursor() as cursor:
         cursor.execute(
             _END,
@@ -248,7 +264,7 @@ def _record_end(*, ns, resource, owner, token, type, actor: str | None = None) -
             },
         )
         ended = cursor.rowcount > 0
-    if ended:
+    if ended and ring:
         ring_after_write()
     return ended
 
@@ -279,14 +295,14 @@ def release_lock(*, ns: Namespace, resource: str, token: int, actor: Actor) -> N
     check_key(resource, "resource")
     keys = r.lock_keys(ns.name, resource)[:4]
     args = [actor.name, token, resource, wake_channel(), wake_message(ns.name, resource)]
-    if not r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "begin"]):
+    if not r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "begin", ""]):
         raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
     try:
-        _record_end(ns=ns, resource=resource, owner=actor.name, token=token, type="lock.released")
+        _record_end(ns=ns, resource=resource, owner=actor.name, token=token, type="lock.released", ring=False)
     except BaseException:
-        r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "undo"])
+        r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "undo", ""])
         raise
-    r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "end"])
+    r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "end", _doorbell()])
 
 
 @r.unavailable_on_error

@@ -247,7 +247,7 @@ def _results(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op], lock: 
             if isinstance(outcome, DomainError):
                 yield Done("put", error=outcome)
             else:
-                yield Done("put", *outcome)
+                yield Done("put", outcome, outcome.created)
 
 
 def _chunks(ops: list[Op]) -> Iterator[list[Op]]:

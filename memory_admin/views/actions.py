@@ -73,11 +73,7 @@ def edit_record(request: HttpRequest, ns: Namespace, key: str) -> HttpResponse:
             actor=Actor.of_operator(request.user),
         )
     except VersionConflict as exc:
-        messages.error(
-            request,
-            f"Your edit was refused: {exc.message}. It is kept as conflict #{exc.details['conflict_id']}.",
-        )
-        return redirect("conflict", ns.name, exc.details["conflict_id"])
+        return _kept_as_conflict(request, ns, "Your edit was refused", exc)
     except Invalid as exc:
         form.add_error("value", exc.message)
         return record_page(request, ns, record, form, status=422)
@@ -97,16 +93,19 @@ def restore_version(request: HttpRequest, ns: Namespace, key: str) -> HttpRespon
             ns=ns, key=key, version=version, expected_version=expected, actor=Actor.of_operator(request.user)
         )
     except VersionConflict as exc:
-        messages.error(
-            request,
-            f"Restore refused: {exc.message}. It is kept as conflict #{exc.details['conflict_id']}.",
-        )
-        return redirect("conflict", ns.name, exc.details["conflict_id"])
+        return _kept_as_conflict(request, ns, "Restore refused", exc)
     except Invalid as exc:
         messages.error(request, exc.message)
         return redirect("record", ns.name, key)
     messages.success(request, f"Restored v{old.version} of {key} as version {written.version}.")
     return redirect("record", ns.name, key)
+
+
+def _kept_as_conflict(request: HttpRequest, ns: Namespace, refused: str, exc: VersionConflict):
+    """A write of the operator's that lost: to the conflict it is kept as, saying so."""
+    conflict_id = exc.details["conflict_id"]
+    messages.error(request, f"{refused}: {exc.message}. It is kept as conflict #{conflict_id}.")
+    return redirect("conflict", ns.name, conflict_id)
 
 
 @operator
@@ -191,22 +190,24 @@ def _group_action(request: HttpRequest, ns: Namespace, act) -> HttpResponse:
     return redirect("groups", ns.name)
 
 
-@operator
-def replay_parked(request: HttpRequest, ns: Namespace, parked_id: int) -> HttpResponse:
-    def act(actor):
-        parked = group_service.replay_parked(ns=ns, parked_id=parked_id, actor=actor)
-        return f"Event #{parked.event} replayed to {parked.group.name}."
+def _parked_action(service, done: str):
+    """The view that hands a parked event to `service` (replay or discard); `done` says what
+    became of the event, before the group's name."""
 
-    return _group_action(request, ns, act)
+    @operator
+    def view(request: HttpRequest, ns: Namespace, parked_id: int) -> HttpResponse:
+        def act(actor):
+            parked = service(ns=ns, parked_id=parked_id, actor=actor)
+            return f"Event #{parked.event} {done} {parked.group.name}."
+
+        return _group_action(request, ns, act)
+
+    view.__name__ = view.__qualname__ = service.__name__
+    return view
 
 
-@operator
-def discard_parked(request: HttpRequest, ns: Namespace, parked_id: int) -> HttpResponse:
-    def act(actor):
-        parked = group_service.discard_parked(ns=ns, parked_id=parked_id, actor=actor)
-        return f"Event #{parked.event} discarded for {parked.group.name}."
-
-    return _group_action(request, ns, act)
+replay_parked = _parked_action(group_service.replay_parked, "replayed to")
+discard_parked = _parked_action(group_service.discard_parked, "discarded for")
 
 
 @operator

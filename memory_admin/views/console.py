@@ -113,6 +113,11 @@ def as_int(value: str | None) -> int | None:
         return None
 
 
+def filters(request: HttpRequest, *names: str) -> dict[str, str]:
+    """A page's text filters, from its query string, white space stripped ("" when not given)."""
+    return {name: request.GET.get(name, "").strip() for name in names}
+
+
 def page_or_action(page, action):
     """One URL for a page and the form it posts to itself: GET (or HEAD) the page, POST the action."""
 

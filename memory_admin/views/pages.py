@@ -22,7 +22,7 @@ from memory_admin.services.leftovers import agent_leftovers, stale_with_leftover
 from memory_admin.services.locks import count_locks, list_locks
 from memory_admin.services.records import list_records, record_versions
 from memory_admin.services.status import get_agent, list_agents
-from memory_admin.views.console import agent_choices, as_int, console, screen
+from memory_admin.views.console import agent_choices, as_int, console, filters, screen
 from memory_admin.views.diff import line_diff, three_way
 from memory_admin.views.screens import (
     LIST_PAGE,
@@ -133,12 +133,7 @@ def leftovers_page(request, ns, agent, form=None, status=200) -> HttpResponse:
 
 @console
 def facts(request: HttpRequest, ns: Namespace) -> HttpResponse:
-    view = View(
-        "facts",
-        category=request.GET.get("category", "").strip(),
-        agent=request.GET.get("agent", "").strip(),
-        q=request.GET.get("q", "").strip(),
-    )
+    view = View("facts", **filters(request, "category", "agent", "q"))
     cursor = last_event_id(ns)
     after = as_int(request.GET.get("after"))
     page, next_cursor = query_facts(
@@ -161,7 +156,7 @@ def fact(request: HttpRequest, ns: Namespace, fact_id: int) -> HttpResponse:
 
 @console
 def records(request: HttpRequest, ns: Namespace) -> HttpResponse:
-    view = View("records", prefix=request.GET.get("prefix", "").strip())
+    view = View("records", **filters(request, "prefix"))
     cursor = last_event_id(ns)
     page = list_records(ns=ns, prefix=view.prefix, after=request.GET.get("after", ""), limit=PAGE_SIZE + 1)
     context = {
@@ -320,12 +315,7 @@ def locks(request: HttpRequest, ns: Namespace) -> HttpResponse:
 
 @console
 def timeline(request: HttpRequest, ns: Namespace) -> HttpResponse:
-    view = View(
-        "timeline",
-        type=request.GET.get("type", "").strip(),
-        agent=request.GET.get("agent", "").strip(),
-        txn=request.GET.get("txn", "").strip()[:40],
-    )
+    view = View("timeline", **filters(request, "type", "agent"), txn=request.GET.get("txn", "").strip()[:40])
     cursor = last_event_id(ns)
     events = view.events(ns)
     before = as_int(request.GET.get("before"))
