@@ -46,7 +46,7 @@ from memory_admin.models import (
     iso,
 )
 from memory_admin.rows import load as rows_load
-from memory_admin.services import counts, store
+from memory_admin.services import counts, records, store
 from memory_admin.services.events import SEQUENCER_LOCK, append_event
 from memory_admin.services.facts import store_fact
 from memory_admin.services.records import delete_record, write_record
@@ -919,3 +919,69 @@ def test_the_relays_statements_read_and_mark_what_the_orm_forms_do(ns, alpha, ma
         (3,),
         (2,),
     ]
+
+
+@covers("LOCK_KEYS")
+def test_lock_keys_takes_one_advisory_lock_per_distinct_key_present_or_not(ns, alpha):
+    write_record(ns=ns, key="a", value={}, actor=actor(alpha))
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    params = {
+        "lock_space": records.KEY_LOCKS,
+        "lock_ns": str(ns.pk),
+        "lock_keys": json.dumps(["a", "b", "c"]),
+    }
+    assert rows(sql.LOCK_KEYS, params) == [(3,)]
+    assert rows(held) == [(3,)]  # none of them a row lock: "b" and "c" do not exist
+
+
+@covers("WRITE_MANY", "WRITE_MANY_LOCKING")
+def test_write_many_does_for_each_write_what_write_records_orm_form_does(ns, alpha):
+    who = actor(alpha)
+    for key in ("b", "c", "d"):
+        for prefix in ("raw/", "orm/"):
+            _orm_write(ns, prefix + key, {"v": 0}, None, who)
+    for prefix in ("raw/", "orm/"):
+        delete_record(ns=ns, key=prefix + "d", actor=who)
+        store_open_conflict(ns, prefix + "b", who)
+    writes = [("a", 0), ("b", 1), ("c", 7), ("d", 0), ("e", None), ("f", 3)]
+
+    def raw(statement):
+        params = {
+            **records._lock_params(ns, ["raw/" + key for key, _ in writes]),
+            "ns": ns.pk,
+            "writes": json.dumps([["raw/" + key, {"k": key}, expected] for key, expected in writes]),
+            "actor": who.name,
+            "agent_id": who.agent_id,
+            "stamp": now(),
+            "txn": "",
+        }
+        found = {row[0]: row[1:4] for row in rows(statement, params)}
+        return [found.get(n, (False, False, None)) for n in range(1, len(writes) + 1)]
+
+    by_raw = raw(sql.WRITE_MANY)
+    by_orm = []
+    for key, expected in writes:
+        written, created, record = _orm_write(ns, "orm/" + key, {"k": key}, expected, who)
+        by_orm.append((written, created, record and record.version))
+    assert by_raw == by_orm
+    assert [w[:2] for w in by_raw] == [
+        (True, True),
+        (True, False),
+        (False, False),
+        (True, True),
+        (True, True),
+    ] + [(False, False)]
+
+    def state(prefix):
+        found = Record.objects.filter(key__startswith=prefix).order_by("key")
+        events = (
+            Event.objects.filter(subject__startswith=prefix).exclude(type="conflict.opened").order_by("seq")
+        )
+        return (
+            [(r.key[4:], r.version, r.value, r.deleted) for r in found],
+            sorted((e.subject[4:], e.type, e.payload.get("version")) for e in events),
+            list(Conflict.objects.filter(key__startswith=prefix).values_list("status", "resolution")),
+        )
+
+    assert state("raw/") == state("orm/")
+    assert raw(sql.WRITE_MANY_LOCKING)[4] == (True, False, 2)  # the same statement, its keys locked first
