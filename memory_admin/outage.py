@@ -29,6 +29,8 @@ from django.conf import settings
 from django.db import connection
 from psycopg_pool import PoolTimeout
 
+from memory_admin import sql
+
 log = logging.getLogger("memory_admin.outage")
 
 
@@ -104,7 +106,7 @@ def probe_postgres() -> bool:
     params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context", "prepare_threshold")}
     try:
         with psycopg.connect(**params, connect_timeout=2, autocommit=True) as conn:
-            conn.execute("SELECT 1")
+            conn.execute(sql.PING)
         return True
     except psycopg.Error:
         return False

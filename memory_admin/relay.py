@@ -33,7 +33,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from memory_admin import live
+from memory_admin import live, sql
 from memory_admin import redis as r
 from memory_admin.models import iso
 from memory_admin.services import events
@@ -54,21 +54,6 @@ STATUS_KEY = events.RELAY_STATUS_KEY
 # How long a pass's new `published` positions may wait for the next pass's transaction before
 # they are stored on their own: under load the next pass comes sooner, and one commit does both.
 MARK_SECONDS = 0.05
-
-_PENDING = """
-SELECT id, name, published, head FROM memory_admin_namespace WHERE head > published ORDER BY id
-"""
-_WAITING = "SELECT EXISTS (SELECT 1 FROM memory_admin_event WHERE position IS NULL)"
-_FETCH = """
-SELECT position, type, actor, agent_id, subject, payload::text, created, txn, seq
-FROM memory_admin_event WHERE ns_id = %s AND position > %s AND position <= %s
-ORDER BY position
-"""
-_MARK = """
-UPDATE memory_admin_namespace ns SET published = marks.published
-FROM unnest(%s::bigint[], %s::bigint[]) AS marks (id, published)
-WHERE ns.id = marks.id AND ns.published < marks.published
-"""
 
 
 def dsn() -> str:
@@ -133,7 +118,7 @@ class Relay:
     async def _become_active(self) -> bool:
         self.conn = await psycopg.AsyncConnection.connect(dsn(), autocommit=True)
         while not self.stopping.is_set():
-            row = await (await self.conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])).fetchone()
+            row = await (await self.conn.execute(sql.RELAY_LOCK, [LOCK_KEY])).fetchone()
             if row[0]:
                 await self._listen()
                 return True
@@ -173,12 +158,12 @@ class Relay:
         marks = dict(self.marks)
         async with self.conn.pipeline():
             async with self.conn.transaction():
-                await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [events.SEQUENCER_LOCK])
+                await self.conn.execute(sql.SEQUENCER_LOCK, [events.SEQUENCER_LOCK])
                 if marks:
-                    await self.conn.execute(_MARK, [list(marks), list(marks.values())])
-                stamping = await self.conn.execute(events.SEQUENCE_SQL, [events.SEQUENCE_BATCH])
-            pending = await self.conn.execute(_PENDING)
-            waiting = await self.conn.execute(_WAITING)
+                    await self.conn.execute(sql.RELAY_MARK, [list(marks), list(marks.values())])
+                stamping = await self.conn.execute(sql.SEQUENCE, [events.SEQUENCE_BATCH])
+            pending = await self.conn.execute(sql.RELAY_PENDING)
+            waiting = await self.conn.execute(sql.RELAY_WAITING)
             stamped = await stamping.fetchall()
             self.pending = await pending.fetchall()
             self.waiting = (await waiting.fetchone())[0]
@@ -187,7 +172,7 @@ class Relay:
 
     async def _store_marks(self) -> None:
         marks = dict(self.marks)
-        await self.conn.execute(_MARK, [list(marks), list(marks.values())])
+        await self.conn.execute(sql.RELAY_MARK, [list(marks), list(marks.values())])
         self._stored(marks)
 
     def _stored(self, marks: dict[int, int]) -> None:
@@ -223,7 +208,7 @@ class Relay:
         return total
 
     async def _publish(self, ns_id: int, ns: str, after: int, through: int) -> int:
-        rows = await (await self.conn.execute(_FETCH, [ns_id, after, through])).fetchall()
+        rows = await (await self.conn.execute(sql.RELAY_FETCH, [ns_id, after, through])).fetchall()
         if len(rows) != through - after:  # positions are dense: anything else is a broken log
             raise RuntimeError(f"positions {after + 1}..{through} of {ns} read {len(rows)} events")
         pipe = self.redis.pipeline(transaction=False)

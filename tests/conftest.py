@@ -242,10 +242,10 @@ def sequence_here() -> None:
     included. Only inside a test's transaction: elsewhere the horizon must be respected."""
     from django.db import connection
 
-    from memory_admin.services.events import HORIZON, SEQUENCE_SQL
+    from memory_admin import sql
 
     with connection.cursor() as cursor:
-        cursor.execute(SEQUENCE_SQL.replace(HORIZON, str(2**63 - 1)), [100_000])
+        cursor.execute(sql.SEQUENCE.replace(sql.HORIZON, str(2**63 - 1)), [100_000])
 
 
 # --- processes ------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection
 from django.utils.timezone import now
 
-from memory_admin import positions
+from memory_admin import positions, sql
 from memory_admin import redis as r
-from memory_admin.models import Event, Namespace
+from memory_admin.models import Namespace
 
 MINUTES = 60
 KINDS = ("events", "writes", "conflicts", "locks")
@@ -46,35 +46,13 @@ class Bucket:
     waits: int | None = None  # lock acquires that began waiting in that minute (None: an agent's chart)
 
 
-_TABLE = Event._meta.db_table
-# A bisection of positions per moment, all of them in one statement (one round trip, not twenty
-# per moment): each step probes the first event at or after the middle of [lo, hi).
-_BISECT = f"""
-WITH RECURSIVE b(i, lo, hi) AS (
-    SELECT i, 1::bigint, %(end)s::bigint FROM generate_series(1, cardinality(%(moments)s::timestamptz[])) i
-  UNION ALL
-    SELECT b.i,
-           CASE WHEN p.created < (%(moments)s::timestamptz[])[b.i] THEN p.{positions.FIELD} + 1 ELSE b.lo END,
-           CASE WHEN p.created IS NULL OR p.created >= (%(moments)s::timestamptz[])[b.i]
-                THEN (b.lo + b.hi) / 2 ELSE b.hi END
-    FROM b LEFT JOIN LATERAL (
-        SELECT {positions.FIELD}, created FROM {_TABLE}
-        WHERE ns_id = %(ns)s AND {positions.FIELD} >= (b.lo + b.hi) / 2
-        ORDER BY {positions.FIELD} LIMIT 1
-    ) p ON true
-    WHERE b.lo < b.hi
-)
-SELECT i, lo FROM b WHERE lo >= hi
-"""
-
-
 def first_positions_since(ns: Namespace, moments: list[datetime]) -> list[int]:
     """For each moment, the position of the first event created at or after it (head + 1 if
     none): a bisection over positions, one index probe a step, all moments in one statement."""
     if not moments:
         return []
     with connection.cursor() as cursor:
-        cursor.execute(_BISECT, {"ns": ns.pk, "end": positions.head(ns) + 1, "moments": list(moments)})
+        cursor.execute(sql.BISECT, {"ns": ns.pk, "end": positions.head(ns) + 1, "moments": list(moments)})
         found = dict(cursor.fetchall())
     return [found[i] for i in range(1, len(moments) + 1)]
 
@@ -84,25 +62,6 @@ def first_position_since(ns: Namespace, moment: datetime) -> int:
     return first_positions_since(ns, [moment])[0]
 
 
-# A bucket a minute is a range of positions (`edges`, from the bisection): the namespace's events
-# of a minute are the width of its range; its writes, conflicts and lock acquisitions are counted
-# in event_ns_type_idx alone (an index-only scan over those types, not every event of the hour).
-_TYPED = f"""
-SELECT type, width_bucket({positions.FIELD}, %(edges)s::bigint[]), count(*)
-FROM {_TABLE}
-WHERE ns_id = %(ns)s AND type = ANY(%(types)s) AND {positions.FIELD} >= %(lo)s AND {positions.FIELD} < %(hi)s
-GROUP BY 1, 2
-"""
-# One agent's: its events in event_ns_agent_idx, a minute's range at a time.
-_AGENT = f"""
-SELECT width_bucket({positions.FIELD}, %(edges)s::bigint[]), count(*),
-       count(*) FILTER (WHERE type = 'record.written'),
-       count(*) FILTER (WHERE type = 'conflict.opened'),
-       count(*) FILTER (WHERE type = 'lock.acquired')
-FROM {_TABLE}
-WHERE ns_id = %(ns)s AND agent_id = %(agent)s AND {positions.FIELD} >= %(lo)s AND {positions.FIELD} < %(hi)s
-GROUP BY 1
-"""
 # The event types charted, and their place in a minute's counts (events, writes, conflicts, locks).
 TYPED = {"record.written": 1, "conflict.opened": 2, "lock.acquired": 3}
 
@@ -126,13 +85,13 @@ def _count(ns: Namespace, agent: str, minutes: list[int]) -> dict[int, tuple]:
     counts = {m: [0, 0, 0, 0] for m in minutes}
     with connection.cursor() as cursor:
         if agent:
-            cursor.execute(_AGENT, {**params, "agent": agent})
+            cursor.execute(sql.AGENT_COUNTS, {**params, "agent": agent})
             for bucket, *row in cursor.fetchall():
                 counts[minutes[bucket - 1]] = row
         else:
             for i, m in enumerate(minutes):
                 counts[m][0] = edges[i + 1] - edges[i]
-            cursor.execute(_TYPED, {**params, "types": list(TYPED)})
+            cursor.execute(sql.TYPED_COUNTS, {**params, "types": list(TYPED)})
             for type, bucket, n in cursor.fetchall():
                 counts[minutes[bucket - 1]][TYPED[type]] = n
     return {m: tuple(c) for m, c in counts.items()}

@@ -15,23 +15,10 @@ from dataclasses import dataclass
 from django.db import connection
 from django.db.models import QuerySet
 
-from memory_admin.models import Event, Fact, Namespace
+from memory_admin import sql
+from memory_admin.models import Namespace
 
-# The distinct values of an indexed (ns_id, column, ...) column, one index probe per value (a
-# "loose index scan"): SELECT DISTINCT read all 1,000,000 rows of a namespace for a menu of ten.
-_DISTINCT = """
-WITH RECURSIVE v AS (
-    (SELECT {col} AS value FROM {table} WHERE ns_id = %(ns)s ORDER BY {col} LIMIT 1)
-    UNION ALL
-    SELECT (SELECT {col} FROM {table} WHERE ns_id = %(ns)s AND {col} > v.value ORDER BY {col} LIMIT 1)
-    FROM v WHERE v.value IS NOT NULL
-)
-SELECT value FROM v WHERE value IS NOT NULL LIMIT %(limit)s
-"""
-DISTINCT_SQL = {
-    "categories": _DISTINCT.format(table=Fact._meta.db_table, col="category"),  # fact_ns_category_idx
-    "types": _DISTINCT.format(table=Event._meta.db_table, col="type"),  # event_ns_type_idx
-}
+DISTINCT_SQL = {"categories": sql.DISTINCT_CATEGORIES, "types": sql.DISTINCT_TYPES}
 
 
 def distinct_values(ns: Namespace, what: str, limit: int = 200) -> list[str]:
@@ -73,10 +60,7 @@ def tally(rows: QuerySet) -> Tally:
     counted = rows[: cap + 1].count()
     if counted <= cap:
         return Tally(counted)
-    sql, params = rows.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        plan = cursor.fetchone()[0]
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    return Tally(max(cap + 1, int(plan[0]["Plan"]["Plan Rows"])), exact=False)
+    plan = json.loads(rows.explain(format="json"))
+    if isinstance(plan, list):  # Django joins EXPLAIN's rows: one plan comes out unwrapped
+        plan = plan[0]
+    return Tally(max(cap + 1, int(plan["Plan"]["Plan Rows"])), exact=False)

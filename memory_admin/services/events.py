@@ -2,7 +2,7 @@
 
 No writer waits for another to append (DESIGN.md rule 3). An event is inserted with `seq` from a
 sequence and `ord`, at least its transaction's xid8 (`pg_current_xact_id()`). The horizon
-(HORIZON below) is the oldest transaction of this database still running: every event with
+(sql.HORIZON) is the oldest transaction of this database still running: every event with
 `ord` below it was committed (or rolled back) by a transaction that has ended, and every event
 still to come has `ord` at or above it. So the set of events below the horizon only ever grows
 at its top: the sequencer stamps them with `position`, dense and ascending per namespace, in
@@ -35,6 +35,7 @@ from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import redis as r
+from memory_admin import sql
 from memory_admin.models import Event, Namespace
 from memory_admin.services import Actor
 from memory_admin.validation import check_event_type, check_json, dumps
@@ -44,28 +45,6 @@ log = logging.getLogger("memory_admin.events")
 SEQUENCER_LOCK = 0x6D61_7365_7175_656E  # "masequen": one sequencer at a time
 RELAY_STATUS_KEY = "ma:relay:status"  # namespaces the relay cannot publish (relay.py)
 SEQUENCE_BATCH = 2000
-
-# An xid8 as a bigint: xid8 has no cast to numbers; the text form is its decimal value.
-XID = "pg_current_xact_id()::text::bigint"
-# The horizon: the oldest transaction of this database still running, from the statement's own
-# snapshot (or, with none running, the first xid not yet completed). Transaction ids are
-# cluster-wide, so `pg_snapshot_xmin` alone would wait for every other database's transactions
-# too; only a running xid seen in pg_stat_activity in another named database is left out (it
-# cannot write our events). Anything not proven elsewhere counts, so the horizon never passes a
-# transaction that could still append.
-HORIZON = """(SELECT LEAST(
-    pg_snapshot_xmax(s.snap)::text::bigint,
-    (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) x
-     WHERE mod(x::text::bigint, 4294967296) NOT IN (
-         SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
-         WHERE a.backend_xid IS NOT NULL AND a.datname IS NOT NULL AND a.datname <> current_database())))
-  FROM (SELECT pg_current_snapshot() AS snap) s)"""
-
-_APPEND = f"""
-INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
-VALUES (%s, GREATEST({XID}, %s), %s, %s, %s, %s, %s, %s::jsonb, %s)
-RETURNING seq, ord
-"""
 
 _txn: contextvars.ContextVar[str] = contextvars.ContextVar("memory_admin_txn", default="")
 
@@ -95,7 +74,8 @@ def append_event(
     txn = _txn.get()
     with connection.cursor() as cursor:
         cursor.execute(
-            _APPEND, [ns.pk, follows, txn, type, actor_name, agent_id, subject, dumps(payload), created]
+            sql.APPEND_EVENT,
+            [ns.pk, follows, txn, type, actor_name, agent_id, subject, dumps(payload), created],
         )
         seq, ord = cursor.fetchone()
     ring_after_commit()
@@ -166,34 +146,6 @@ def ring() -> None:
 
 # --- the sequencer ----------------------------------------------------------------------
 
-# Stamps positions on the events below the horizon that have none: the first `limit` of them in
-# (ord, seq) order, each namespace's numbered on from its head. Returns each namespace touched
-# with its new head.
-SEQUENCE_SQL = f"""
-WITH todo AS (
-    SELECT seq, ns_id, row_number() OVER (PARTITION BY ns_id ORDER BY ord, seq) AS n
-    FROM (SELECT seq, ns_id, ord FROM memory_admin_event
-          WHERE position IS NULL AND ord < {HORIZON}
-          ORDER BY ord, seq LIMIT %s) waiting
-), counts AS (
-    SELECT ns_id, count(*) AS n FROM todo GROUP BY ns_id
-), heads AS (
-    UPDATE memory_admin_namespace ns SET head = ns.head + counts.n
-    FROM counts WHERE ns.id = counts.ns_id
-    RETURNING ns.id, ns.head AS head, ns.head - counts.n AS base
-), stamped AS (
-    UPDATE memory_admin_event e SET position = heads.base + todo.n
-    FROM todo JOIN heads ON heads.id = todo.ns_id
-    WHERE e.seq = todo.seq
-    RETURNING e.ns_id
-)
-SELECT heads.id, heads.head, (SELECT count(*) FROM stamped) FROM heads
-"""
-
-_WAITING = f"""
-SELECT EXISTS (SELECT 1 FROM memory_admin_event WHERE position IS NULL AND ord < {HORIZON})
-"""
-
 
 def sequence(*, wait: bool = True, limit: int = SEQUENCE_BATCH) -> dict[int, int]:
     """Stamp positions on events waiting below the horizon; returns {ns_id: new head}.
@@ -207,12 +159,12 @@ def sequence(*, wait: bool = True, limit: int = SEQUENCE_BATCH) -> dict[int, int
         raise RuntimeError("the sequencer runs in a transaction of its own")
     with transaction.atomic(), connection.cursor() as cursor:
         if wait:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
+            cursor.execute(sql.SEQUENCER_LOCK, [SEQUENCER_LOCK])
         else:
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
+            cursor.execute(sql.SEQUENCER_TRY_LOCK, [SEQUENCER_LOCK])
             if not cursor.fetchone()[0]:
                 return {}
-        cursor.execute(SEQUENCE_SQL, [limit])
+        cursor.execute(sql.SEQUENCE, [limit])
         return {ns_id: head for ns_id, head, _ in cursor.fetchall()}
 
 
@@ -222,7 +174,7 @@ def sequence_waiting() -> None:
     if connection.in_atomic_block:
         return  # inside someone's transaction: never commit for them
     with connection.cursor() as cursor:
-        cursor.execute(_WAITING)
+        cursor.execute(sql.WAITING)
         waiting = cursor.fetchone()[0]
     if waiting:
         sequence()
@@ -278,22 +230,13 @@ def find_position(event: Event) -> Event:
     return event
 
 
-_STATUS = """
-SELECT (SELECT count(*) FROM memory_admin_event WHERE position IS NULL),
-       (SELECT extract(epoch FROM now() - min(created)) FROM memory_admin_event WHERE position IS NULL),
-       (SELECT head - published FROM memory_admin_namespace WHERE id = %s),
-       (SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity
-        WHERE datname = current_database() AND backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1)
-"""
-
-
 def log_status(ns: Namespace) -> dict[str, Any]:
     """How far the log's readers are behind its writers: events committed but not yet sequenced
     (waiting for the horizon or the relay) and the age of the oldest, events of `ns` sequenced but
     not yet published to Redis, and how long the oldest open writing transaction has been open
     (it holds the horizon back)."""
     with connection.cursor() as cursor:
-        cursor.execute(_STATUS, [ns.pk])
+        cursor.execute(sql.LOG_STATUS, [ns.pk])
         waiting, waiting_for, unpublished, oldest = cursor.fetchone()
     stalled = None
     with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):

@@ -8,6 +8,7 @@ from django.contrib.postgres.search import SearchQuery
 from django.db import connection
 from django.utils.timezone import now
 
+from memory_admin import sql
 from memory_admin.errors import NotFound
 from memory_admin.models import Fact, Namespace
 from memory_admin.services import Actor
@@ -27,7 +28,7 @@ def store_fact(
     )
     with connection.cursor() as cursor:  # the fact and its event: one statement, one commit
         cursor.execute(
-            _STORE,
+            sql.STORE_FACT,
             {
                 "ns": ns.pk,
                 "agent": actor.agent.pk,
@@ -43,21 +44,6 @@ def store_fact(
         stored.pk = cursor.fetchone()[0]
     ring_after_write()
     return stored
-
-
-_STORE = """
-WITH f AS (
-    INSERT INTO memory_admin_fact (ns_id, agent_id, fact, category, metadata, created)
-    VALUES (%(ns)s, %(agent)s, %(fact)s, %(category)s, %(metadata)s::jsonb, %(stamp)s)
-    RETURNING id
-), e AS (
-    INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
-    SELECT %(ns)s, pg_current_xact_id()::text::bigint, %(txn)s, 'fact.stored', %(actor)s, %(agent_id)s,
-           f.id::text, jsonb_build_object('fact_id', f.id, 'category', %(category)s::text), %(stamp)s
-    FROM f
-)
-SELECT id FROM f
-"""
 
 
 def get_fact(*, ns: Namespace, fact_id: int) -> Fact:

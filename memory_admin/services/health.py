@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.db import connection
 
-from memory_admin import outage
+from memory_admin import outage, sql
 from memory_admin import redis as r
 
 
@@ -15,7 +15,7 @@ def postgres_answers() -> bool:
         return False
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+            cursor.execute(sql.PING)
     except Exception as exc:  # any failure to answer is "down" for a health check
         if outage.is_postgres_error(exc):
             outage.postgres_failed(exc)

@@ -9,9 +9,9 @@ from typing import Any
 
 from django.db import connection
 
-from memory_admin import positions
+from memory_admin import positions, sql
 from memory_admin.errors import Invalid, NotFound
-from memory_admin.models import LOCK_EVENTS, Event, Namespace, Record, RecordVersion
+from memory_admin.models import Event, Namespace, Record, RecordVersion
 from memory_admin.services import Actor
 from memory_admin.services.activity import first_position_since
 from memory_admin.services.records import write_record
@@ -68,27 +68,12 @@ class PastRecord:
     current: int  # its version now
 
 
-# The newest version of each record written by `at`, a page of records by key: one probe of the
-# (record, version) index per record, newest version first.
-_RECORDS_AT = """
-SELECT r.key, v.version, v.value, v.updated_by, v.updated, r.version
-FROM memory_admin_record r
-CROSS JOIN LATERAL (
-    SELECT version, value, deleted, updated_by, updated FROM memory_admin_recordversion
-    WHERE record_id = r.id AND updated <= %(at)s ORDER BY version DESC LIMIT 1
-) v
-WHERE r.ns_id = %(ns)s AND r.created <= %(at)s AND r.key > %(after)s AND NOT v.deleted
-ORDER BY r.key
-LIMIT %(limit)s
-"""
-
-
 def records_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50) -> list[PastRecord]:
     """The live records at `when` and their values then, by key after `after`."""
     if when.at is None:
         return []
     with connection.cursor() as cursor:
-        cursor.execute(_RECORDS_AT, {"ns": ns.pk, "at": when.at, "after": after, "limit": limit})
+        cursor.execute(sql.RECORDS_AT, {"ns": ns.pk, "at": when.at, "after": after, "limit": limit})
         rows = cursor.fetchall()
     return [
         PastRecord(key, version, _json(value), by, updated, current)
@@ -112,29 +97,12 @@ class PastStatus:
     event: int
 
 
-# The last status event of each agent up to event n: one backward probe of the
-# (ns, agent_id, position) index per agent, a page of agents by name.
-_STATUS_AT = f"""
-SELECT a.name, e.type, e.payload, e.created, e.{positions.FIELD}
-FROM memory_admin_agent a
-CROSS JOIN LATERAL (
-    SELECT type, payload, created, {positions.FIELD} FROM memory_admin_event
-    WHERE ns_id = a.ns_id AND agent_id = a.name AND {positions.FIELD} <= %(n)s
-      AND type IN ('status.changed', 'agent.stale')
-    ORDER BY {positions.FIELD} DESC LIMIT 1
-) e
-WHERE a.ns_id = %(ns)s AND a.name > %(after)s
-ORDER BY a.name
-LIMIT %(limit)s
-"""
-
-
 def statuses_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50) -> list[PastStatus]:
     """Each agent's status as the log had it at `when` (agents without one yet are left out)."""
     if not when.event:
         return []
     with connection.cursor() as cursor:
-        cursor.execute(_STATUS_AT, {"ns": ns.pk, "n": when.event, "after": after, "limit": limit})
+        cursor.execute(sql.STATUS_AT, {"ns": ns.pk, "n": when.event, "after": after, "limit": limit})
         rows = cursor.fetchall()
     out = []
     for name, type, payload, created, event in rows:
@@ -157,33 +125,13 @@ class PastLock:
     event: int  # its lock.acquired
 
 
-_LOCK_TYPES = ", ".join(f"'{t}'" for t in LOCK_EVENTS)
-# Each lock's last lock event up to event n (one backward probe of the partial index
-# event_ns_lock_idx per lock, which repeats its condition so the planner can use it); the locks
-# whose last one is an acquire were held then. A page of locks by resource; every lock that was
-# ever taken has its fence row.
-_LOCKS_AT = f"""
-SELECT f.resource, e.actor, e.payload, e.created, e.{positions.FIELD}
-FROM memory_admin_lockfence f
-CROSS JOIN LATERAL (
-    SELECT type, actor, payload, created, {positions.FIELD} FROM memory_admin_event
-    WHERE ns_id = f.ns_id AND subject = f.resource AND {positions.FIELD} <= %(n)s
-      AND type IN ({_LOCK_TYPES})
-    ORDER BY {positions.FIELD} DESC LIMIT 1
-) e
-WHERE f.ns_id = %(ns)s AND f.resource > %(after)s AND e.type = 'lock.acquired'
-ORDER BY f.resource
-LIMIT %(limit)s
-"""
-
-
 def locks_at(*, ns: Namespace, when: Moment, after: str = "", limit: int = 50) -> list[PastLock]:
     """The locks held at `when`, as the log had them (acquired and not yet released, expired or
     force-released by then), by resource after `after`."""
     if not when.event:
         return []
     with connection.cursor() as cursor:
-        cursor.execute(_LOCKS_AT, {"ns": ns.pk, "n": when.event, "after": after, "limit": limit})
+        cursor.execute(sql.LOCKS_AT, {"ns": ns.pk, "n": when.event, "after": after, "limit": limit})
         rows = cursor.fetchall()
     return [
         PastLock(resource, holder, int(_json(payload).get("fencing_token", 0)), created, event)

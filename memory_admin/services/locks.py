@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import redis as r
+from memory_admin import sql
 from memory_admin.errors import Invalid, LockHeld, NotFound, NotLockHolder
 from memory_admin.models import HeldLock, LockFence, Namespace, iso, iso_ms
 from memory_admin.services import SYSTEM, Actor, activity
@@ -157,64 +158,6 @@ def wake_if_lapsed(*, ns: Namespace, resource: str) -> None:
     )
 
 
-_XID = "pg_current_xact_id()::text::bigint"
-_EVENT_COLUMNS = "ns_id, ord, txn, type, actor, agent_id, subject, payload, created"
-
-# The fencing counter bumped and the holder recorded, with `lock.acquired` (and, when the fence
-# still names a holder whose lease lapsed unrecorded, its `lock.expired` first), in one statement.
-# The FOR UPDATE sub-select reads the fence as it is once locked, so `was` is the previous holder.
-_ACQUIRE = f"""
-WITH bumped AS (
-    UPDATE memory_admin_lockfence f
-    SET token = f.token + 1, holder = %(owner)s, held = true, acquired = %(stamp)s,
-        expires = %(expires)s, ord = GREATEST(f.ord, {_XID})
-    FROM (SELECT id, holder, token, held FROM memory_admin_lockfence
-          WHERE ns_id = %(ns)s AND resource = %(resource)s FOR UPDATE) was
-    WHERE f.id = was.id
-    RETURNING f.token, f.ord, was.holder AS was_holder, was.token AS was_token, was.held AS was_held
-), created AS (
-    INSERT INTO memory_admin_lockfence (ns_id, resource, token, holder, held, acquired, expires, ord)
-    SELECT %(ns)s, %(resource)s, 1, %(owner)s, true, %(stamp)s, %(expires)s, {_XID}
-    WHERE NOT EXISTS (SELECT 1 FROM bumped)
-    ON CONFLICT (ns_id, resource) DO NOTHING
-    RETURNING token, ord, ''::varchar AS was_holder, 0::bigint AS was_token, false AS was_held
-), f AS (
-    SELECT * FROM bumped UNION ALL SELECT * FROM created
-), e AS (
-    INSERT INTO memory_admin_event ({_EVENT_COLUMNS})
-    SELECT %(ns)s, f.ord, %(txn)s, 'lock.expired', '{SYSTEM}', f.was_holder, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'holder', f.was_holder,
-                              'fencing_token', f.was_token),
-           %(stamp)s
-    FROM f WHERE f.was_held
-    UNION ALL
-    SELECT %(ns)s, f.ord, %(txn)s, 'lock.acquired', %(owner)s, %(agent_id)s, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
-                              'expires_at', %(expires_at)s::text,
-                              'fencing_token', f.token),
-           %(stamp)s
-    FROM f
-)
-SELECT token FROM f
-"""
-
-# The holder's fence marked free, with its `lock.released` / `lock.expired` event.
-_END = f"""
-WITH f AS (
-    UPDATE memory_admin_lockfence SET held = false, ord = GREATEST(ord, {_XID})
-    WHERE ns_id = %(ns)s AND resource = %(resource)s AND token = %(token)s AND holder = %(owner)s AND held
-    RETURNING ord
-)
-INSERT INTO memory_admin_event ({_EVENT_COLUMNS})
-SELECT %(ns)s, f.ord, %(txn)s, %(type)s, %(actor)s, %(owner)s, %(resource)s,
-       jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint)
-       || CASE WHEN %(type)s::text = 'lock.released' THEN '{{}}'::jsonb
-               ELSE jsonb_build_object('holder', %(owner)s::text) END,
-       %(stamp)s
-FROM f
-"""
-
-
 def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
     params = {
         "ns": ns.pk,
@@ -228,10 +171,10 @@ def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
         "txn": current_txn(),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_ACQUIRE, params)
+        cursor.execute(sql.ACQUIRE_LOCK, params)
         row = cursor.fetchone()
         if row is None:  # a first acquire raced another for the new fence row: it exists now
-            cursor.execute(_ACQUIRE, params)
+            cursor.execute(sql.ACQUIRE_LOCK, params)
             row = cursor.fetchone()
     return row[0]  # the relay's doorbell rings with the confirmation (_doorbell)
 
@@ -251,7 +194,7 @@ def _record_end(*, ns, resource, owner, token, type, actor: str | None = None, r
     With `ring` false the caller rings the relay's doorbell (_doorbell)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            _END,
+            sql.END_LOCK,
             {
                 "ns": ns.pk,
                 "resource": resource,

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils.timezone import now
 
-from memory_admin import metrics, rows
+from memory_admin import metrics, rows, sql
 from memory_admin.errors import DomainError, NotFound, StaleFence, VersionConflict
 from memory_admin.models import Conflict, LockFence, Namespace, Record, RecordVersion, iso
 from memory_admin.services import Actor, conflicts
@@ -37,17 +37,11 @@ class Write:
 def get_record(*, ns: Namespace, key: str) -> Record:
     """The live record at `key`; NotFound if absent or deleted."""
     with connection.cursor() as cursor:  # the most frequent agent call: SQL written once (rows.py)
-        cursor.execute(_GET, [ns.pk, key])
+        cursor.execute(sql.GET_RECORD, [ns.pk, key])
         row = cursor.fetchone()
     if row is None:
         raise NotFound(f"no record {key!r}")
     return rows.load(Record, row)
-
-
-_GET = (
-    f"SELECT {rows.columns(Record, 'r')} FROM memory_admin_record r "
-    "WHERE r.ns_id = %s AND r.key = %s AND NOT r.deleted"
-)
 
 
 def list_records(*, ns: Namespace, prefix: str = "", after: str = "", limit: int = 50) -> list[Record]:
@@ -106,7 +100,6 @@ def _write(*, ns, key, value, actor, expected_version) -> tuple[Record, bool] | 
     """The write as one statement — the record, its version row, its event and the writer's
     superseded conflicts with theirs — so that outside a transaction it commits by itself in
     one round trip; or, when refused, the writer's conflict."""
-    statement = _WRITE[expected_version if expected_version in (None, 0) else "n"]
     params = {
         "ns": ns.pk,
         "key": key,
@@ -118,7 +111,7 @@ def _write(*, ns, key, value, actor, expected_version) -> tuple[Record, bool] | 
         "txn": current_txn(),
     }
     with prepared_cursor() as cursor:
-        cursor.execute(statement, params)
+        cursor.execute(sql.WRITE_RECORD, params)
         row = cursor.fetchone()
     if row is None or not row[-2]:  # refused: absent, or the version did not match
         return _refused(ns=ns, write=Write(key, value, expected_version), actor=actor, row=row)
@@ -135,8 +128,8 @@ class _Prepared(ServerBindingCursor):
         return super().execute(query, params, prepare=True, **kwargs)
 
 
-# Statements a pooled connection keeps prepared (psycopg evicts the oldest past it): _WRITE's forms
-# take one each per set of parameter types.
+# Statements a pooled connection keeps prepared (psycopg evicts the oldest past it): WRITE_RECORD
+# takes one per set of parameter types (an expected version or none).
 _PREPARED_MAX = 32
 
 
@@ -221,7 +214,7 @@ def write_records(
         "txn": current_txn(),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_WRITE_MANY_LOCKING if lock else _WRITE_MANY, params)
+        cursor.execute(sql.WRITE_MANY_LOCKING if lock else sql.WRITE_MANY, params)
         found = {row[0]: row[1:] for row in cursor.fetchall()}  # by the write's number, from 1
     for number, index in enumerate(valid, start=1):
         row = found.get(number)
@@ -240,184 +233,21 @@ def write_records(
     return [outcomes[index] for index in range(len(writes))]
 
 
-# Each form of the write: the record row (inserted, or updated in place), its history row, the
-# `record.written` event and the writer's open conflicts on the key closed as superseded, with a
-# `conflict.resolved` event each; it returns the record, written = true and created. When it
-# writes nothing it returns the record as it stands with written = false (or no row if absent).
-# The event's log order follows the key's last one (services/events.py: `ord`).
-_THEN = """
-, v AS (
-    INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
-    SELECT id, version, value, false, updated_by, updated FROM w
-), c AS (
-    UPDATE memory_admin_conflict SET status = 'resolved', resolution = 'superseded',
-        resolved_by = %(actor)s, resolved = %(stamp)s
-    WHERE ns_id = %(ns)s AND key = %(key)s AND actor = %(actor)s AND status = 'open'
-      AND EXISTS (SELECT 1 FROM w)
-    RETURNING id
-), e AS (
-    INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
-    SELECT w.ns_id, w.ord, %(txn)s, 'record.written', %(actor)s, %(agent_id)s, w.key,
-           jsonb_build_object('key', w.key, 'version', w.version, 'created', w.is_new), %(stamp)s
-    FROM w
-    UNION ALL
-    SELECT w.ns_id, w.ord, %(txn)s, 'conflict.resolved', %(actor)s, %(agent_id)s, w.key,
-           jsonb_build_object('conflict_id', c.id, 'key', w.key, 'resolution', 'superseded',
-                              'version', w.version), %(stamp)s
-    FROM w, c
-)
-SELECT {w}, true, w.is_new FROM w
-UNION ALL
-SELECT {r}, false, false FROM memory_admin_record r
-WHERE r.ns_id = %(ns)s AND r.key = %(key)s AND NOT EXISTS (SELECT 1 FROM w)
-""".format(w=rows.columns(Record, "w"), r=rows.columns(Record, "r"))
-
-_RETURNING = "RETURNING memory_admin_record.*, {created} AS is_new"
-_XID = "pg_current_xact_id()::text::bigint"
-
-_WRITE = {
-    # Over version n only.
-    "n": f"""
-WITH w AS (
-    UPDATE memory_admin_record
-    SET value = %(value)s::jsonb, version = version + 1, updated_by = %(actor)s, updated = %(stamp)s,
-        ord = GREATEST(ord, {_XID})
-    WHERE ns_id = %(ns)s AND key = %(key)s AND version = %(expected)s AND NOT deleted
-    {_RETURNING.format(created="false")}
-)"""
-    + _THEN,
-    # Unconditional: insert, or the next version. A tombstone comes back to life as created (its
-    # `created` time is the new life's; the statement tells its own writes by that stamp).
-    None: f"""
-WITH w AS (
-    INSERT INTO memory_admin_record AS rec
-        (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
-    VALUES (%(ns)s, %(key)s, %(value)s::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID})
-    ON CONFLICT (ns_id, key) DO UPDATE SET
-        value = EXCLUDED.value, version = rec.version + 1, deleted = false,
-        updated_by = EXCLUDED.updated_by, updated = EXCLUDED.updated, ord = GREATEST(rec.ord, {_XID}),
-        created = CASE WHEN rec.deleted THEN EXCLUDED.created ELSE rec.created END
-    RETURNING rec.*, (rec.xmax = 0 OR rec.created = %(stamp)s) AS is_new
-)"""
-    + _THEN,
-    # Create only: insert, or bring a tombstone back; a live record refuses.
-    0: f"""
-WITH w AS (
-    INSERT INTO memory_admin_record AS rec
-        (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
-    VALUES (%(ns)s, %(key)s, %(value)s::jsonb, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID})
-    ON CONFLICT (ns_id, key) DO UPDATE SET
-        value = EXCLUDED.value, version = rec.version + 1, deleted = false,
-        updated_by = EXCLUDED.updated_by, updated = EXCLUDED.updated, ord = GREATEST(rec.ord, {_XID}),
-        created = EXCLUDED.created
-    WHERE rec.deleted
-    RETURNING rec.*, true AS is_new
-)"""
-    + _THEN,
-}
-
-
 # The keys of a /batch or /txn, present or not, each by a transaction-level advisory lock, taken
 # in one order (of the lock ids): two requests over the same keys queue, they never deadlock, also
 # when they create them. The two-number form keeps these apart from any one-number advisory lock.
 KEY_LOCKS = 0x7478  # "tx"
-_LOCK_KEYS = """
-SELECT count(pg_advisory_xact_lock(%(lock_space)s, h)) AS n FROM (
-    SELECT DISTINCT hashtext(%(lock_ns)s || ':' || k) AS h
-    FROM jsonb_array_elements_text(%(lock_keys)s::jsonb) AS k ORDER BY h
-) AS ids
-"""
 
 
 def lock_keys(*, ns: Namespace, keys: Collection[str]) -> None:
-    """Lock `keys` of `ns` to the end of the transaction (_LOCK_KEYS)."""
+    """Lock `keys` of `ns` to the end of the transaction (sql.LOCK_KEYS)."""
     if keys:
         with connection.cursor() as cursor:
-            cursor.execute(_LOCK_KEYS, _lock_params(ns, keys))
+            cursor.execute(sql.LOCK_KEYS, _lock_params(ns, keys))
 
 
 def _lock_params(ns: Namespace, keys: Collection[str]) -> dict[str, Any]:
     return {"lock_space": KEY_LOCKS, "lock_ns": str(ns.pk), "lock_keys": dumps(sorted(keys))}
-
-
-# write_records' statement: _WRITE's three forms over arrays, each write in the form its
-# expected version asks for, then the history rows, the superseded conflicts and the events (in
-# the writes' order) for all of them. It returns, for each write by its number (from 1), whether
-# it was written, whether it created the record and the new version; or, for a write it refused,
-# false and the record as it stands (no row if absent). The keys are distinct.
-_MANY_SET = f"""
-    value = EXCLUDED.value, version = rec.version + 1, deleted = false,
-    updated_by = EXCLUDED.updated_by, updated = EXCLUDED.updated, ord = GREATEST(rec.ord, {_XID}),"""
-
-
-def _insert_many(which: str) -> str:
-    """The upsert of the writes `which` selects, in key order (the order rows are locked in)."""
-    return f"""
-    INSERT INTO memory_admin_record AS rec
-        (ns_id, key, value, version, deleted, updated_by, updated, created, ord)
-    SELECT %(ns)s, i.key, i.value, 1, false, %(actor)s, %(stamp)s, %(stamp)s, {_XID}
-    FROM i WHERE {which} ORDER BY i.key
-    ON CONFLICT (ns_id, key) DO UPDATE SET {_MANY_SET}"""
-
-
-_MANY_INPUT = """i AS (
-    SELECT w->>0 AS key, w->1 AS value, (w->>2)::bigint AS expected, n
-    FROM jsonb_array_elements(%(writes)s::jsonb) WITH ORDINALITY AS i(w, n)"""
-_NO_RECORD = ", ".join(["NULL"] * len(Record._meta.concrete_fields))  # a written row's record columns
-_WRITE_MANY_REST = f"""
-), over_n AS (
-    UPDATE memory_admin_record rec
-    SET value = i.value, version = rec.version + 1, updated_by = %(actor)s, updated = %(stamp)s,
-        ord = GREATEST(rec.ord, {_XID})
-    FROM i
-    WHERE rec.ns_id = %(ns)s AND rec.key = i.key AND i.expected > 0 AND rec.version = i.expected
-      AND NOT rec.deleted
-    RETURNING rec.*, false AS is_new
-), any_version AS ({_insert_many("i.expected IS NULL")}
-        created = CASE WHEN rec.deleted THEN EXCLUDED.created ELSE rec.created END
-    RETURNING rec.*, (rec.xmax = 0 OR rec.created = %(stamp)s) AS is_new
-), create_only AS ({_insert_many("i.expected = 0")}
-        created = EXCLUDED.created
-    WHERE rec.deleted
-    RETURNING rec.*, true AS is_new
-), w AS (
-    SELECT * FROM over_n UNION ALL SELECT * FROM any_version UNION ALL SELECT * FROM create_only
-), v AS (
-    INSERT INTO memory_admin_recordversion (record_id, version, value, deleted, updated_by, updated)
-    SELECT id, version, value, false, updated_by, updated FROM w
-), c AS (
-    UPDATE memory_admin_conflict SET status = 'resolved', resolution = 'superseded',
-        resolved_by = %(actor)s, resolved = %(stamp)s
-    WHERE ns_id = %(ns)s AND key IN (SELECT key FROM w) AND actor = %(actor)s AND status = 'open'
-    RETURNING id, key
-), e AS (
-    INSERT INTO memory_admin_event (ns_id, ord, txn, type, actor, agent_id, subject, payload, created)
-    SELECT w.ns_id, w.ord, %(txn)s, x.type, %(actor)s, %(agent_id)s, w.key, x.payload, %(stamp)s
-    FROM w JOIN i ON i.key = w.key
-    CROSS JOIN LATERAL (
-        SELECT 0, 'record.written',
-               jsonb_build_object('key', w.key, 'version', w.version, 'created', w.is_new)
-        UNION ALL
-        SELECT 1, 'conflict.resolved',
-               jsonb_build_object('conflict_id', c.id, 'key', w.key, 'resolution', 'superseded',
-                                  'version', w.version)
-        FROM c WHERE c.key = w.key
-    ) AS x(k, type, payload)
-    ORDER BY i.n, x.k
-)
-SELECT i.n, true, w.is_new, w.version, {_NO_RECORD} FROM i JOIN w ON w.key = i.key
-UNION ALL
-SELECT i.n, false, false, r.version, {rows.columns(Record, "r")} FROM i JOIN memory_admin_record r
-    ON r.ns_id = %(ns)s AND r.key = i.key
-WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.key = i.key)
-"""
-
-
-_WRITE_MANY = f"WITH {_MANY_INPUT}{_WRITE_MANY_REST}"
-# The same, taking the advisory locks first: every write reads `i`, whose rows come only once
-# `locked` is done, so no record row is locked before the keys are.
-_GATE = "\n    WHERE (SELECT n FROM locked) IS NOT NULL"
-_WRITE_MANY_LOCKING = f"WITH locked AS ({_LOCK_KEYS}), {_MANY_INPUT}{_GATE}{_WRITE_MANY_REST}"
 
 
 def delete_record(*, ns: Namespace, key: str, actor: Actor, expected_version: int | None = None) -> Record:
@@ -478,7 +308,7 @@ def check_fence(*, ns: Namespace, fence: Fence, actor: Actor) -> None:
     check_key(fence.lock, "fence.lock")
     # FOR SHARE (which the ORM lacks): concurrent fenced writes don't queue behind each other.
     found = LockFence.objects.raw(
-        "SELECT * FROM memory_admin_lockfence WHERE ns_id = %s AND resource = %s FOR SHARE",
+        sql.FENCE_FOR_SHARE,
         [ns.pk, fence.lock],
     )
     current = next(iter(found), None)
@@ -492,21 +322,6 @@ def check_fence(*, ns: Namespace, fence: Fence, actor: Actor) -> None:
             token=fence.token,
             current_token=current.token if current else None,
         )
-
-
-# The writer's one open conflict on the key: created, or refreshed in place (conflict_one_open_uniq).
-_KEEP_CONFLICT = """
-INSERT INTO memory_admin_conflict AS c (
-    ns_id, key, agent_id, actor, expected_version, current_version, proposed_value, "delete",
-    "group", status, resolution, resolved_by, resolved, created
-)
-VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, 'open', '', '', NULL, %s)
-ON CONFLICT (ns_id, key, actor) WHERE status = 'open' DO UPDATE SET
-    agent_id = EXCLUDED.agent_id, expected_version = EXCLUDED.expected_version,
-    current_version = EXCLUDED.current_version, proposed_value = EXCLUDED.proposed_value,
-    "delete" = EXCLUDED."delete", "group" = EXCLUDED."group"
-RETURNING id, created, xmax = 0
-"""
 
 
 def _open_conflict(
@@ -532,7 +347,7 @@ def _open_conflict(
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            _KEEP_CONFLICT,
+            sql.KEEP_CONFLICT,
             [ns.pk, key, actor.agent.pk if actor.agent else None, actor.name, expected,
              fields["current_version"], dumps(value), delete, group, now()],
         )  # fmt: skip

@@ -25,9 +25,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import DurationField, ExpressionWrapper, F, Value
 from django.utils.module_loading import import_string
 from django.utils.timezone import now
 
+from memory_admin import sql
 from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import Namespace, StoreItem, iso
 from memory_admin.services import SYSTEM_ACTOR, Actor
@@ -172,17 +174,6 @@ class Item:
         return body
 
 
-_UPSERT = """
-INSERT INTO memory_admin_storeitem AS s (ns_id, rkey, path, key, created, ttl, expires, search)
-VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN {index} END)
-ON CONFLICT (ns_id, rkey) DO UPDATE SET
-    path = EXCLUDED.path, key = EXCLUDED.key, ttl = EXCLUDED.ttl, expires = EXCLUDED.expires,
-    search = EXCLUDED.search,
-    -- an item that had expired is gone to LangGraph: putting it again creates it anew
-    created = CASE WHEN s.expires <= EXCLUDED.created THEN EXCLUDED.created ELSE s.created END
-"""
-
-
 def put_item(
     *,
     ns: Namespace,
@@ -218,7 +209,7 @@ def put_item(
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                _UPSERT.format(index=rank.index_sql),
+                sql.store_upsert(rank.index_sql),
                 [ns.pk, rkey, path, key, stamp, minutes, expires, text is not None, text or ""],
             )
         write_record(ns=ns, key=rkey, value=value, actor=actor)
@@ -229,18 +220,9 @@ def delete_item(*, ns: Namespace, namespace: Any, key: Any, actor: Actor) -> Non
     path = check_namespace(namespace)
     rkey = record_key(path, _check_key(key))
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("DELETE FROM memory_admin_storeitem WHERE ns_id = %s AND rkey = %s", [ns.pk, rkey])
+        StoreItem.objects.filter(ns=ns, rkey=rkey).delete()
         with contextlib.suppress(NotFound):
             delete_record(ns=ns, key=rkey, actor=actor)
-
-
-_LIVE = """
-FROM memory_admin_storeitem s
-JOIN memory_admin_record r ON r.ns_id = s.ns_id AND r.key = s.rkey
-WHERE s.ns_id = %s AND NOT r.deleted AND (s.expires IS NULL OR s.expires > %s)
-"""
-_COLUMNS = "s.path, s.key, r.value, s.created, r.updated, s.rkey, s.ttl"
 
 
 def get_item(*, ns: Namespace, namespace: Any, key: Any, refresh_ttl: bool | None = None) -> Item:
@@ -250,7 +232,7 @@ def get_item(*, ns: Namespace, namespace: Any, key: Any, refresh_ttl: bool | Non
     rkey = record_key(path, _check_key(key))
     stamp = now()
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_COLUMNS} {_LIVE} AND s.rkey = %s", [ns.pk, stamp, rkey])
+        cursor.execute(sql.STORE_GET, [ns.pk, stamp, rkey])
         row = cursor.fetchone()
     if row is None:
         raise NotFound(f"no item {key!r} in namespace {path!r}")
@@ -273,24 +255,19 @@ def search_items(
     prefix = check_namespace(namespace_prefix, "namespace_prefix", empty=True)
     _check_page(limit, offset)
     stamp = now()
-    sql, params = f"SELECT {_COLUMNS}, {{score}} AS score {_LIVE}", [ns.pk, stamp]
+    params = [ns.pk, stamp]
     if prefix:
-        sql += " AND s.path[1:%s] = %s::text[]"
         params += [len(prefix), prefix]
     where, values = _filter_sql(filter)
-    sql += where
     params += values
+    score = None
     if query:
         check_json(query, "query")
         score = ranking().score_sql
-        sql = sql.format(score=score) + " ORDER BY score DESC NULLS LAST, r.updated DESC, s.rkey"
         params = [query, *params]
-    else:
-        sql = sql.format(score="NULL::real") + " ORDER BY r.updated DESC, s.rkey"
-    sql += " LIMIT %s OFFSET %s"
     params += [limit, offset]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql.store_search(prefix=bool(prefix), where=where, score=score), params)
         rows = cursor.fetchall()
     _refresh(ns, rows, stamp, refresh_ttl)
     return [_item(row, score=row[7]) for row in rows]
@@ -325,25 +302,23 @@ def list_namespaces(
         if not isinstance(labels, list | tuple) or not all(isinstance(label, str) for label in labels):
             raise Invalid(f"{field} must be a list of strings", {field: "a list of strings"})
         check_json(list(labels), field)
-        where += " AND cardinality(s.path) >= %s"
+        where += sql.STORE_PATH_LONGER
         params.append(len(labels))
         for i, label in enumerate(labels):
             if label == "*":
                 continue
             if field == "prefix":
-                where += " AND s.path[%s] = %s"
+                where += sql.STORE_LABEL_FROM_START
                 params += [i + 1, label]
             else:
-                where += " AND s.path[cardinality(s.path) - %s] = %s"
+                where += sql.STORE_LABEL_FROM_END
                 params += [len(labels) - 1 - i, label]
-    cut = "s.path" if max_depth is None else "s.path[1:%s]"
-    sql = (
-        f"SELECT p FROM (SELECT DISTINCT {cut} AS p {_LIVE}{where}) t "
-        'ORDER BY p COLLATE "C" LIMIT %s OFFSET %s'
-    )
     head = [] if max_depth is None else [max_depth]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*head, ns.pk, now(), *params, limit, offset])
+        cursor.execute(
+            sql.store_namespaces(where=where, depth=max_depth is not None),
+            [*head, ns.pk, now(), *params, limit, offset],
+        )
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -385,7 +360,7 @@ def _filter_sql(filter: Any) -> tuple[str, list[Any]]:
     if not isinstance(filter, dict):
         raise Invalid("filter must be a JSON object", {"filter": "a JSON object"})
     check_json(filter, "filter")
-    sql, params = "", []
+    where, params = "", []
     for field, condition in filter.items():
         if isinstance(condition, dict) and any(name.startswith("$") for name in condition):
             for name, operand in condition.items():
@@ -395,23 +370,18 @@ def _filter_sql(filter: Any) -> tuple[str, list[Any]]:
                         f"unknown filter operator {name!r} on {field!r}; known: {known}",
                         {f"filter.{field}": f"unknown operator {name!r}"},
                     )
-                sql, params = _compare(sql, params, field, OPERATORS[name], operand)
+                where, params = _compare(where, params, field, OPERATORS[name], operand)
         else:
-            sql, params = _compare(sql, params, field, "=", condition)
-    return sql, params
+            where, params = _compare(where, params, field, "=", condition)
+    return where, params
 
 
-def _compare(sql: str, params: list[Any], field: str, op: str, operand: Any) -> tuple[str, list[Any]]:
+def _compare(where: str, params: list[Any], field: str, op: str, operand: Any) -> tuple[str, list[Any]]:
     operand = dumps(operand)
-    if op == "=":
-        return sql + " AND r.value -> %s = %s::jsonb", [*params, field, operand]
-    if op == "<>":
-        return sql + " AND (r.value -> %s) IS DISTINCT FROM %s::jsonb", [*params, field, operand]
+    if op in ("=", "<>"):
+        return where + sql.store_value_compare(op), [*params, field, operand]
     # Orders compare like with like: numbers as numbers, strings as strings.
-    return (
-        sql + f" AND jsonb_typeof(r.value -> %s) = jsonb_typeof(%s::jsonb) AND r.value -> %s {op} %s::jsonb",
-        [*params, field, operand, field, operand],
-    )
+    return where + sql.store_value_compare(op), [*params, field, operand, field, operand]
 
 
 def _refresh(ns: Namespace, rows: list[tuple], stamp: datetime, refresh_ttl: bool | None) -> None:
@@ -421,9 +391,6 @@ def _refresh(ns: Namespace, rows: list[tuple], stamp: datetime, refresh_ttl: boo
     rkeys = [row[5] for row in rows if row[6] is not None]
     if not rkeys:
         return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE memory_admin_storeitem SET expires = %s + ttl * interval '1 minute' "
-            "WHERE ns_id = %s AND rkey = ANY(%s) AND ttl IS NOT NULL",
-            [stamp, ns.pk, rkeys],
-        )
+    StoreItem.objects.filter(ns=ns, rkey__in=rkeys, ttl__isnull=False).update(
+        expires=Value(stamp) + ExpressionWrapper(F("ttl") * Value(timedelta(minutes=1)), DurationField())
+    )

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import redis as r
-from memory_admin import rows
+from memory_admin import rows, sql
 from memory_admin.errors import Invalid, NotFound
 from memory_admin.models import Agent, Namespace, Token
 from memory_admin.services import SYSTEM_ACTOR, Actor
@@ -113,9 +113,9 @@ def authenticate(raw: str) -> Token | None:
 def by_digest(token_digest: str) -> Token | None:
     """The live token with this digest, with its agent and namespace, or None. Every API request
     whose token is not in its process's cache runs it, so the query is written once
-    (memory_admin/rows.py)."""
+    (memory_admin/sql.py, read by memory_admin/rows.py)."""
     with connection.cursor() as cursor:
-        cursor.execute(_AUTH, [token_digest])
+        cursor.execute(sql.TOKEN_BY_DIGEST, [token_digest])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -123,16 +123,6 @@ def by_digest(token_digest: str) -> Token | None:
     token.agent = agent = rows.load(Agent, row, rows.width(Token))
     agent.ns = rows.load(Namespace, row, rows.width(Token) + rows.width(Agent))
     return token
-
-
-# The join select_related("agent__ns") makes, every column of the three rows.
-_AUTH = (
-    f"SELECT {rows.columns(Token, 't')}, {rows.columns(Agent, 'a')}, {rows.columns(Namespace, 'n')} "
-    f"FROM {Token._meta.db_table} t "
-    f"JOIN {Agent._meta.db_table} a ON a.id = t.agent_id "
-    f"JOIN {Namespace._meta.db_table} n ON n.id = a.ns_id "
-    "WHERE t.digest = %s AND t.revoked IS NULL"
-)
 
 
 def find_token(*, prefix: str) -> Token:

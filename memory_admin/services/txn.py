@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 from django.db import OperationalError, connection, transaction
 
+from memory_admin import sql
 from memory_admin.errors import DomainError, Unavailable
 from memory_admin.models import Agent, LockFence, Namespace
 from memory_admin.services import Actor, events, facts, records, status
@@ -186,20 +187,12 @@ def _retrying(once: Callable[[], T]) -> T:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-# The records that exist, row-locked: single writes (which take no advisory lock) wait for the
-# commit too, so a compare on an existing record still holds when the writes are in.
-_LOCK_ROWS = """
-SELECT key, CASE WHEN deleted THEN 0 ELSE version END FROM memory_admin_record
-WHERE ns_id = %s AND key = ANY(%s) ORDER BY key FOR UPDATE
-"""
-
-
 def _lock_records(*, ns: Namespace, keys: set[str], read: set[str]) -> dict[str, int]:
     """Lock `keys` (records.lock_keys) and the records of `read` that exist (in key order); the
     versions of those, 0 if deleted. The records written are row-locked by their writes."""
     records.lock_keys(ns=ns, keys=keys)
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK_ROWS, [ns.pk, sorted(read)])
+        cursor.execute(sql.LOCK_ROWS, [ns.pk, sorted(read)])
         return dict(cursor.fetchall())
 
 
@@ -208,7 +201,7 @@ def _holds(*, ns: Namespace, actor: Actor, condition: Compare, versions: dict[st
         # As records.check_fence: the fence row is share-locked until commit, so the lock
         # cannot change hands before this transaction's writes are in.
         found = LockFence.objects.raw(
-            "SELECT * FROM memory_admin_lockfence WHERE ns_id = %s AND resource = %s FOR SHARE",
+            sql.FENCE_FOR_SHARE,
             [ns.pk, condition.lock],
         )
         fence = next(iter(found), None)
