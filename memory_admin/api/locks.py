@@ -19,7 +19,6 @@ from memory_admin.api.common import (
     In,
     Key,
     Limit,
-    Subscription,
     actor_of,
     error_response,
     errors,
@@ -27,11 +26,11 @@ from memory_admin.api.common import (
     json_response,
     list_response,
     ns_of,
-    subscribed,
 )
 from memory_admin.api.once import once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.services import locks
+from memory_admin.services.wakeups import Subscription, subscribed
 
 router = Router(tags=["locks"])
 
