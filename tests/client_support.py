@@ -42,7 +42,8 @@ def client_for(url: str, agent: Agent, **options) -> MemoryClient:
 class FaultProxy:
     """An HTTP proxy to a real server that can lose answers: `drop` makes the next N requests
     reach the server and have their response thrown away (the connection closes unanswered);
-    `busy` answers the next N with `busy_status` (503 or 429) and Retry-After: 1, without
+    `busy` answers the next N with `busy_status` (503 or 429) and `retry_after` seconds as
+    Retry-After (a fraction, which the client takes, so its retries wait milliseconds), without
     forwarding. `seen` counts the requests that arrived, by method and path."""
 
     def __init__(self, target: str) -> None:
@@ -50,6 +51,7 @@ class FaultProxy:
         self.drop = 0
         self.busy = 0
         self.busy_status = 503
+        self.retry_after = "0.2"
         self.seen: Counter[str] = Counter()
         self.keys: list[str | None] = []
         self._lock = threading.Lock()
@@ -74,7 +76,7 @@ class FaultProxy:
                     code = {503: "unavailable", 429: "rate_limited"}[proxy.busy_status]
                     payload = json.dumps({"error": {"code": code, "message": "busy"}}).encode()
                     self.send_response(proxy.busy_status)
-                    self.send_header("Retry-After", "1")
+                    self.send_header("Retry-After", proxy.retry_after)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
