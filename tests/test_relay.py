@@ -68,7 +68,7 @@ def test_a_standby_relay_takes_over(ns, alpha, tmp_path):
     try:
         publish(ns, alpha, 1)
         wait_for(lambda: stream_ids(ns), message="relay-a active")
-        standby = start_relay(tmp_path, "relay-b")
+        standby = start_relay(tmp_path, "relay-b", standby=True)
         assert "relay-b active" not in standby.output()
         active.stop(signal.SIGKILL)
         ids = publish(ns, alpha, 5)
