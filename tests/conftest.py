@@ -293,6 +293,10 @@ def server_env() -> dict[str, str]:
         "SECURE_COOKIES": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",
+        # A burst of requests grows the pool; on a machine other suites load, opening Postgres
+        # connections can take longer than the 3 s a request waits for one by default, and three
+        # such 503s open the circuit for all (test_web_workers' sixteen writers at once).
+        "DB_POOL_TIMEOUT": os.environ.get("DB_POOL_TIMEOUT", str(3 * PATIENCE)),
     }
 
 
