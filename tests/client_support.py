@@ -3,11 +3,13 @@ injector in front of the real server, and agent processes that run client code o
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +19,7 @@ from memory_admin_client import Backoff, Lock, MemoryClient
 
 from memory_admin.models import Agent
 from memory_admin.services.tokens import issue_token
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import PATIENCE, ROOT, free_port, wait_for
 
 FAST = Backoff(base=0.05, cap=0.2)  # retries in tests wait milliseconds, not seconds
 
@@ -27,11 +29,27 @@ def lease_over(expires_at: str) -> bool:
     return datetime.now(UTC) > datetime.fromisoformat(expires_at)
 
 
+# The TTL of the locks whose renewal the tests wait for. Renewed every third of it, a lock keeps
+# two thirds as slack for a renewal's round trip: with 1 s, a renewal slower than 0.7 s on a
+# machine other suites load lost the lock.
+LEASE = 3
+
+
 def outlive_lease(lock: Lock) -> None:
     """Return once the lease `lock` holds now has ended on the clock and the lock was renewed
     since: a wait for the renewal to have mattered, instead of a sleep past the TTL."""
     lease = lock.expires_at
     wait_for(lambda: lock.expires_at != lease and lease_over(lease), timeout=30, message="a renewal")
+
+
+async def outlive_lease_async(lock) -> None:
+    """outlive_lease for an AsyncLock (its renewals run on this event loop, so the wait yields)."""
+    lease = lock.expires_at
+    deadline = time.monotonic() + 30 * PATIENCE
+    while lock.expires_at == lease or not lease_over(lease):
+        assert not lock.lost, "the lock was lost instead of renewed"
+        assert time.monotonic() < deadline, "timed out waiting for a renewal"
+        await asyncio.sleep(0.05)
 
 
 def client_for(url: str, agent: Agent, **options) -> MemoryClient:
@@ -42,7 +60,8 @@ def client_for(url: str, agent: Agent, **options) -> MemoryClient:
 class FaultProxy:
     """An HTTP proxy to a real server that can lose answers: `drop` makes the next N requests
     reach the server and have their response thrown away (the connection closes unanswered);
-    `busy` answers the next N with `busy_status` (503 or 429) and Retry-After: 1, without
+    `busy` answers the next N with `busy_status` (503 or 429) and `retry_after` seconds as
+    Retry-After (a fraction, which the client takes, so its retries wait milliseconds), without
     forwarding. `seen` counts the requests that arrived, by method and path."""
 
     def __init__(self, target: str) -> None:
@@ -50,6 +69,7 @@ class FaultProxy:
         self.drop = 0
         self.busy = 0
         self.busy_status = 503
+        self.retry_after = "0.2"
         self.seen: Counter[str] = Counter()
         self.keys: list[str | None] = []
         self._lock = threading.Lock()
@@ -74,7 +94,7 @@ class FaultProxy:
                     code = {503: "unavailable", 429: "rate_limited"}[proxy.busy_status]
                     payload = json.dumps({"error": {"code": code, "message": "busy"}}).encode()
                     self.send_response(proxy.busy_status)
-                    self.send_header("Retry-After", "1")
+                    self.send_header("Retry-After", proxy.retry_after)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

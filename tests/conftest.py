@@ -34,7 +34,7 @@ from django.utils.timezone import now
 
 from config import processes, web
 from config.env import channel_layers
-from config.processes import free_port, wait_for  # noqa: F401 - the tests import them from here
+from config.processes import free_port  # noqa: F401 - the tests import it from here
 from memory_admin import redis as r
 from memory_admin.errors import VersionConflict
 from memory_admin.models import Agent, Conflict, LockFence, Namespace, Record
@@ -143,6 +143,19 @@ def ns(alpha) -> Namespace:
     return alpha.ns
 
 
+# --- waiting for a condition on a machine others load ------------------------------
+
+# A loaded machine (other suites, a busy CI runner) is many times slower than a quiet one: each
+# wait for a condition may take this many times its timeout. A wait ends as soon as its condition
+# holds, so this costs a passing test nothing; only a failing one takes longer to say so.
+PATIENCE = 3
+
+
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):
+    """config.processes.wait_for, with PATIENCE times the timeout."""
+    return processes.wait_for(predicate, timeout=timeout * PATIENCE, interval=interval, message=message)
+
+
 # --- lapsed TTLs: what Redis and the rows hold once a lease ran out, without waiting for it ---
 
 
@@ -161,6 +174,17 @@ def lapse_lock(ns: Namespace, resource: str) -> None:
     client.delete(r.lock_key(ns.name, resource))
     client.zadd(r.locks_index(ns.name), {resource: r.to_ms(_a_moment_ago())}, xx=True)
     lapse_fence(ns, resource)
+
+
+def shorten_lease(ns: Namespace, resource: str, ms: int) -> None:
+    """The held lock's lease lapses `ms` from now (as if taken that much before its TTL ran out):
+    in Redis, its index and its fence row, so a waiter sees it end without a wait of seconds."""
+    ends = now() + timedelta(milliseconds=ms)
+    client = r.client()
+    client.hset(r.lock_key(ns.name, resource), "expires", r.to_ms(ends))
+    client.pexpire(r.lock_key(ns.name, resource), ms)
+    client.zadd(r.locks_index(ns.name), {resource: r.to_ms(ends)}, xx=True)
+    LockFence.objects.filter(ns=ns, resource=resource).update(expires=ends)
 
 
 def lapse_heartbeat(agent: Agent) -> None:
@@ -269,6 +293,10 @@ def server_env() -> dict[str, str]:
         "SECURE_COOKIES": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",
+        # A burst of requests grows the pool; on a machine other suites load, opening Postgres
+        # connections can take longer than the 3 s a request waits for one by default, and three
+        # such 503s open the circuit for all (test_web_workers' sixteen writers at once).
+        "DB_POOL_TIMEOUT": os.environ.get("DB_POOL_TIMEOUT", str(3 * PATIENCE)),
     }
 
 
@@ -291,16 +319,18 @@ def start_process(args: list[str], name: str, tmp: Path) -> Process:
     return Process(proc, log)
 
 
-def start_relay(tmp: Path, name: str = "relay", wait: bool = True) -> Process:
-    """A relay process; with `wait`, returns once it has said it is active or standing by."""
+def start_relay(tmp: Path, name: str = "relay", standby: bool = False) -> Process:
+    """A relay process, returned once it is active (it holds the advisory lock and hears the
+    doorbell); with `standby`, once it has begun to wait for the lock another relay holds."""
     process = start_process([sys.executable, "manage.py", "relay", "--name", name], name, tmp)
-    if wait:
-        try:
-            wait_for(lambda: "waiting to become" in process.output(), timeout=60, message=f"{name} to start")
-            time.sleep(0.3)  # the advisory lock is tried right after that line
-        except AssertionError:
-            process.stop()
-            raise
+    said = "waiting to become" if standby else f"{name} active"
+    try:
+        wait_for(lambda: said in process.output(), timeout=60, message=f"{name} to start")
+        if standby:
+            time.sleep(0.3)  # it tries the lock right after that line
+    except AssertionError:
+        process.stop()
+        raise
     return process
 
 
@@ -316,7 +346,7 @@ def start_web(tmp: Path, port: int | None = None, workers: int = 1) -> LiveServe
     port = port or free_port()
     process = start_process(web.argv("127.0.0.1", port, workers), "web", tmp)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30 * PATIENCE
     while True:
         try:
             if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:

@@ -8,10 +8,10 @@ import httpx
 import pytest
 
 from memory_admin import redis as r
-from memory_admin.api.common import subscribed
 from memory_admin.api.events import _positions
 from memory_admin.models import Event
 from memory_admin.services.tokens import issue_token
+from memory_admin.services.wakeups import subscribed
 from memory_admin.validation import reserved_event_type
 from tests.api_support import api_for, error, state
 from tests.conftest import ROOT

@@ -6,7 +6,7 @@ import pytest
 from memory_admin import redis as r
 from memory_admin.models import Event
 from tests.api_support import api_for, error, state
-from tests.conftest import api_clients, wait_for
+from tests.conftest import api_clients, shorten_lease, wait_for
 
 # Also on a Redis Cluster (conftest: redis_store).
 pytestmark = [pytest.mark.django_db, pytest.mark.cluster]
@@ -165,7 +165,8 @@ def test_waiters_are_served_first_come_first_served_and_woken_by_each_release(we
 @pytest.mark.django_db(transaction=True)
 def test_a_waiter_gets_a_lock_whose_holder_died_when_its_lease_lapses(web_server, make_agent):
     dead, waiter = api_clients(web_server, [make_agent("dead"), make_agent("waiter")])
-    taken = dead.post("/locks/lease", json={"ttl_seconds": 1}).json()  # and never released
+    taken = dead.post("/locks/lease", json={"ttl_seconds": 30}).json()  # and never released
+    shorten_lease(make_agent("dead").ns, "lease", 200)  # its lease ends in 0.2 s, not 30
     response = waiter.post("/locks/lease", json={"ttl_seconds": 30, "wait_seconds": 15})
     assert response.status_code == 200, response.text
     assert response.json()["owner"] == "waiter"

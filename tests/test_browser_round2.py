@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(trans
 
 AGENT = textwrap.dedent(
     """
-    import sys, time, httpx
+    import signal, sys, httpx
     url, token = sys.argv[1], sys.argv[2]
     api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": "Bearer " + token})
     api.put("/status", json={"status": "crunching", "ttl_seconds": 30}).raise_for_status()
@@ -38,7 +38,7 @@ AGENT = textwrap.dedent(
         others = [e["id"] for e in read.json()["items"] if e["type"] != "job"]
         api.post("/events/groups/workers/ack", json={"ids": others})
     print("holding", got[0]["id"], flush=True)
-    time.sleep(600)
+    signal.pause()  # holds its locks, status and delivery until it is killed
     """
 )
 

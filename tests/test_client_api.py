@@ -250,7 +250,7 @@ def test_a_retry_after_a_lost_answer_never_doubles_a_write(web_server, alpha):
         assert client.get_fact(fact_id)["fact"] == "said once"
         proxy.drop = 1
         assert client.write("once", {"n": 1}, expected_version=0)["version"] == 1  # replayed, not a conflict
-        proxy.busy = 1  # 503 with Retry-After: 1
+        proxy.busy = 1  # 503 with Retry-After
         assert client.publish("after_busy", {})
         assert proxy.seen["POST /api/v1/events"] == 2
     finally:
@@ -282,12 +282,12 @@ def test_429_is_retried_after_retry_after_and_raised_once_the_retries_are_spent(
         proxy.busy = 1
         started = time.monotonic()
         assert client.read("nothing") is None
-        assert time.monotonic() - started >= 1  # waited as Retry-After said
+        assert time.monotonic() - started >= 0.2  # waited as Retry-After said
         impatient = client_for(proxy.url, alpha, retries=0)
         proxy.busy = 1
         with pytest.raises(RateLimited) as limited:
             impatient.store_fact(None, "too fast", "limits")
-        assert limited.value.retry_after == 1
+        assert limited.value.retry_after == 0.2
         assert not Fact.objects.filter(category="limits").exists()
     finally:
         proxy.close()

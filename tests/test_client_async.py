@@ -18,7 +18,7 @@ from memory_admin_client import (
 from memory_admin.services import Actor
 from memory_admin.services.locks import force_release
 from memory_admin.services.tokens import issue_token
-from tests.client_support import FAST, lease_over
+from tests.client_support import FAST, LEASE, outlive_lease_async
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,11 +104,8 @@ def test_async_lock_renews_past_its_ttl_and_stops_fenced_writes_once_force_relea
 
     async def run():
         async with a, b:
-            async with a.lock("section/2", ttl=1) as lock:
-                for _ in range(2):  # twice the TTL
-                    lease = lock.expires_at
-                    while lock.expires_at == lease or not lease_over(lease):
-                        await asyncio.sleep(0.05)
+            async with a.lock("section/2", ttl=LEASE) as lock:
+                await outlive_lease_async(lock)
                 with pytest.raises(LockHeld):
                     await b.lock("section/2").acquire()
                 assert (await lock.write("draft", {"s": 2}))["version"] == 1

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,12 +87,10 @@ def test_calls_made_while_the_server_is_away_are_replayed_in_order_when_it_is_ba
         assert pending[0]["body"] == {"fact": "fact 0", "category": "offline", "metadata": {}}
         assert len({p["idempotency_key"] for p in pending}) == 42
 
-        started = time.monotonic()
         with pytest.raises(Unavailable, match="never queued"):
             client.write("draft", {"v": 1}, expected_version=0)
         with pytest.raises(Unavailable):
             client.lock("report").acquire()
-        assert time.monotonic() - started < 3  # fail fast, with a reason
         assert len(client.pending()) == 42
 
         server.start()

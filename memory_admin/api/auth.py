@@ -19,10 +19,11 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
-from memory_admin.api.common import RateLimited, subscribed
+from memory_admin.api.common import RateLimited
 from memory_admin.errors import DomainError, Forbidden, Unavailable
 from memory_admin.models import Token
 from memory_admin.services import limits, tokens
+from memory_admin.services.wakeups import subscribed
 
 log = logging.getLogger("memory_admin.api")
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -16,7 +14,6 @@ from ninja import Schema
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from memory_admin import outage
-from memory_admin import redis as r
 from memory_admin.errors import DomainError, Invalid, NotFound, Unavailable
 from memory_admin.models import Agent, Namespace, Token
 from memory_admin.services import Actor
@@ -176,95 +173,3 @@ def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
                 connection.close()
 
     return sync_to_async(call)
-
-
-Parse = Callable[[str], Iterable[tuple[str, Any]]]  # a message as (name, value) pairs
-
-
-class Subscription:
-    """This process's one subscription to a Redis channel whose messages wake waiting requests:
-    `parse` turns a message into (name, value) pairs, and the request waiting under a name (if it
-    is here) gets the value at once. With `keep`, the last `keep` values no request waited for
-    are kept, for a request that arms only after its message came. `on_state` (if given) is told
-    True each time the subscription is (again) in place and False each time it is lost, so a
-    cache kept by the channel's messages can drop what it may have missed meanwhile."""
-
-    def __init__(
-        self, channel: str, parse: Parse, keep: int = 0, on_state: Callable[[bool], None] | None = None
-    ) -> None:
-        self.channel, self.parse, self.keep = channel, parse, keep
-        self.on_state = on_state or (lambda up: None)
-        self.futures: dict[str, asyncio.Future] = {}
-        self.heard: dict[str, Any] = {}
-        self.client = r.async_client()
-        self.task: asyncio.Task | None = None
-        self.ready = asyncio.Event()
-
-    def arm(self, name: str) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        if name in self.heard:
-            future.set_result(self.heard.pop(name))
-        else:
-            self.futures[name] = future
-        return future
-
-    def forget(self, name: str) -> None:
-        self.futures.pop(name, None)
-
-    async def wait(self, future: asyncio.Future | None, timeout: float) -> Any:
-        """The future's value, or None after `timeout` seconds."""
-        if future is None or timeout <= 0:
-            return None
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        return None
-
-    async def listen(self) -> None:
-        while True:
-            pubsub = None
-            try:
-                pubsub = await r.pubsub(self.client)
-                await pubsub.subscribe(self.channel)
-                self.on_state(True)
-                self.ready.set()
-                while True:
-                    message = await pubsub.get_message(timeout=30)
-                    if message is not None:
-                        self._heard(message["data"])
-            except asyncio.CancelledError:
-                self.on_state(False)
-                raise
-            except Exception:  # Redis away: waiters still look for themselves after their timeout
-                self.on_state(False)
-                self.ready.set()
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # its connection, before the next subscription takes one
-                await asyncio.sleep(1)
-
-    def _heard(self, data: str) -> None:
-        for name, value in self.parse(data):
-            future = self.futures.pop(name, None)
-            if future is not None and not future.done():
-                future.set_result(value)
-            elif self.keep:
-                self.heard[name] = value
-                if len(self.heard) > self.keep:
-                    del self.heard[next(iter(self.heard))]  # the oldest
-
-
-_subscriptions: dict[tuple[asyncio.AbstractEventLoop, str], Subscription] = {}
-
-
-async def subscribed(
-    channel: str, parse: Parse, keep: int = 0, on_state: Callable[[bool], None] | None = None
-) -> Subscription:
-    """The event loop's subscription to `channel`, started on first use."""
-    loop = asyncio.get_running_loop()
-    subscription = _subscriptions.get((loop, channel))
-    if subscription is None:
-        subscription = _subscriptions[(loop, channel)] = Subscription(channel, parse, keep, on_state)
-        subscription.task = loop.create_task(subscription.listen())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(subscription.ready.wait(), 1)
-    return subscription

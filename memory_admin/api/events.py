@@ -22,7 +22,6 @@ from memory_admin.api.common import (
     in_thread,
     json_response,
     ns_of,
-    subscribed,
     token_of,
 )
 from memory_admin.api.once import HEADER, once
@@ -127,7 +126,7 @@ async def _position_from_relay(seq: int) -> int | None:
     """The position the relay gave event `seq`, as it says on the positions channel once it has
     published it (woken by this commit's doorbell, normally within milliseconds); None if it did
     not say within RELAY_GRACE."""
-    positions = await subscribed(events.positions_channel(), _positions, keep=POSITIONS_HEARD)
+    positions = await wakeups.subscribed(events.positions_channel(), _positions, keep=POSITIONS_HEARD)
     name = str(seq)
     try:
         return await positions.wait(positions.arm(name), RELAY_GRACE)

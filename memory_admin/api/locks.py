@@ -21,7 +21,6 @@ from memory_admin.api.common import (
     In,
     Key,
     Limit,
-    Subscription,
     actor_of,
     and_exact,
     error_response,
@@ -30,11 +29,11 @@ from memory_admin.api.common import (
     json_response,
     list_response,
     ns_of,
-    subscribed,
 )
 from memory_admin.api.once import REPLAYED, once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.services import locks
+from memory_admin.services.wakeups import Subscription, subscribed
 
 router = Router(tags=["locks"])
 
