@@ -161,6 +161,20 @@ def test_lock_waits_through_the_api_are_charted_and_drawn_beside_acquisitions(
     assert 'class="line line-waits"' in fragment and "peak 1<" in waits
 
 
+def test_a_wait_whose_time_is_up_before_its_first_look_still_queues_and_is_charted(
+    alpha, beta, make_token
+):
+    """On a loaded machine a short wait can run out before the waiter first looks at the lock
+    (the API subscribes to wake-ups first): that look still counts as a wait."""
+    acquire_lock(ns=alpha.ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
+    with pytest.raises(LockHeld):
+        acquire_lock(ns=alpha.ns, resource="draft", actor=actor(beta), wait_seconds=1e-9)
+    waiter = Client(headers={"Authorization": f"Bearer {make_token(beta)}"})
+    refused = waiter.post("/api/v1/locks/draft", {"wait_seconds": 1e-6}, content_type="application/json")
+    assert refused.status_code == 409
+    assert waits_this_hour(alpha.ns) == 2
+
+
 def test_a_minute_of_lock_waits_is_kept_a_little_over_an_hour(alpha, beta):
     acquire_lock(ns=alpha.ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
     with pytest.raises(LockHeld):

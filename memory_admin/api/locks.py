@@ -131,10 +131,14 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
     wakeups = await wakeup_listener() if waiter else None
     busy: list[locks.Busy] = []
     served = False
+    first = True
     try:
         while True:
             left = deadline - loop.time()
-            final = left <= 0
+            # A waiter's first look always queues (and counts as a wait), however long the
+            # subscription above took on a loaded machine.
+            final = left <= 0 and not (first and waiter)
+            first = False
             # Armed before the attempt, so a wake-up that comes while it runs is not lost.
             woken = wakeups.arm(waiter) if wakeups is not None and not final else None
             # One attempt per transaction: a kept Idempotency-Key response commits with its lock.
@@ -147,7 +151,7 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
                 # Taking the lock took the waiter out of the queue too (a replay took nothing).
                 served = response.status_code == 200 and REPLAYED not in response
                 return response
-            pause = min(left, locks.WAITER_LOOK_SECONDS)
+            pause = max(0.0, min(left, locks.WAITER_LOOK_SECONDS))
             holder_expires = busy[-1].expires_ms if busy else None
             if holder_expires:  # a lease that lapses frees the lock without a wake-up
                 pause = min(pause, max(0.0, holder_expires / 1000 - time.time()) + 0.005)

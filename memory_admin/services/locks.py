@@ -81,17 +81,20 @@ def acquire_lock(
     check_key(resource, "resource")
     deadline = time.monotonic() + wait_seconds
     waiter = new_waiter(actor) if wait_seconds > 0 else ""
+    first = True
     try:
         while True:
             left = deadline - time.monotonic()
+            queue = bool(waiter) and (left > 0 or first)  # a waiter's first look always queues
             outcome = try_acquire(
-                ns=ns, resource=resource, actor=actor, ttl_seconds=ttl_seconds, waiter=waiter, queue=left > 0
+                ns=ns, resource=resource, actor=actor, ttl_seconds=ttl_seconds, waiter=waiter, queue=queue
             )
             if isinstance(outcome, HeldLock):
                 return outcome
-            if left <= 0:
+            if left <= 0 and not (first and waiter):
                 raise outcome.error(resource)
-            time.sleep(min(left, 0.05))
+            first = False
+            time.sleep(max(0.0, min(left, 0.05)))
     finally:
         if waiter:
             leave_queue(ns=ns, resource=resource, waiter=waiter)
