@@ -76,7 +76,12 @@ class Feed:
     async def join(self, socket: Socket) -> None:
         """Add `socket`; returns once the Feed is in the group, so the socket's hello comes after."""
         self.sockets.add(socket)
-        if self.subscribed is None or self.subscribed.cancelled() or self.subscribed.exception():
+        failed = (
+            self.subscribed is not None
+            and self.subscribed.done()
+            and (self.subscribed.cancelled() or self.subscribed.exception() is not None)
+        )
+        if self.subscribed is None or failed:  # not while a subscription runs (sockets join at once)
             self.subscribed = asyncio.ensure_future(self._subscribe())
             self.subscribed.add_done_callback(retrieve)
         await asyncio.shield(self.subscribed)
