@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from urllib.parse import parse_qs
 
@@ -194,8 +195,10 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                 return
 
     async def _check_health(self) -> None:
+        # Consoles opened together (a page of many, a reconnect wave, a benchmark) would tick
+        # together, each tick a catch-up read: the first comes at a random point of the period.
+        await asyncio.sleep(health_seconds() * random.uniform(0.5, 1.0))
         while True:
-            await asyncio.sleep(health_seconds())
             if not self.tick_returned:
                 log.warning("console socket %s stopped hearing the channel layer; closing", self.channel_name)
                 with contextlib.suppress(*EXPECTED):
@@ -209,3 +212,4 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                 with contextlib.suppress(*EXPECTED):
                     await self.close(code=TRY_AGAIN)
                 return
+            await asyncio.sleep(health_seconds())
