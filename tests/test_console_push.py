@@ -1,20 +1,43 @@
-"""How a doorbell reaches many open consoles of one process: sockets that join at the same
-moment all join the namespace's Feed; health ticks of consoles opened together do not come
+"""How a doorbell reaches many open consoles of one process (live.feed.Feed): the sockets in
+step get the Feed's one read and render in one pass, each event once and in order, while a
+socket behind catches up on its own and a socket of another namespace hears nothing; sockets
+that join at the same moment all join the Feed; health ticks of consoles opened together do not come
 together; the web process keeps what it loaded out of the garbage collector's full passes."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import re
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 
 from memory_admin.live import consumer, feed
+from memory_admin.services.events import publish_event
 from memory_admin.views.screens import last_event_id
-from tests.test_console_live import open_page
+from tests.conftest import actor
+from tests.test_console_live import newest, open_page, publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROW = re.compile(r'id="event-(\d+)"')
+
+
+def rows(messages: list[str]) -> list[int]:
+    """The event ids in the order they arrived (each message lists its rows newest first)."""
+    return [int(i) for text in messages for i in reversed(ROW.findall(text))]
+
+
+async def collect(page, count: int) -> list[str]:
+    """Messages until they show `count` rows, then any that follow within a moment."""
+    got = []
+    while len(rows(got)) < count:
+        got.append(await page.receive_from(timeout=10))
+    while not await page.receive_nothing(timeout=0.2):
+        got.append(await page.receive_from(timeout=5))
+    return got
 
 
 class Page:
@@ -46,6 +69,42 @@ def test_sockets_joining_while_the_feed_subscribes_all_join_it(ns):
         return joined
 
     assert async_to_sync(scenario)() == 4
+
+
+def test_sockets_in_step_get_each_event_once_in_order_from_one_pass_of_the_feed(
+    ns, alpha, outsider, session_cookie
+):
+    start, theirs = last_event_id(ns), last_event_id(outsider.ns)
+    doorbells = 6
+
+    async def scenario():
+        pages = [await open_page("/ws/ns/team/?page=timeline", session_cookie, start) for _ in range(8)]
+        other = await open_page("/ws/ns/other/?page=timeline", session_cookie, theirs)
+        sockets = list(feed._feeds[ns.pk].sockets)
+        await until(lambda: all(s.cursor is not None and s.ready() for s in sockets))  # hellos answered
+        published = []
+        for n in range(doorbells):
+            await database_sync_to_async(publish_event)(
+                ns=ns, type="push.test", payload={"n": n}, actor=actor(alpha)
+            )
+            event = await database_sync_to_async(newest)("push.test")
+            published.append(event.position)
+            await publish(event)
+            if n == 2:  # a page opened now, from the start: behind the others, then in step
+                pages.append(await open_page("/ws/ns/team/?page=timeline", session_cookie, start))
+        got = [await collect(page, doorbells) for page in pages]
+        heard = await other.receive_nothing(timeout=0.2)
+        # The sockets in step from the start never needed a catch-up of their own.
+        own = [s.pump for s in sockets]
+        for page in [*pages, other]:
+            await page.disconnect()
+        return got, heard, own, published
+
+    got, heard, own, published = async_to_sync(scenario)()
+    for messages in got:
+        assert rows(messages) == published
+    assert heard  # nothing at all
+    assert own == [None] * 8
 
 
 def test_consoles_opened_together_spread_their_first_health_tick(ns, session_cookie, settings, monkeypatch):
