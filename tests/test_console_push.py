@@ -13,8 +13,9 @@ import re
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from django.template.loader import render_to_string
 
-from memory_admin.live import consumer, feed
+from memory_admin.live import consumer, feed, render
 from memory_admin.services.events import publish_event
 from memory_admin.views.screens import last_event_id
 from tests.conftest import actor
@@ -105,6 +106,36 @@ def test_sockets_in_step_get_each_event_once_in_order_from_one_pass_of_the_feed(
         assert rows(messages) == published
     assert heard  # nothing at all
     assert own == [None] * 8
+
+
+def test_an_event_row_renders_once_for_sockets_at_different_cursors(ns, alpha, session_cookie, monkeypatch):
+    start = last_event_id(ns)
+    for n in range(3):
+        publish_event(ns=ns, type="push.test", payload={"n": n}, actor=actor(alpha))
+    first = newest("push.test").position - 2
+    rendered: list[int] = []
+
+    def counted(name, context=None, *args, **kwargs):  # Django's render_to_string, counted
+        if name.endswith("#event-row"):
+            rendered.append(context["event"].position)
+        return render_to_string(name, context, *args, **kwargs)
+
+    monkeypatch.setattr(render, "render_to_string", counted)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        # Two replays that overlap: all three events, and the last two.
+        everything = await open_page("/ws/ns/team/?page=timeline", session_cookie, start)
+        got_all = await collect(everything, 3)
+        later = await open_page("/ws/ns/team/?page=timeline", session_cookie, first)
+        got_later = await collect(later, 2)
+        for page in (everything, later):
+            await page.disconnect()
+        return got_all, got_later
+
+    got_all, got_later = async_to_sync(scenario)()
+    assert rows(got_all) == [first, first + 1, first + 2]
+    assert rows(got_later) == [first + 1, first + 2]
+    assert sorted(rendered) == [first, first + 1, first + 2]
 
 
 def test_consoles_opened_together_spread_their_first_health_tick(ns, session_cookie, settings, monkeypatch):
