@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -506,6 +507,7 @@ async def scenarios(ctx: dict) -> None:
             result = await s.live_latency(
                 ours, token=ctx["live_token"], cookie=cookie, ns=LIVE_NS, consoles=consoles, rate=rate,
                 seconds=args.seconds, after=after,
+                on_measure=functools.partial(profile, f"6-live-latency-{rate:g}-{consoles}"),  # sockets open
             )  # fmt: skip
             after_cpu = watch.cpu()
             for name in ("web", "relay", "postgres"):

@@ -10,6 +10,7 @@ import random
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -512,6 +513,7 @@ async def live_latency(
     seconds: float,
     after: int,
     grace: float = 3.0,
+    on_measure: Callable[[], None] | None = None,
 ) -> Result:
     """API write -> the event's row arriving over each console's websocket (timeline page)."""
     origin = f"http://{target.host}:{target.port}"
@@ -537,6 +539,8 @@ async def live_latency(
     await asyncio.sleep(0.5)  # the hellos' replays are done
     for seen in arrivals:
         seen.clear()
+    if on_measure is not None:
+        on_measure()
     writers: asyncio.Queue[Http] = asyncio.Queue()
     for _ in range(8):
         conn = Http(target.host, target.port, {"Authorization": f"Bearer {token}"})

@@ -6,9 +6,10 @@ The consumer replays the log after that id, then answers each `memory.changed` d
 the same way, deduplicating by id. Each message it sends ends with the page's new cursor.
 
 The socket sits in its namespace's Feed (feed.py), which hears the doorbells, reads the log
-and renders the fragments (render.py) for all the sockets of this process. A socket runs one
-catch-up at a time; doorbells that ring meanwhile only ask for one more when it ends, so none
-is lost and a burst of them costs one catch-up.
+and renders the fragments (render.py) for all the sockets of this process, and hands them to
+the sockets in step (at its cursor, with no catch-up of their own running: `deliver`). A
+socket runs one catch-up or delivery at a time (its Turn); doorbells that ring during a
+catch-up only ask for one more when it ends, so none is lost and a burst of them costs one.
 
 DESIGN.md warns that with channels-redis a Redis restart can leave a consumer deaf:
 its group membership is gone and group sends are silently dropped. So every
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from urllib.parse import parse_qs
 
@@ -53,6 +55,30 @@ EXPECTED = (OSError, redis.ConnectionError, redis.TimeoutError)
 
 def health_seconds() -> float:
     return float(getattr(settings, "CONSOLE_HEALTH_SECONDS", 10))
+
+
+class Turn:
+    """One catch-up or delivery of a socket at a time, in the order they asked (an asyncio.Lock),
+    and whether one runs or waits: when none does, taking the turn does not wait."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.claims = 0  # the holder and the waiters
+
+    async def __aenter__(self) -> None:
+        self.claims += 1
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self.claims -= 1
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        self.lock.release()
+        self.claims -= 1
+
+    def free(self) -> bool:
+        return self.claims == 0
 
 
 class Refused(WebsocketDenier):
@@ -85,7 +111,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.cursor: int | None = None  # None until the page says where it is
         self.need = 0  # the newest event a doorbell rang for
         self.rung = False  # a doorbell rang since the last catch-up began
-        self.busy = asyncio.Lock()  # one catch-up at a time: the cursor moves in order
+        self.busy = Turn()  # one catch-up at a time: the cursor moves in order
         self.tick_returned = True
         self.feed = feed_for(self.ns)
         await self.feed.join(self)
@@ -130,6 +156,27 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             self.cursor = max(0, after)
             await self.catch_up(since=asked)
 
+    def ready(self) -> bool:
+        """Open, and running no catch-up of its own: in step with the Feed's pushes."""
+        return not self.gone and self.busy.free()
+
+    async def deliver(self, html: str, after: int, last: int) -> bool:
+        """The Feed's fragments for the events after `after` through `last`, rendered once for
+        every socket in step: sent if this socket still shows `after` and runs no catch-up of its
+        own (so taking its turn does not wait). Whether it was this socket's to send."""
+        if self.cursor != after or not self.ready():
+            return False
+        async with self.busy:
+            try:
+                await self.send(text_data=html)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._failed(exc)
+                return True
+            self.cursor = last
+        return True
+
     def ring(self, event_id: int) -> None:
         """A doorbell from the Feed: catch up to `event_id`, now or right after the running catch-up."""
         if self.cursor is None or event_id <= self.cursor:
@@ -149,18 +196,20 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                         await self.catch_up(need=self.need)
         except asyncio.CancelledError:
             raise
-        except EXPECTED as exc:
-            # The browser left (an OSError from the server), or Redis is slow: a page still
-            # there reconnects and resyncs; only the second is worth an operator's attention.
+        except Exception as exc:
+            await self._failed(exc)
+
+    async def _failed(self, exc: Exception) -> None:
+        """A catch-up or a delivery failed: close, and the page reconnects and resyncs from its cursor."""
+        if isinstance(exc, EXPECTED):
+            # The browser left (an OSError from the server), or Redis is slow: only the second
+            # is worth an operator's attention.
             level = logging.DEBUG if self.gone or isinstance(exc, OSError) else logging.WARNING
             log.log(level, "console socket %s could not catch up (%r); closing", self.channel_name, exc)
-            with contextlib.suppress(*EXPECTED):
-                await self.close(code=TRY_AGAIN)
-        except Exception:
-            # As an exception in a handler would: the page reconnects and resyncs from its cursor.
-            log.exception("console socket %s failed to catch up; closing", self.channel_name)
-            with contextlib.suppress(*EXPECTED):
-                await self.close(code=TRY_AGAIN)
+        else:  # as an exception in a handler would
+            log.error("console socket %s failed to catch up; closing", self.channel_name, exc_info=exc)
+        with contextlib.suppress(*EXPECTED):
+            await self.close(code=TRY_AGAIN)
 
     async def console_tick(self, message: dict) -> None:
         self.tick_returned = True
@@ -194,8 +243,10 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                 return
 
     async def _check_health(self) -> None:
+        # Consoles opened together (a page of many, a reconnect wave, a benchmark) would tick
+        # together, each tick a catch-up read: the first comes at a random point of the period.
+        await asyncio.sleep(health_seconds() * random.uniform(0.5, 1.0))
         while True:
-            await asyncio.sleep(health_seconds())
             if not self.tick_returned:
                 log.warning("console socket %s stopped hearing the channel layer; closing", self.channel_name)
                 with contextlib.suppress(*EXPECTED):
@@ -209,3 +260,4 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
                 with contextlib.suppress(*EXPECTED):
                     await self.close(code=TRY_AGAIN)
                 return
+            await asyncio.sleep(health_seconds())

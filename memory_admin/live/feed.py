@@ -5,8 +5,9 @@ The Feed is the one member of the namespace's group in this process: a doorbell 
 channel layer once per process, not once per socket, and the Feed rings its sockets in memory.
 They mostly sit at the same cursor on the same kind of page, so they need the same events and
 the same fragments: sockets at one cursor share one read of the log, and sockets with one page,
-filters and `operate` permission share one render of a batch. A socket behind the others (a
-reconnect, a resume) reads its own gap the same way, keyed by its own cursor. (20 consoles at
+filters and `operate` permission share one render of a batch, which the Feed sends them in one
+loop. A socket behind the others (a reconnect, a resume) reads its own gap the same way, keyed
+by its own cursor, in a catch-up of its own. (20 consoles at
 100 events/s were 2,000 reads, renders and layer deliveries a second in one process; bench
 scenario 6.)
 """
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Protocol
 
 from channels.db import database_sync_to_async
@@ -33,6 +34,14 @@ log = logging.getLogger("memory_admin.console")
 
 class Socket(Protocol):
     """What the Feed needs of a console socket (consumer.ConsoleConsumer)."""
+
+    cursor: int | None  # the last event its page shows; None before its hello
+    view: View
+    can_operate: bool
+
+    def ready(self) -> bool: ...
+
+    async def deliver(self, html: str, after: int, last: int) -> bool: ...
 
     def ring(self, event_id: int) -> None: ...
 
@@ -72,11 +81,18 @@ class Feed:
         self.reading: dict[int, tuple[float, asyncio.Task]] = {}
         self.renders: OrderedDict[tuple, tuple[float, str]] = OrderedDict()
         self.rendering: dict[tuple, asyncio.Task] = {}
+        self.need = 0  # the newest position a doorbell rang for
+        self.pushing: asyncio.Task | None = None
 
     async def join(self, socket: Socket) -> None:
         """Add `socket`; returns once the Feed is in the group, so the socket's hello comes after."""
         self.sockets.add(socket)
-        if self.subscribed is None or self.subscribed.cancelled() or self.subscribed.exception():
+        failed = (
+            self.subscribed is not None
+            and self.subscribed.done()
+            and (self.subscribed.cancelled() or self.subscribed.exception() is not None)
+        )
+        if self.subscribed is None or failed:  # not while a subscription runs (sockets join at once)
             self.subscribed = asyncio.ensure_future(self._subscribe())
             self.subscribed.add_done_callback(retrieve)
         await asyncio.shield(self.subscribed)
@@ -127,8 +143,61 @@ class Feed:
                 log.info("console feed of %s receives from Redis again", self.ns)
                 failing = False
             if message.get("type") == "memory.changed":
-                for socket in list(self.sockets):
-                    socket.ring(message["event"]["id"])
+                self.ring(message["event"]["id"])
+
+    def ring(self, position: int) -> None:
+        """A doorbell: push up to `position`, now or right after the running push."""
+        self.need = max(self.need, position)
+        if self.pushing is None or self.pushing.done():
+            self.pushing = asyncio.ensure_future(self._push())
+            self.pushing.add_done_callback(retrieve)
+
+    async def _push(self) -> None:
+        done = 0
+        while self.need > done:  # doorbells that rang meanwhile: one more push covers them all
+            done = self.need
+            await self._push_once(done)
+
+    async def _push_once(self, need: int) -> None:
+        """Bring the sockets up to `need`. Most sit at one cursor with no catch-up of their own
+        running: they get one read, one render per page and permission, and the same text each
+        (not a catch-up with its cache lookups per socket and doorbell). Any
+        other socket behind (its hello or tick replay running, a reconnect with an old cursor)
+        catches up on its own."""
+        behind = [s for s in self.sockets if s.cursor is not None and s.cursor < need]
+        idle = Counter(s.cursor for s in behind if s.ready())
+        if not idle:
+            for socket in behind:
+                socket.ring(need)
+            return
+        after = idle.most_common(1)[0][0]
+        floor = max(need, after + 1)
+        fragments: dict[tuple[View, bool], tuple[Batch, str]] = {}
+        try:
+            for socket in behind:
+                key = (socket.view, socket.can_operate)
+                if socket.cursor == after and key not in fragments:
+                    fragments[key] = await self.next(after, socket.view, socket.can_operate, need=floor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # each socket tries on its own, and closes if it fails too
+            log.debug("console feed of %s could not read after %s: %r", self.ns, after, exc)
+            fragments.clear()
+        for socket in behind:
+            if socket not in self.sockets:
+                continue  # gone meanwhile
+            batch, html = fragments.get((socket.view, socket.can_operate), (None, ""))
+            if batch is None or batch.more or not html:
+                socket.ring(need)
+                continue
+            # Side by side, not awaited: a browser that reads slowly (its socket's buffer full)
+            # holds up only itself.
+            task = asyncio.ensure_future(self._deliver(socket, html, after, batch.last))
+            task.add_done_callback(retrieve)
+
+    async def _deliver(self, socket: Socket, html: str, after: int, last: int) -> None:
+        if not await socket.deliver(html, after, last) and socket in self.sockets:
+            socket.ring(last)  # not in step (any more): its own catch-up
 
     async def next(
         self,

@@ -14,6 +14,9 @@ only its new cursor (and the header's conflict count).
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,6 +41,13 @@ MAX_REPLAY = 1000
 BATCH = 200
 # Containers that are <tbody> elements; the rest hold <li> or cards.
 TABLE_BODIES = {"agent-rows", "fact-rows", "record-rows", "conflict-rows", "lock-rows", "agent-facts"}
+# An event's row is the same markup whenever it renders (the event never changes; its time
+# shows the date once it is another day), while sockets at different cursors render batches
+# that overlap: each row renders once per page and permission, and is kept for a while.
+ROW_SECONDS = 60.0
+KEEP_ROWS = 4096
+_rows: OrderedDict[tuple, tuple[float, str]] = OrderedDict()
+_rows_lock = threading.Lock()
 
 
 def pending(ns: Namespace, after: int) -> tuple[list[Event], bool]:
@@ -139,8 +149,19 @@ class Push:
             self.parts.append(fragment)
 
     def event_rows(self, shown: list[Event]) -> list[str]:
-        # Newest first, as the lists show them.
-        return [self.render("timeline.html#event-row", event=e) for e in reversed(shown)]
+        """The events' rows, newest first as the lists show them, each rendered once (_rows)."""
+        now, rows = time.monotonic(), []
+        for e in reversed(shown):
+            key = (self.ns.pk, self.view, self.can_operate, e.pk)
+            kept = _rows.get(key)
+            if kept is None or now - kept[0] > ROW_SECONDS:
+                kept = (now, self.render("timeline.html#event-row", event=e))
+                with _rows_lock:
+                    _rows[key] = kept
+                    while len(_rows) > KEEP_ROWS:
+                        _rows.popitem(last=False)
+            rows.append(kept[1])
+        return rows
 
     def agent_rows(self, template: str) -> list[str]:
         """`template` for each agent whose status or registration the events changed."""
