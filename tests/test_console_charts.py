@@ -161,9 +161,7 @@ def test_lock_waits_through_the_api_are_charted_and_drawn_beside_acquisitions(
     assert 'class="line line-waits"' in fragment and "peak 1<" in waits
 
 
-def test_a_wait_whose_time_is_up_before_its_first_look_still_queues_and_is_charted(
-    alpha, beta, make_token
-):
+def test_a_wait_whose_time_is_up_before_its_first_look_still_queues_and_is_charted(alpha, beta, make_token):
     """On a loaded machine a short wait can run out before the waiter first looks at the lock
     (the API subscribes to wake-ups first): that look still counts as a wait."""
     acquire_lock(ns=alpha.ns, resource="draft", actor=actor(alpha), ttl_seconds=60)
