@@ -612,8 +612,8 @@ def explain_plans() -> list[dict]:
     """EXPLAIN ANALYZE of the queries behind the scale pages and lists: do they use indexes?"""
     from django.db import connection
 
+    from memory_admin import sql as statements
     from memory_admin.models import Agent, Event, Fact, Namespace
-    from memory_admin.services import history
     from memory_admin.services.counts import COUNT_CAP, DISTINCT_SQL
 
     ns = Namespace.objects.get(name=NS)
@@ -651,7 +651,7 @@ def explain_plans() -> list[dict]:
             _explain(
                 cursor,
                 "records as of (as-of page)",
-                history._RECORDS_AT,
+                statements.RECORDS_AT,
                 {"ns": ns.pk, "at": at, "after": "", "limit": 50},
             )  # fmt: skip
         )
@@ -659,7 +659,7 @@ def explain_plans() -> list[dict]:
             _explain(
                 cursor,
                 "status as of (as-of page)",
-                history._STATUS_AT,
+                statements.STATUS_AT,
                 {"ns": ns.pk, "n": 500_000, "after": "", "limit": 50},
             )  # fmt: skip
         )
@@ -667,7 +667,7 @@ def explain_plans() -> list[dict]:
             _explain(
                 cursor,
                 "locks as of (as-of page)",
-                history._LOCKS_AT,
+                statements.LOCKS_AT,
                 {"ns": ns.pk, "n": 500_000, "after": "", "limit": 50},
             )  # fmt: skip
         )
