@@ -566,17 +566,23 @@ GET_RECORD = _statement(
     "the web process's CPU (memory_admin/rows.py)",
 )
 
+# The history row of each record a write statement wrote (`w`): a version, never a delete.
+_HISTORY = """
+    INSERT INTO {RecordVersion} ({RecordVersion.record}, {RecordVersion.version}, {RecordVersion.value},
+                                 {RecordVersion.deleted}, {RecordVersion.updated_by}, {RecordVersion.updated})
+    SELECT {Record.id}, {Record.version}, {Record.value}, false, {Record.updated_by}, {Record.updated} FROM w
+"""
+
 # The rest of a write, after `w` (the record row written, with `is_new`): its history row, the
 # `record.written` event and the writer's open conflicts on the key closed as superseded, with a
 # `conflict.resolved` event each; it returns the record, written = true and created. When it
 # wrote nothing it returns the record as it stands with written = false (or no row if absent).
 # The event's log order follows the key's last one (services/events.py: `ord`).
-_WRITE_REST = """
-, v AS (
-    INSERT INTO {RecordVersion} ({RecordVersion.record}, {RecordVersion.version}, {RecordVersion.value},
-                                 {RecordVersion.deleted}, {RecordVersion.updated_by}, {RecordVersion.updated})
-    SELECT {Record.id}, {Record.version}, {Record.value}, false, {Record.updated_by}, {Record.updated} FROM w
-), c AS (
+_WRITE_REST = (
+    """
+, v AS ("""
+    + _HISTORY
+    + """), c AS (
     UPDATE {Conflict} SET {Conflict.status} = 'resolved', {Conflict.resolution} = 'superseded',
         {Conflict.resolved_by} = %(actor)s, {Conflict.resolved} = %(stamp)s
     WHERE {Conflict.ns} = %(ns)s AND {Conflict.key} = %(key)s AND {Conflict.actor} = %(actor)s
@@ -600,6 +606,7 @@ UNION ALL
 SELECT {record}, false, false FROM {Record} r
 WHERE r.{Record.ns} = %(ns)s AND r.{Record.key} = %(key)s AND NOT EXISTS (SELECT 1 FROM w)
 """
+)
 EVENT_COLUMNS = (
     "{Event.ns}, {Event.ord}, {Event.txn}, {Event.type}, {Event.actor}, {Event.agent_id}, "
     "{Event.subject}, {Event.payload}, {Event.created}"
@@ -900,11 +907,9 @@ _WRITE_MANY_REST = (
     RETURNING rec.*, true AS is_new
 ), w AS (
     SELECT * FROM over_n UNION ALL SELECT * FROM any_version UNION ALL SELECT * FROM create_only
-), v AS (
-    INSERT INTO {RecordVersion} ({RecordVersion.record}, {RecordVersion.version}, {RecordVersion.value},
-                                 {RecordVersion.deleted}, {RecordVersion.updated_by}, {RecordVersion.updated})
-    SELECT {Record.id}, {Record.version}, {Record.value}, false, {Record.updated_by}, {Record.updated} FROM w
-), c AS (
+), v AS ("""
+    + _HISTORY
+    + """), c AS (
     UPDATE {Conflict} SET {Conflict.status} = 'resolved', {Conflict.resolution} = 'superseded',
         {Conflict.resolved_by} = %(actor)s, {Conflict.resolved} = %(stamp)s
     WHERE {Conflict.ns} = %(ns)s AND {Conflict.key} IN (SELECT {Record.key} FROM w)
