@@ -519,20 +519,20 @@ def list_parked(*, ns: Namespace, group: str | None = None, limit: int = 100) ->
     return list(parked[:limit])
 
 
-def get_parked(*, ns: Namespace, parked_id: int) -> ParkedEvent:
-    found = ParkedEvent.objects.filter(group__ns=ns, pk=parked_id).select_related("group").first()
-    if found is None:
+def _lock_parked(*, ns: Namespace, parked_id: int) -> ParkedEvent:
+    """The namespace's parked event, its row locked until the transaction ends: replayed or
+    discarded once, whoever asks at the same time."""
+    parked = ParkedEvent.objects.select_for_update().filter(group__ns=ns, pk=parked_id).first()
+    if parked is None:
         raise NotFound(f"no parked event #{parked_id}")
-    return found
+    return parked
 
 
 @r.unavailable_on_error
 def replay_parked(*, ns: Namespace, parked_id: int, actor: Actor) -> ParkedEvent:
     """Deliver a parked event to its group once more (to one consumer, as any event)."""
     with transaction.atomic():
-        parked = ParkedEvent.objects.select_for_update().filter(group__ns=ns, pk=parked_id).first()
-        if parked is None:
-            raise NotFound(f"no parked event #{parked_id}")
+        parked = _lock_parked(ns=ns, parked_id=parked_id)
         group = parked.group.name
         append_event(
             ns=ns,
@@ -551,9 +551,7 @@ def replay_parked(*, ns: Namespace, parked_id: int, actor: Actor) -> ParkedEvent
 @transaction.atomic
 def discard_parked(*, ns: Namespace, parked_id: int, actor: Actor) -> ParkedEvent:
     """Drop a parked event for good: the group never gets it again."""
-    parked = ParkedEvent.objects.select_for_update().filter(group__ns=ns, pk=parked_id).first()
-    if parked is None:
-        raise NotFound(f"no parked event #{parked_id}")
+    parked = _lock_parked(ns=ns, parked_id=parked_id)
     append_event(
         ns=ns,
         type="group.discarded",
