@@ -416,6 +416,15 @@ def gauge(url: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)[1])
 
 
+def alive(pid: int) -> bool:
+    """Running, and not a zombie that nobody has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is `pid`, from /proc."""
     found = []

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from config import embedded
+from tests.conftest import alive
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -64,15 +65,6 @@ def pids(var: Path) -> tuple[int, int]:
     postmaster = int((var / "pg" / "postmaster.pid").read_text().split()[0])
     valkey = int((var / "valkey" / "valkey.pid").read_text())
     return postmaster, valkey
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie that nobody has reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_gone(*pids: int, timeout: float = 15) -> None:

@@ -28,19 +28,10 @@ import pytest
 
 from config import embedded
 from config.processes import free_port
-from tests.conftest import children_of, web_workers
+from tests.conftest import alive, children_of, web_workers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 90
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie that nobody has reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def health(port: int) -> int | None:
