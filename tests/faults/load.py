@@ -23,6 +23,8 @@ RECORD_KEYS = [f"shared-{i}" for i in range(4)]
 RESOURCES = [f"res-{i}" for i in range(3)]
 LOCK_TTL = 2
 
+# Every area of the API the load calls: after an outage each must answer 2xx again.
+AREAS = frozenset({"records", "locks", "status", "events", "facts", "groups", "agents"})
 # The areas that need Redis: during a Redis outage these may answer 503, nothing else may.
 REDIS_AREAS = frozenset({"locks", "status", "agents", "groups"})
 

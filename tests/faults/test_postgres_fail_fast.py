@@ -14,11 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.load import Load
+from tests.faults.load import AREAS, Load
 
 AGENTS = 16
 DOWN_FOR = 4.0
-AREAS = {"records", "locks", "status", "events", "facts", "groups", "agents"}
 
 
 def p99(values: list[float]) -> float:

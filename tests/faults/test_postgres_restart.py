@@ -6,7 +6,7 @@ import time
 
 from tests.faults import checks
 from tests.faults.history import check
-from tests.faults.load import Load
+from tests.faults.load import AREAS, Load
 
 AGENTS = 16
 GRACE = 3.0
@@ -14,7 +14,6 @@ POOL_MAX = 20  # DB_POOL_MAX's default, which the cluster's web runs with
 # A relay holds its own LISTEN/advisory-lock connection, plus its Django pool for the sweeps,
 # which keeps DB_POOL_MIN (2) open even though the sweeps use one at a time.
 PER_RELAY = 1 + 2
-ALL_AREAS = {"records", "locks", "status", "events", "facts", "groups", "agents"}
 
 
 def connections(cluster) -> int:
@@ -46,7 +45,7 @@ def test_a_postgres_crash_costs_only_503s_leaves_nothing_half_written_and_heals(
     assert [str(c) for c in failed if c.status != 503 or not c.retry_after] == []
     assert {c.area for c in failed} >= {"records", "locks"}, "the outage was not seen"
     assert [str(c) for c in failed if c.ret < down or c.invoke >= back + GRACE] == [], (down, back)
-    assert load.areas_ok_after(back + GRACE) == ALL_AREAS
+    assert load.areas_ok_after(back + GRACE) == AREAS
     assert cluster.web.pid == web_pid and cluster.web.alive()
     assert relay is not None and relay.alive()
 
@@ -62,7 +61,7 @@ def test_a_postgres_crash_costs_only_503s_leaves_nothing_half_written_and_heals(
     again = Load(cluster.url, tokens)
     again.run_for(3)
     assert [str(c) for c in again.calls if c.failed] == []
-    assert again.areas_ok_after(0) == ALL_AREAS
+    assert again.areas_ok_after(0) == AREAS
     relays = sum(relay.alive() for relay in cluster.relays)
     # The decisive check is above: a second load runs clean, which a pool that lost track of
     # its connections could not do (it would run out). The count is a sampled view: a backend
