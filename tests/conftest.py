@@ -13,6 +13,7 @@ first such test; `redis_store` says which one a test runs on.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -408,6 +409,24 @@ def run_together(clients: list[httpx.Client], work) -> float:
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(go, range(len(clients))))
     return time.monotonic() - started
+
+
+def increment_record(client: httpx.Client, key: str) -> int:
+    """Add 1 to record `key` through the API: read, then write over the version read, again
+    after each version conflict with a growing random pause, as an agent should. Returns the
+    conflicts it met on the way."""
+    conflicts = 0
+    while True:
+        current = client.get(f"/records/{key}").json()
+        answer = client.put(
+            f"/records/{key}", json={"value": current["value"] + 1, "expected_version": current["version"]}
+        )
+        if answer.status_code == 200:
+            return conflicts
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"]["code"] == "version_conflict", answer.text
+        conflicts += 1
+        time.sleep(random.uniform(0, 0.005 * 2 ** min(conflicts, 6)))
 
 
 def gauge(url: str, name: str) -> float:

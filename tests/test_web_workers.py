@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,7 @@ from websockets.sync.client import connect
 
 from memory_admin.services.tokens import issue_token
 from memory_admin.views.screens import last_event_id
-from tests.conftest import api_clients, run_together, start_web, wait_for, web_workers
+from tests.conftest import api_clients, increment_record, run_together, start_web, wait_for, web_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,18 +82,7 @@ def test_two_workers_lose_no_update_to_one_record(two_workers, make_agent):
 
     def increment(_, client: httpx.Client) -> None:
         for _ in range(ROUNDS):
-            attempt = 0
-            while True:
-                current = client.get("/records/count").json()
-                answer = client.put(
-                    "/records/count",
-                    json={"value": current["value"] + 1, "expected_version": current["version"]},
-                )
-                if answer.status_code == 200:
-                    break
-                assert answer.json()["error"]["code"] == "version_conflict", answer.text
-                attempt += 1
-                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))  # back off, as agents should
+            increment_record(client, "count")
 
     run_together(clients, increment)
     final = clients[0].get("/records/count").json()
