@@ -7,7 +7,10 @@ measures how soon, one at a time on an otherwise idle server, repeated `reps` ti
   operator's `revoke_token`);
 - the client refuses at once, with its reason, when the server cannot be reached;
 - a waiter gets a lock whose holder's lease lapsed (from the lease's `expires_at`), or that its
-  holder released (from the start of the DELETE).
+  holder released (from the start of the DELETE);
+- an agent whose heartbeat lapsed reads stale, and the relay's `agent.stale` reaches the log
+  (from the heartbeat's `expires_at`; its shortest TTL is 5 s, so these repetitions overlap,
+  one agent each, started 0.2 s apart).
 
 Each start is taken before the action that causes the reaction, so the times are upper bounds.
 """
@@ -42,19 +45,25 @@ BOUNDS = {
     "offline client refuses with a reason": 3000,
     "lapsed lock reaches the waiter": 1000,
     "released lock reaches the waiter": 100,
+    # The status tests slept TTL + 0.1 s before reading stale, and gave the relay's agent.stale
+    # 10 s after a 5 s heartbeat.
+    "lapsed heartbeat reads stale": 100,
+    "lapsed heartbeat's agent.stale in the log": 5000,
 }
 
 
 @dataclass
 class Agents:
     """The scenario's agents, made before the servers are measured: a reader, a writer, a
-    holder and a waiter of locks, and one token per revocation."""
+    holder and a waiter of locks, one token per revocation, two agents with a heartbeat each
+    per repetition."""
 
     reader: str
     writer: str
     holder: str
     waiter: str
     revocable: list[tuple[Any, str]]  # (Token row, secret)
+    beating: list[str]
 
 
 def prepare(reps: int) -> Agents:
@@ -71,6 +80,7 @@ def prepare(reps: int) -> Agents:
         holder=secret("holder"),
         waiter=secret("waiter"),
         revocable=[issue_token(agent=revokee) for _ in range(2 * reps)],
+        beating=[secret(f"beater-{i}") for i in range(2 * reps)],
     )
 
 
@@ -109,10 +119,20 @@ async def reaction_times(host: str, port: int, redis_url: str, agents: Agents, r
             holder, waiter, watcher, f"react-release-{i}"
         ),
     }
+    beats = {
+        "lapsed heartbeat reads stale": lambda i: stale_read(
+            api(agents.beating[2 * i]), f"beater-{2 * i}", i
+        ),
+        "lapsed heartbeat's agent.stale in the log": lambda i: stale_event(
+            api(agents.beating[2 * i + 1]), f"beater-{2 * i + 1}", i
+        ),
+    }
     rows = []
     try:
         for name, measure in measures.items():
             rows.append(await repeat(name, measure, reps))
+        for name, measure in beats.items():
+            rows.append(await repeat(name, measure, reps, stagger=0.2))
     finally:
         for conn in (reader, writer, holder, waiter):
             await conn.close()
@@ -121,16 +141,29 @@ async def reaction_times(host: str, port: int, redis_url: str, agents: Agents, r
     return rows
 
 
-async def repeat(name: str, measure: Callable[[int], Awaitable[float]], reps: int) -> dict:
-    """`measure` `reps` times, one after the other; a repetition that fails counts as an error."""
+async def repeat(
+    name: str, measure: Callable[[int], Awaitable[float]], reps: int, stagger: float | None = None
+) -> dict:
+    """`measure` `reps` times, one after the other (or with `stagger`, each started that many
+    seconds after the one before, overlapping); a repetition that fails counts as an error."""
     latencies, errors = [], 0
-    started = time.perf_counter()
-    for i in range(reps):
+
+    async def once(i: int) -> None:
+        nonlocal errors
+        if stagger:
+            await asyncio.sleep(i * stagger)
         try:
             latencies.append(await asyncio.wait_for(measure(i), timeout=60))
         except Exception as exc:  # noqa: BLE001 - counted and shown; the other repetitions go on
             errors += 1
             print(f"     {name} #{i}: {exc!r}", flush=True)
+
+    started = time.perf_counter()
+    if stagger:
+        await asyncio.gather(*(once(i) for i in range(reps)))
+    else:
+        for i in range(reps):
+            await once(i)
     result = Result(f"10 {name}", "ours", 1, time.perf_counter() - started, len(latencies), errors, latencies)
     row = result.row()
     bound = BOUNDS[name]
@@ -310,3 +343,40 @@ async def released_lock(holder: Http, waiter: Http, watcher: redis.asyncio.Redis
     assert released.status == 204 and got.status == 200, (released.body[:300], got.body[:300])
     await waiter.request("DELETE", f"{path}?fencing_token={got.json()['fencing_token']}")
     return latency
+
+
+async def lapsing_heartbeat(conn: Http, i: int) -> float:
+    """A heartbeat with the shortest TTL; its `expires_at` on this machine's clock, slept up to
+    50 ms before it (so the polls that follow are few)."""
+    beat = await conn.request(
+        "PUT", "/api/v1/status", {"status": "working", "detail": f"#{i}", "ttl_seconds": 5}
+    )
+    assert beat.status == 200, beat.body[:300]
+    expires = datetime.fromisoformat(beat.json()["expires_at"]).timestamp()
+    await asyncio.sleep(max(0.0, expires - time.time() - 0.05))
+    return expires
+
+
+async def stale_read(conn: Http, agent_id: str, i: int) -> float:
+    """From the heartbeat's `expires_at` to the first read of the agent that says stale (polled
+    every 10 ms)."""
+    try:
+        expires = await lapsing_heartbeat(conn, i)
+        while (await conn.request("GET", f"/api/v1/agents/{agent_id}")).json()["state"] != "stale":
+            await asyncio.sleep(0.01)
+        return time.time() - expires
+    finally:
+        await conn.close()
+
+
+async def stale_event(conn: Http, agent_id: str, i: int) -> float:
+    """From the heartbeat's `expires_at` to the first page of the log that holds the agent's
+    `agent.stale` (the relay's sweep; polled every 20 ms)."""
+    path = f"/api/v1/events?type=agent.stale&agent_id={agent_id}"
+    try:
+        expires = await lapsing_heartbeat(conn, i)
+        while not (await conn.request("GET", path)).json()["items"]:
+            await asyncio.sleep(0.02)
+        return time.time() - expires
+    finally:
+        await conn.close()

@@ -528,7 +528,7 @@ async def scenarios(ctx: dict) -> None:
         report["reactions"] = await reaction_times(HOST, ctx["web"], ctx["redis"], ctx["reacting"], REPS)
         for row in report["reactions"]:
             log(
-                f"  {row['reaction']:<40} p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+                f"  {row['reaction']:<44} p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
                 f"  max {row['max_ms']} ms  bound {row['bound_ms']} ms:"
                 f" {'met' if row['met'] else 'missed'}  err {row['errors']}"
             )
