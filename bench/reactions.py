@@ -5,7 +5,8 @@ measures how soon, one at a time on an otherwise idle server, repeated `reps` ti
 - a blocked group read is woken by a new event (from the start of the event's POST);
 - a revoked token's blocked group read, and its open SSE stream, end (from the start of the
   operator's `revoke_token`);
-- the client refuses at once, with its reason, when the server cannot be reached;
+- the client refuses a write and a lock, with its reason, when the server cannot be reached
+  (its default retries and backoff included, as an agent gets them);
 - a waiter gets a lock whose holder's lease lapsed (from the lease's `expires_at`), or that its
   holder released (from the start of the DELETE);
 - an agent whose heartbeat lapsed reads stale, and the relay's `agent.stale` reaches the log
