@@ -173,7 +173,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds = 1.0
-    only = {int(x) for x in args.only.split(",") if x.strip()} or set(range(1, 10))
+    only = {int(x) for x in args.only.split(",") if x.strip()} or set(range(1, 11))
 
     var = Path(tempfile.mkdtemp(prefix="mab-", dir="/tmp"))  # short: Postgres' socket path limit
     password = secrets.token_urlsafe(16)
@@ -232,7 +232,7 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
     from django.core.management import call_command
     from django.db import connections
 
-    from bench import seed
+    from bench import reactions, seed
     from memory_admin.services.tokens import ensure_agent, issue_token
 
     call_command("migrate", interactive=False, verbosity=0)
@@ -248,6 +248,7 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         for i in range(64)
     ]
     User.objects.create_user("bench", password=password)
+    reacting = reactions.prepare(reactions.REPS) if 10 in only else None
     for conn in connections.all(initialized_only=True):
         conn.close()
 
@@ -323,6 +324,7 @@ def run(args, only: set[int], var: Path, password: str, procs: Procs, watch: Wat
         "redis": settings.REDIS_URL,
         "watch": watch,
         "report": report,
+        "reacting": reacting,
     }
     asyncio.run(scenarios(ctx))
     report["peak_rss_mb"] = {
@@ -518,6 +520,18 @@ async def scenarios(ctx: dict) -> None:
     if 9 in only:
         log("9. 50 versioned writes a request: /batch and /txn, beside etcd's CAS and Txn (16 clients)")
         await s.many_keys(measure, ours, tokens, s.Target(HOST, ctx["etcd"]) if ctx["etcd"] else None)
+    if 10 in only:
+        from bench.reactions import REPS, reaction_times
+
+        await quiesce(watch)
+        log(f"10. reaction times: each reaction {REPS} times, one at a time")
+        report["reactions"] = await reaction_times(HOST, ctx["web"], ctx["redis"], ctx["reacting"], REPS)
+        for row in report["reactions"]:
+            log(
+                f"  {row['reaction']:<44} p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+                f"  max {row['max_ms']} ms  bound {row['bound_ms']} ms:"
+                f" {'met' if row['met'] else 'missed'}  err {row['errors']}"
+            )
     if 7 in only:
         log("7. scale: console pages and API lists (1M facts, 1M events, 10k agents, 10k locks)")
         await quiesce(watch)
@@ -789,6 +803,17 @@ def format_table(report: dict) -> str:
                 f"{r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |"
                 for r in report[key]
             ]
+    if report.get("reactions"):
+        lines += [
+            "",
+            "| reaction (scenario 10) | n | errors | p50 ms | p99 ms | max ms | bound (every one) | |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        lines += [
+            f"| {r['reaction']} | {r['n']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+            f"< {r['bound_ms']} ms | {'**met**' if r['met'] else '**missed**'} |"
+            for r in report["reactions"]
+        ]
     if report.get("plans"):
         lines += ["", "| query | index used | seq scan | ms |", "| --- | --- | --- | ---: |"]
         lines += [
