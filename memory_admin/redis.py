@@ -8,6 +8,8 @@ config/env.py): the clients made here are then redis-py's cluster clients.
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -35,12 +37,29 @@ _OPTIONS = {
 }
 
 
+class _Pool(redis.ConnectionPool):
+    """redis-py wraps `get_connection` in a check for deprecated arguments that inspects the call
+    on every command (a tenth of a command's CPU, measured: bench/README.md); nothing passes any."""
+
+    get_connection = inspect.unwrap(redis.ConnectionPool.get_connection)
+
+
+class _AsyncPool(redis.asyncio.ConnectionPool):
+    get_connection = inspect.unwrap(redis.asyncio.ConnectionPool.get_connection)
+
+
+_POOLS = {redis.Redis: _Pool, redis.asyncio.Redis: _AsyncPool}
+
+
 def _connect(single: type, cluster: type, node: type):
     """A client of REDIS_URL: `single` for one server, `cluster` for a cluster (seeded with every
     node the URL names, so any one of them that answers introduces the rest)."""
     nodes = redis_cluster_nodes(settings.REDIS_URL)
     if nodes is None:
-        return single.from_url(settings.REDIS_URL, retry_on_timeout=False, **_OPTIONS)
+        pool = _POOLS[single].from_url(settings.REDIS_URL, retry_on_timeout=False, **_OPTIONS)
+        client = single(connection_pool=pool)
+        client.auto_close_connection_pool = True  # as from_url's client: closing it closes the pool
+        return client
     others = [urlsplit(url) for url in nodes[1:]]
     return cluster.from_url(nodes[0], startup_nodes=[node(u.hostname, u.port) for u in others], **_OPTIONS)
 
@@ -531,6 +550,24 @@ def held_locks(ns: str, now_ms: int) -> list[list[str]]:
     return json.loads(script(HELD_LOCKS)(keys=[locks_index(ns)], args=[lock_key(ns, ""), now_ms]))
 
 
+class Script:
+    """A Lua script run by its SHA1 (EVALSHA) on this process's client, loaded on its first NOSCRIPT
+    (a restarted or flushed Redis): what redis-py's Script does, less its per-call work for
+    pipelines (an import and a type check each call, measured: bench/README.md)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: list | tuple = (), args: list | tuple = ()):
+        command = client().execute_command
+        try:
+            return command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client().script_load(self.source)  # on a cluster, to every primary
+            return command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
 @functools.cache
-def script(source: str) -> redis.commands.core.Script:
-    return client().register_script(source)
+def script(source: str) -> Script:
+    return Script(source)
