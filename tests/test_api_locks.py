@@ -246,3 +246,35 @@ def test_a_waiter_with_an_idempotency_key_keeps_the_lock_it_was_handed(web_serve
     )
     assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == answer.json()
     assert holder.get("/locks/kept").json()["fencing_token"] == answer.json()["fencing_token"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiters_handed_the_lock_in_turn_never_overlap_and_the_log_alternates(web_server, make_agent):
+    names = [f"a{n}" for n in range(5)]
+    clients = api_clients(web_server, [make_agent(name) for name in names])
+    holding: list[str] = []
+    overlaps: list[tuple] = []
+    tokens: list[int] = []
+
+    def take_turns(client, name):
+        for _ in range(4):
+            answer = client.post("/locks/turns", json={"ttl_seconds": 30, "wait_seconds": 25})
+            assert answer.status_code == 200, answer.text
+            if holding:
+                overlaps.append((name, list(holding)))
+            holding.append(name)
+            tokens.append(answer.json()["fencing_token"])
+            time.sleep(0.005)
+            holding.remove(name)
+            client.delete(f"/locks/turns?fencing_token={answer.json()['fencing_token']}")
+
+    threads = [threading.Thread(target=take_turns, args=pair) for pair in zip(clients, names, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not overlaps and tokens == list(range(1, 21))
+    log = list(Event.objects.filter(subject="turns").order_by("seq").values_list("type", "actor", "payload"))
+    assert [t for t, _, _ in log] == ["lock.acquired", "lock.released"] * 20
+    for (_, taker, taken), (_, releaser, released) in zip(log[::2], log[1::2], strict=True):
+        assert (taker, taken["fencing_token"]) == (releaser, released["fencing_token"])
