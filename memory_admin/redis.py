@@ -281,13 +281,18 @@ end
 # KEYS: lock, index, queue, leases, tickets. ARGV: owner, now_ms, ttl_ms, waiter id ('' for none),
 # lease_ms, join the queue (1/0).
 # Returns {1} when reserved; {0, owner, token, expires_ms} when held; {2} when free but an earlier
-# waiter's turn (the caller, if it waits, is queued in both cases).
+# waiter's turn (the caller, if it waits, is queued in both cases); {3, token, acquired_ms,
+# expires_ms} when a release handed the lock to this waiter already (RELEASE's 'hand').
 ACQUIRE = (
     _PRUNE
     + """
 local now = tonumber(ARGV[2])
 local waiter = ARGV[4]
 prune(now)
+if waiter ~= '' then
+  local handed = redis.call('HMGET', KEYS[1], 'waiter', 'token', 'acquired', 'expires')
+  if handed[1] == waiter then return {3, handed[2], handed[3], handed[4]} end
+end
 local function queue()
   if waiter == '' or ARGV[6] ~= '1' then return end
   if not redis.call('ZSCORE', KEYS[3], waiter) then
@@ -343,22 +348,44 @@ return 1
 )
 
 # KEYS: lock, index, queue, leases. ARGV: owner, token, resource, channel, message prefix, now_ms,
-# phase, the relay's doorbell channel ('' for none).
+# phase, the relay's doorbell channel ('' for none); for 'hand' also the waiter, its owner, its
+# token, its lease's expiry (ms).
 # Ends a lock the caller holds with that token: `releasing` (Postgres records the release while
-# nobody can take the lock) with `phase` 'begin'; deleted, the next waiter woken and the relay's
-# doorbell rung (Postgres has the release's event, also when the lease ran out meanwhile), with
-# 'end'; back to `held` with 'undo'.
+# nobody can take the lock) with `phase` 'begin', which returns {1, the first waiter in line} ({1}
+# with none); deleted, the next waiter woken and the relay's doorbell rung (Postgres has the
+# release's event, also when the lease ran out meanwhile), with 'end'; back to `held` with 'undo'.
+# 'hand' gives it to that waiter instead of deleting it (Postgres has recorded the handover and
+# issued the token): held by the waiter's owner, marked with the waiter's id (ACQUIRE answers that
+# waiter's next look with it), and the wake-up carries the token and times after a newline, so
+# the waiter is answered without a look of its own. Nobody but that waiter can have taken the lock
+# meanwhile (an acquire is refused while an earlier waiter is in line), also when the lease ran
+# out; 'hand' returns 2 if the waiter left the line meanwhile (the caller then releases it).
 # Returns 1 when the caller held it (in the state the phase needs).
 RELEASE = (
     _PRUNE
     + """
 local phase = ARGV[7]
-if phase == 'end' and ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], '1') end
+if (phase == 'end' or phase == 'hand') and ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], '1') end
 local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'state')
+if phase == 'hand' and (not h[1] or (h[1] == ARGV[1] and h[2] == ARGV[2])) then
+  local waiter, now, expires = ARGV[9], tonumber(ARGV[6]), tonumber(ARGV[12])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[10], 'token', ARGV[11], 'acquired', ARGV[6], 'expires', ARGV[12],
+             'state', 'held', 'waiter', waiter)
+  redis.call('PEXPIRE', KEYS[1], expires - now)
+  redis.call('ZADD', KEYS[2], expires, ARGV[3])
+  local queued = redis.call('ZREM', KEYS[3], waiter)
+  redis.call('HDEL', KEYS[4], waiter)
+  redis.call('PUBLISH', ARGV[4], ARGV[5] .. waiter .. '\\n' .. ARGV[11] .. ' ' .. ARGV[6] .. ' ' .. ARGV[12])
+  if queued == 0 then return 2 end
+  return 1
+end
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
 if phase == 'begin' then
   if h[3] == 'releasing' then return 0 end
   redis.call('HSET', KEYS[1], 'state', 'releasing')
+  prune(tonumber(ARGV[6]))
+  return {1, redis.call('ZRANGE', KEYS[3], 0, 0)[1]}
 elseif phase == 'undo' then
   redis.call('HSET', KEYS[1], 'state', 'held')
 else
@@ -396,11 +423,15 @@ return {h[1], h[2]}
 """
 )
 
-# KEYS: queue, leases. ARGV: waiter id. A waiter that stops waiting leaves the queue.
+# KEYS: lock, index, queue, leases. ARGV: waiter id. A waiter that stops waiting leaves the queue.
+# Returns {owner, token} when a release had handed it the lock meanwhile (the caller releases it),
+# else {}.
 LEAVE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+local h = redis.call('HMGET', KEYS[1], 'waiter', 'owner', 'token')
+if h[1] == ARGV[1] then return {h[2], h[3]} end
+return {}
 """
 
 # KEYS: lock, index, queue, leases. ARGV: resource, channel, message prefix, now_ms.

@@ -768,6 +768,45 @@ FROM f
 )
 
 
+# A release that hands the lock straight to its first waiter: the holder's fence moves to the
+# waiter with the next token, and `lock.released` then `lock.acquired` are appended, in one
+# statement (services/locks.release_lock).
+HAND_LOCK = _statement(
+    "HAND_LOCK",
+    """
+WITH f AS (
+    UPDATE {LockFence}
+    SET {LockFence.token} = {LockFence.token} + 1, {LockFence.holder} = %(next)s, {LockFence.held} = true,
+        {LockFence.acquired} = %(stamp)s, {LockFence.expires} = %(expires)s,
+        {LockFence.ord} = GREATEST({LockFence.ord}, {xid})
+    WHERE {LockFence.ns} = %(ns)s AND {LockFence.resource} = %(resource)s AND {LockFence.token} = %(token)s
+      AND {LockFence.holder} = %(owner)s AND {LockFence.held}
+    RETURNING {LockFence.token}, {LockFence.ord}
+), e AS (
+    INSERT INTO {Event} ({event_columns})
+    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.released', %(owner)s, %(owner)s, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint),
+           %(stamp)s
+    FROM f
+    UNION ALL
+    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.acquired', %(next)s, %(agent_id)s, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
+                              'expires_at', %(expires_at)s::text,
+                              'fencing_token', f.{LockFence.token}),
+           %(stamp)s
+    FROM f
+)
+SELECT {LockFence.token} FROM f
+""",
+    xid=XID,
+    event_columns=EVENT_COLUMNS,
+    orm="END_LOCK's ORM form with type='lock.released', then ACQUIRE_LOCK's for the next holder, "
+    "in one transaction.atomic()",
+    why="a waiting acquire's Postgres step rides on the release it waited for: one commit per "
+    "handover where an end and an acquire are two, on the path that bounds a contended lock",
+)
+
+
 # --- /txn (services/txn.py) -------------------------------------------------------------
 
 # The records that exist, row-locked: single writes (which take no advisory lock) wait for the

@@ -180,3 +180,101 @@ def test_a_waiter_that_gives_up_leaves_the_queue_and_gets_lock_held(web_server, 
     refused = waiter.post("/locks/busy", json={"wait_seconds": 0.3})
     assert (refused.status_code, refused.json()["error"]["code"]) == (409, "lock_held")
     assert holder.get("/locks/busy").json()["waiting"] == []
+
+
+# --- a release hands the lock to the first waiter -----------------------------------------
+
+
+def _wait_in_thread(client, path: str, **headers) -> tuple[threading.Thread, list]:
+    answers: list = []
+
+    def wait() -> None:
+        answers.append(client.post(path, json={"ttl_seconds": 45, "wait_seconds": 20}, headers=headers))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, answers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_release_hands_the_lock_to_the_waiter_in_the_same_statement(web_server, make_agent):
+    holder, waiter = api_clients(web_server, [make_agent("holder"), make_agent("waiter")])
+    held = holder.post("/locks/handed", json={"ttl_seconds": 60}).json()
+    thread, answers = _wait_in_thread(waiter, "/locks/handed")
+    wait_for(lambda: holder.get("/locks/handed").json()["waiting"] == ["waiter"], message="queued")
+
+    assert holder.delete(f"/locks/handed?fencing_token={held['fencing_token']}").status_code == 204
+    # Held by the waiter as soon as the release answers: no look of the waiter's in between.
+    now_held = holder.get("/locks/handed").json()
+    thread.join(30)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    lock = answer.json()
+    assert (lock["owner"], lock["fencing_token"]) == ("waiter", held["fencing_token"] + 1)
+    assert {k: now_held[k] for k in lock} == lock and now_held["waiting"] == []
+    released, acquired = Event.objects.filter(subject="handed").order_by("seq")[1:]
+    assert (released.type, released.actor, released.payload["fencing_token"]) == (
+        "lock.released",
+        "holder",
+        held["fencing_token"],
+    )
+    assert (acquired.type, acquired.actor, acquired.payload["fencing_token"]) == (
+        "lock.acquired",
+        "waiter",
+        lock["fencing_token"],
+    )
+    # (The log keeps the expiry to the microsecond, the lock in Redis to the millisecond.)
+    assert (
+        acquired.payload["ttl_seconds"] == 45
+        and acquired.payload["expires_at"][:23] == lock["expires_at"][:23]
+    )
+    assert released.created == acquired.created and released.ord == acquired.ord  # one statement
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_with_an_idempotency_key_keeps_the_lock_it_was_handed(web_server, make_agent):
+    holder, waiter = api_clients(web_server, [make_agent("holder"), make_agent("waiter")])
+    held = holder.post("/locks/kept", json={"ttl_seconds": 60}).json()
+    thread, answers = _wait_in_thread(waiter, "/locks/kept", **{"Idempotency-Key": "take-kept"})
+    wait_for(lambda: holder.get("/locks/kept").json()["waiting"] == ["waiter"], message="queued")
+    holder.delete(f"/locks/kept?fencing_token={held['fencing_token']}")
+    thread.join(30)
+    (answer,) = answers
+    assert answer.status_code == 200, answer.text
+    again = waiter.post(
+        "/locks/kept", json={"ttl_seconds": 45, "wait_seconds": 20}, headers={"Idempotency-Key": "take-kept"}
+    )
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == answer.json()
+    assert holder.get("/locks/kept").json()["fencing_token"] == answer.json()["fencing_token"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiters_handed_the_lock_in_turn_never_overlap_and_the_log_alternates(web_server, make_agent):
+    names = [f"a{n}" for n in range(5)]
+    clients = api_clients(web_server, [make_agent(name) for name in names])
+    holding: list[str] = []
+    overlaps: list[tuple] = []
+    tokens: list[int] = []
+
+    def take_turns(client, name):
+        for _ in range(4):
+            answer = client.post("/locks/turns", json={"ttl_seconds": 30, "wait_seconds": 25})
+            assert answer.status_code == 200, answer.text
+            if holding:
+                overlaps.append((name, list(holding)))
+            holding.append(name)
+            tokens.append(answer.json()["fencing_token"])
+            time.sleep(0.005)
+            holding.remove(name)
+            client.delete(f"/locks/turns?fencing_token={answer.json()['fencing_token']}")
+
+    threads = [threading.Thread(target=take_turns, args=pair) for pair in zip(clients, names, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not overlaps and tokens == list(range(1, 21))
+    log = list(Event.objects.filter(subject="turns").order_by("seq").values_list("type", "actor", "payload"))
+    assert [t for t, _, _ in log] == ["lock.acquired", "lock.released"] * 20
+    for (_, taker, taken), (_, releaser, released) in zip(log[::2], log[1::2], strict=True):
+        assert (taker, taken["fencing_token"]) == (releaser, released["fencing_token"])

@@ -12,17 +12,20 @@ from django.db import connection
 
 from memory_admin import redis as r
 from memory_admin.errors import LockHeld, NotLockHolder, StaleFence
-from memory_admin.models import Event, LockFence, Record
+from memory_admin.models import Event, HeldLock, LockFence, Record
 from memory_admin.services import Actor
 from memory_admin.services.events import doorbell_channel
 from memory_admin.services.locks import (
     acquire_lock,
     force_release,
     get_lock,
+    leave_queue,
     list_locks,
+    new_waiter,
     release_lock,
     renew_lock,
     sweep_expired_locks,
+    try_acquire,
 )
 from memory_admin.services.records import Fence, get_record, write_record
 from tests.conftest import actor, lapse_fence, lapse_lock
@@ -226,3 +229,37 @@ def test_an_acquire_and_a_release_take_two_redis_calls_each_and_ring_the_relay(n
     listener.close()
     assert (acquired, released) == (["EVALSHA"] * 2, ["EVALSHA"] * 2)
     assert len(rings) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_handed_to_a_waiter_that_stopped_waiting_is_released_for_the_next(ns, alpha, beta, make_agent):
+    """The release hands the lock to the first waiter; that waiter, leaving the line just as it
+    came, gives it up, and the next waiter in line is handed it."""
+    gamma = make_agent("gamma")
+    held = acquire_lock(ns=ns, resource="r", actor=actor(alpha))
+    first, second = new_waiter(actor(beta), 30), new_waiter(actor(gamma), 30)
+    for waiter, who in ((first, beta), (second, gamma)):
+        busy = try_acquire(ns=ns, resource="r", actor=actor(who), ttl_seconds=30, waiter=waiter, queue=True)
+        assert not isinstance(busy, HeldLock)
+    release_lock(ns=ns, resource="r", token=held.token, actor=actor(alpha))
+    assert (get_lock(ns=ns, resource="r").owner, get_lock(ns=ns, resource="r").token) == (
+        "beta",
+        held.token + 1,
+    )
+
+    leave_queue(ns=ns, resource="r", waiter=first)
+    assert (get_lock(ns=ns, resource="r").owner, get_lock(ns=ns, resource="r").token) == (
+        "gamma",
+        held.token + 2,
+    )
+    mine = try_acquire(ns=ns, resource="r", actor=actor(gamma), ttl_seconds=30, waiter=second, queue=True)
+    assert isinstance(mine, HeldLock) and mine.token == held.token + 2
+    log = list(Event.objects.filter(subject="r").order_by("seq").values_list("type", "actor"))
+    assert log == [
+        ("lock.acquired", "alpha"),
+        ("lock.released", "alpha"),
+        ("lock.acquired", "beta"),
+        ("lock.released", "beta"),
+        ("lock.acquired", "gamma"),
+    ]
+    assert LockFence.objects.get(resource="r").holder == "gamma"

@@ -869,6 +869,44 @@ def test_acquire_and_end_lock_write_the_fence_and_events_their_orm_forms_write(n
     assert log("raw") == log("orm")
 
 
+@covers("HAND_LOCK")
+def test_hand_lock_writes_what_an_end_and_the_next_acquire_write(ns):
+    stamp = now()
+    expires = stamp + timedelta(seconds=30)
+    for resource in ("raw", "two"):
+        _raw_acquire(ns, resource, "alpha", stamp, expires)
+    params = {
+        "ns": ns.pk,
+        "resource": "raw",
+        "owner": "alpha",
+        "token": 1,
+        "next": "beta",
+        "agent_id": "beta",
+        "stamp": stamp,
+        "expires": expires,
+        "expires_at": iso(expires),
+        "ttl": 30,
+        "txn": "",
+    }
+    assert rows(sql.HAND_LOCK, params) == [(2,)]
+    assert rows(sql.HAND_LOCK, params) == []  # alpha no longer holds it: nothing
+    _raw_end(ns, "two", "alpha", 1, "lock.released")
+    _raw_acquire(ns, "two", "beta", stamp, expires)
+    fields = ("token", "holder", "held", "acquired", "expires")
+    assert LockFence.objects.filter(resource="raw").values_list(*fields).get() == (
+        LockFence.objects.filter(resource="two").values_list(*fields).get()
+    )
+
+    def log(resource):
+        events = Event.objects.filter(subject=resource).order_by("seq")
+        return [
+            (e.type, e.actor, e.agent_id, {k: v for k, v in e.payload.items() if k != "resource"})
+            for e in events
+        ]
+
+    assert log("raw") == log("two")
+
+
 VERSION = BigIntegerField()
 
 

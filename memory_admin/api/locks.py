@@ -30,7 +30,7 @@ from memory_admin.api.common import (
     list_response,
     ns_of,
 )
-from memory_admin.api.once import REPLAYED, once
+from memory_admin.api.once import HEADER, REPLAYED, once
 from memory_admin.errors import DomainError, Invalid
 from memory_admin.services import locks
 from memory_admin.services.wakeups import Subscription, subscribed
@@ -127,7 +127,10 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
     ns, actor = ns_of(request), actor_of(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
-    waiter = locks.new_waiter(actor) if body.wait_seconds > 0 else ""
+    waiter = locks.new_waiter(actor, body.ttl_seconds) if body.wait_seconds > 0 else ""
+    # A lock handed over by its release is answered from the wake-up, here in the loop; with an
+    # Idempotency-Key the next attempt answers it, so that the answer is kept with the lock.
+    answer_grants = HEADER not in request.headers
     wakeups = await wakeup_listener() if waiter else None
     busy: list[locks.Busy] = []
     served = False
@@ -155,7 +158,10 @@ async def acquire_lock(request: HttpRequest, resource: Key, body: AcquireIn | No
             holder_expires = busy[-1].expires_ms if busy else None
             if holder_expires:  # a lease that lapses frees the lock without a wake-up
                 pause = min(pause, max(0.0, holder_expires / 1000 - time.time()) + 0.005)
-            await wakeups.wait(woken, pause)
+            grant = await wakeups.wait(woken, pause)
+            if grant is not None and answer_grants:
+                served = True
+                return json_response(locks.granted_item(resource, actor.name, grant))
     finally:
         if waiter and not served:
             with contextlib.suppress(Exception):
@@ -215,8 +221,8 @@ async def wakeup_listener() -> Subscription:
     return await subscribed(locks.wake_channel(), _woken)
 
 
-def _woken(message: str) -> list[tuple[str, None]]:
-    return [(message.rsplit("\n", 1)[-1], None)]
+def _woken(message: str) -> list[tuple[str, locks.Grant | None]]:
+    return [locks.wakeup(message)]
 
 
 @and_exact(

@@ -8,6 +8,8 @@ Postgres part failed is given back. A release marks the lock `releasing` in Redi
 holder with its token may), records it in Postgres, then frees it and wakes the next waiter: no
 acquire can slip between, so the log shows each lock's acts in order. Work per acquire or
 release: one Postgres statement and two Redis scripts (the second also rings the relay's doorbell).
+A release with a waiter in line hands the lock over in the same work: its statement records the
+waiter's acquire too, and the second script makes the waiter the holder and tells it its token.
 """
 
 from __future__ import annotations
@@ -54,9 +56,36 @@ class Busy:
         return LockHeld(f"{resource!r} is held by {who}", held_by=self.owner, expires_at=expires)
 
 
-def new_waiter(actor: Actor) -> str:
-    """A waiter id: unique, naming its agent (the lock page shows who waits)."""
-    return f"{uuid.uuid4().hex[:12]} {actor.name}"
+def new_waiter(actor: Actor, ttl_seconds: int = 0) -> str:
+    """A waiter id: unique, naming its agent (the lock page shows who waits). An agent's carries
+    the lease it asks for, so that a release can hand the lock to it (release_lock)."""
+    lease = f".{ttl_seconds}" if actor.agent is not None and 1 <= ttl_seconds <= 3600 else ""
+    return f"{uuid.uuid4().hex[:12]}{lease} {actor.name}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A lock handed by a release to the first waiter in line, as its wake-up announced it."""
+
+    token: int
+    acquired_ms: int
+    expires_ms: int
+
+
+def wakeup(message: str) -> tuple[str, Grant | None]:
+    """The waiter a wake-up names, and the lock it was handed (None: it should look again)."""
+    parts = message.split("\n")
+    if len(parts) < 4:
+        return parts[-1], None
+    token, acquired, expires = parts[3].split()
+    return parts[2], Grant(int(token), int(acquired), int(expires))
+
+
+def granted_item(resource: str, owner: str, grant: Grant) -> dict[str, Any]:
+    """lock_item of a lock handed to a waiter."""
+    return lock_item(
+        resource, owner, grant.token, r.iso_from_ms(grant.acquired_ms), r.iso_from_ms(grant.expires_ms)
+    )
 
 
 def wake_channel() -> str:
@@ -80,8 +109,8 @@ def acquire_lock(
 
     check_key(resource, "resource")
     deadline = time.monotonic() + wait_seconds
-    waiter = new_waiter(actor) if wait_seconds > 0 else ""
-    first = True
+    waiter = new_waiter(actor, ttl_seconds) if wait_seconds > 0 else ""
+    first, served = True, False
     try:
         while True:
             left = deadline - time.monotonic()
@@ -90,13 +119,14 @@ def acquire_lock(
                 ns=ns, resource=resource, actor=actor, ttl_seconds=ttl_seconds, waiter=waiter, queue=queue
             )
             if isinstance(outcome, HeldLock):
+                served = True  # taking the lock took the waiter out of the queue too
                 return outcome
             if left <= 0 and not (first and waiter):
                 raise outcome.error(resource)
             first = False
             time.sleep(max(0.0, min(left, 0.05)))
     finally:
-        if waiter:
+        if waiter and not served:
             leave_queue(ns=ns, resource=resource, waiter=waiter)
 
 
@@ -115,6 +145,10 @@ def try_acquire(
         keys=keys,
         args=[actor.name, r.to_ms(stamp), ttl_seconds * 1000, waiter, WAITER_LEASE_MS, int(queue)],
     )
+    if int(reserved[0]) == 3:  # a release handed it to this waiter
+        acquired, expires = r.from_ms(reserved[2]), r.from_ms(reserved[3])
+        return HeldLock(resource=resource, owner=actor.name, token=int(reserved[1]), acquired=acquired,
+                        expires=expires)  # fmt: skip
     if int(reserved[0]) != 1 and queue and waiter:
         activity.count_lock_wait(ns=ns, waiter=waiter)  # the overview charts waits (not in the log)
     if int(reserved[0]) == 0:
@@ -148,8 +182,12 @@ def _undo(ns: Namespace, resource: str, actor: Actor) -> None:
 
 @r.unavailable_on_error
 def leave_queue(*, ns: Namespace, resource: str, waiter: str) -> None:
-    """A waiter that stopped waiting (served, timed out, gone) gives up its place."""
-    r.script(r.LEAVE)(keys=r.lock_keys(ns.name, resource)[2:4], args=[waiter])
+    """A waiter that stopped waiting (served, timed out, gone) gives up its place, and the lock,
+    should a release have handed it over just as it stopped."""
+    handed = r.script(r.LEAVE)(keys=r.lock_keys(ns.name, resource)[:4], args=[waiter])
+    if handed:
+        with contextlib.suppress(NotLockHolder):  # released, renewed away or lapsed meanwhile
+            release_lock(ns=ns, resource=resource, token=int(handed[1]), actor=Actor(name=handed[0]))
 
 
 @r.unavailable_on_error
@@ -237,18 +275,74 @@ def renew_lock(*, ns: Namespace, resource: str, token: int, actor: Actor, ttl_se
 
 @r.unavailable_on_error
 def release_lock(*, ns: Namespace, resource: str, token: int, actor: Actor) -> None:
-    """Release, if `actor` holds `resource` with `token` (compared in Redis, atomically)."""
+    """Release, if `actor` holds `resource` with `token` (compared in Redis, atomically). The
+    first waiter in line, if it named its lease (new_waiter), gets the lock in the same steps:
+    the release's statement records its acquire too, and its wake-up carries the token, so a
+    handover costs one commit and no look by the waiter (the next holder waits on this path)."""
     check_key(resource, "resource")
     keys = r.lock_keys(ns.name, resource)[:4]
     args = [actor.name, token, resource, wake_channel(), wake_message(ns.name, resource)]
-    if not r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "begin", ""]):
+    begun = r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "begin", ""])
+    if not begun:
         raise NotLockHolder(f"{actor.name} does not hold {resource!r} with token {token}")
+    # Inside a transaction the token would be handed out before it commits: no handover then.
+    waiter = begun[1] if len(begun) > 1 and not connection.in_atomic_block else ""
+    heir, lease = _heir(waiter)
+    stamp, handed = now(), None
     try:
-        _record_end(ns=ns, resource=resource, owner=actor.name, token=token, type="lock.released", ring=False)
+        if heir:
+            handed = _record_handover(
+                ns=ns, resource=resource, owner=actor.name, token=token, heir=heir, stamp=stamp, ttl=lease
+            )
+        if handed is None:
+            _record_end(
+                ns=ns, resource=resource, owner=actor.name, token=token, type="lock.released", ring=False
+            )
     except BaseException:
         r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "undo", ""])
         raise
-    r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "end", _doorbell()])
+    if handed is None:
+        r.script(r.RELEASE)(keys=keys, args=[*args, r.to_ms(now()), "end", _doorbell()])
+        return
+    start = r.to_ms(stamp)
+    outcome = r.script(r.RELEASE)(
+        keys=keys, args=[*args, start, "hand", _doorbell(), waiter, heir, handed, start + lease * 1000]
+    )
+    if outcome == 2:  # the waiter stopped waiting meanwhile: nobody will use the lock
+        release_lock(ns=ns, resource=resource, token=handed, actor=Actor(name=heir))
+    elif outcome == 0:  # cannot happen while the line holds; should it, the fence must not lie
+        _record_end(ns=ns, resource=resource, owner=heir, token=handed, type="lock.expired")
+
+
+def _heir(waiter: str) -> tuple[str, int]:
+    """The agent a waiter id names and the lease it asked for; ('', 0) for one that takes no
+    handover (it looks for itself when woken)."""
+    ticket, _, name = waiter.partition(" ")
+    _, dot, lease = ticket.partition(".")
+    return (name, int(lease)) if dot and lease.isdigit() else ("", 0)
+
+
+def _record_handover(*, ns, resource, owner, token, heir, stamp, ttl) -> int | None:
+    """The holder's release and `heir`'s acquire, in one statement: the heir's token, or None if
+    the fence no longer names the holder (nothing written then)."""
+    expires = stamp + timedelta(seconds=ttl)
+    params = {
+        "ns": ns.pk,
+        "resource": resource,
+        "owner": owner,
+        "token": token,
+        "next": heir,
+        "agent_id": heir,
+        "stamp": stamp,
+        "expires": expires,
+        "expires_at": iso(expires),
+        "ttl": ttl,
+        "txn": current_txn(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql.HAND_LOCK, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 @r.unavailable_on_error
