@@ -2,8 +2,8 @@
 order while agents write, through real web processes, the relay, Postgres and Redis; a doorbell
 crosses the channel layer once per web process; sockets at one cursor share one log read, and
 sockets with one page and permission one render; a socket behind the others reads its own gap;
-the process' one health tick catches every socket up from the log, and a channel layer that stays
-away closes the sockets for a reconnect."""
+the process' one health tick (and a receive that works again after failing) catches every socket
+up from the log, and a channel layer that stays away closes the sockets for a reconnect."""
 
 from __future__ import annotations
 
@@ -364,6 +364,32 @@ def test_one_health_tick_catches_every_socket_up_in_one_read_and_one_render_per_
     assert _reads(queries, Event._meta.db_table, '"position" >') == 1
     # ... and one render for each permission.
     assert _reads(queries, Fact._meta.db_table, '"id" IN') == 2
+
+
+def test_a_feed_whose_receive_failed_catches_its_sockets_up_as_soon_as_it_receives_again(ns, alpha, settings):
+    settings.CONSOLE_HEALTH_SECONDS = 60  # no health tick comes to the rescue during the test
+    cookie, start = login("vera"), last_event_id(ns)
+
+    async def scenario() -> tuple[list[str], int]:
+        pages = [await open_page("/ws/ns/team/?page=facts", cookie, start) for _ in range(3)]
+        sockets = list(feed._feeds[ns.pk].sockets)
+        await until(lambda: all(s.cursor is not None and s.ready() for s in sockets))  # hellos answered
+        # What a Redis restart does to the Feed: the group is gone, so the doorbell rung now is
+        # dropped, and the connection its receive waits on is cut.
+        assert await database_sync_to_async(r.client().delete)(group_key(ns)) == 1
+        await database_sync_to_async(store_fact)(ns=ns, fact="rung in vain", category="c", actor=actor(alpha))
+        await publish(await database_sync_to_async(newest)("fact.stored"))
+        assert await database_sync_to_async(kill_blocked_receives)() >= 1
+        got = [await page.receive_from(timeout=20) for page in pages]
+        rejoined = await database_sync_to_async(group_members)(ns)
+        for page in pages:
+            await page.disconnect(timeout=30)
+        return got, rejoined
+
+    got, rejoined = async_to_sync(scenario)()
+    fact = Fact.objects.get(ns=ns)
+    assert all(f'id="fact-{fact.pk}"' in html for html in got)
+    assert rejoined == 1
 
 
 def test_consoles_close_for_a_reconnect_when_the_channel_layer_stays_away(ns, settings, monkeypatch):

@@ -76,6 +76,9 @@ KEEP_BATCHES = 16
 # renewed, a heartbeat's expiry): one render serves sockets for a moment, not for minutes.
 RENDER_SECONDS = 2.0
 KEEP_RENDERS = 64
+# After a failed receive, how long to wait before the next (doubling up to the second number):
+# a dropped connection is back at once, a Redis that is down is not asked more than once a second.
+RETRY_SECONDS = (0.05, 1.0)
 TICK = {"type": "console.tick"}
 
 
@@ -143,6 +146,7 @@ class Feed:
                 await layer().group_discard(self.group, self.channel)
 
     async def _listen(self, channels: BaseChannelLayer, channel: str) -> None:
+        pause = RETRY_SECONDS[0]
         failing = False
         while self.sockets:  # no sockets, no feed: it never outlives its last browser
             try:
@@ -156,11 +160,17 @@ class Feed:
                 if not failing:
                     log.warning("console feed of %s cannot receive from Redis (%r); retrying", self.ns, exc)
                 failing = True
-                await asyncio.sleep(1)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_SECONDS[1])
+                # What rang meanwhile may be lost (a Redis restart loses the group and what waited
+                # in the channel): a tick now brings every socket up to the log's head as soon as
+                # receiving works again, not a health period later.
+                with contextlib.suppress(Exception):  # the next receive fails too, and retries
+                    await self._tick()
                 continue
             if failing:
                 log.info("console feed of %s receives from Redis again", self.ns)
-                failing = False
+                failing, pause = False, RETRY_SECONDS[0]
             if message.get("type") == "memory.changed":
                 self.ring(message["event"]["id"])
             elif message.get("type") == "console.tick":
