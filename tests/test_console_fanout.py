@@ -1,7 +1,9 @@
 """Many consoles on one namespace (live.feed.Feed): every socket gets every event once and in
 order while agents write, through real web processes, the relay, Postgres and Redis; a doorbell
 crosses the channel layer once per web process; sockets at one cursor share one log read, and
-sockets with one page and permission one render; a socket behind the others reads its own gap."""
+sockets with one page and permission one render; a socket behind the others reads its own gap;
+the process' one health tick (and a receive that works again after failing) catches every socket
+up from the log, and a channel layer that stays away closes the sockets for a reconnect."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import httpx
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels_redis.utils import decode_hosts
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.db import connection
@@ -23,6 +26,7 @@ from django.test.utils import CaptureQueriesContext
 from bench.loadgen import WebSocket  # a minimal RFC 6455 client, the one the benchmark measures with
 from memory_admin import live
 from memory_admin import redis as r
+from memory_admin.live import feed
 from memory_admin.models import Event, Fact
 from memory_admin.services.events import sequence
 from memory_admin.services.facts import store_fact
@@ -53,6 +57,19 @@ def group_key(ns) -> str:
 
 def group_members(ns) -> int:
     return r.client().zcard(group_key(ns))
+
+
+def kill_blocked_receives() -> int:
+    """CLIENT KILL the connections blocked in the channel layer's receive (BZPOPMIN) in the tests'
+    Redis database: in this process, the Feed's."""
+    client = r.client()
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    blocked = [
+        c for c in client.client_list() if c["cmd"] == "bzpopmin" and "b" in c["flags"] and int(c["db"]) == db
+    ]
+    for c in blocked:
+        client.client_kill_filter(_id=c["id"])
+    return len(blocked)
 
 
 class Console:
@@ -317,3 +334,80 @@ def test_consoles_whose_group_redis_lost_rejoin_it_and_catch_up(ns, alpha, setti
     assert all(f'id="fact-{first.pk}"' in html and f'id="fact-{second.pk}"' not in html for html in lost)
     assert all(f'id="fact-{second.pk}"' in html and f'id="fact-{first.pk}"' not in html for html in later)
     assert nothing
+
+
+def test_one_health_tick_catches_every_socket_up_in_one_read_and_one_render_per_permission(
+    ns, alpha, settings
+):
+    settings.CONSOLE_HEALTH_SECONDS = 1
+    cookies = [login("olga", operate=True), login("oscar", operate=True), login("vera"), login("victor")]
+    start = last_event_id(ns)
+
+    async def scenario() -> tuple[list[str], int]:
+        pages = [await open_page("/ws/ns/team/?page=facts", cookie, start) for cookie in cookies]
+        sockets = list(feed._feeds[ns.pk].sockets)
+        await until(lambda: all(s.cursor is not None and s.ready() for s in sockets))  # hellos answered
+        mark = await database_sync_to_async(lambda: len(connection.queries))()
+        # Committed, and never rung (a doorbell the layer lost): only the health tick brings it.
+        await database_sync_to_async(store_fact)(ns=ns, fact="unrung", category="c", actor=actor(alpha))
+        got = [await page.receive_from(timeout=30) for page in pages]
+        for page in pages:
+            await page.disconnect(timeout=30)
+        return got, mark
+
+    with CaptureQueriesContext(connection) as captured:
+        got, mark = async_to_sync(scenario)()
+    queries = captured.captured_queries[mark:]
+    fact = Fact.objects.get(ns=ns)
+    assert all(f'id="fact-{fact.pk}"' in html for html in got)
+    # One tick for the process' four sockets (it was one each, a log read each) ...
+    assert _reads(queries, Event._meta.db_table, '"position" >') == 1
+    # ... and one render for each permission.
+    assert _reads(queries, Fact._meta.db_table, '"id" IN') == 2
+
+
+def test_a_feed_whose_receive_failed_catches_its_sockets_up_as_soon_as_it_receives_again(ns, alpha, settings):
+    settings.CONSOLE_HEALTH_SECONDS = 60  # no health tick comes to the rescue during the test
+    cookie, start = login("vera"), last_event_id(ns)
+
+    async def scenario() -> tuple[list[str], int]:
+        pages = [await open_page("/ws/ns/team/?page=facts", cookie, start) for _ in range(3)]
+        sockets = list(feed._feeds[ns.pk].sockets)
+        await until(lambda: all(s.cursor is not None and s.ready() for s in sockets))  # hellos answered
+        # What a Redis restart does to the Feed: the group is gone, so the doorbell rung now is
+        # dropped, and the connection its receive waits on is cut.
+        assert await database_sync_to_async(r.client().delete)(group_key(ns)) == 1
+        await database_sync_to_async(store_fact)(ns=ns, fact="rung in vain", category="c", actor=actor(alpha))
+        await publish(await database_sync_to_async(newest)("fact.stored"))
+        assert await database_sync_to_async(kill_blocked_receives)() >= 1
+        got = [await page.receive_from(timeout=20) for page in pages]
+        rejoined = await database_sync_to_async(group_members)(ns)
+        for page in pages:
+            await page.disconnect(timeout=30)
+        return got, rejoined
+
+    got, rejoined = async_to_sync(scenario)()
+    fact = Fact.objects.get(ns=ns)
+    assert all(f'id="fact-{fact.pk}"' in html for html in got)
+    assert rejoined == 1
+
+
+def test_consoles_close_for_a_reconnect_when_the_channel_layer_stays_away(ns, settings, monkeypatch):
+    settings.CONSOLE_HEALTH_SECONDS = 0.5
+    cookie, start = login("vera"), last_event_id(ns)
+
+    async def scenario() -> list[dict]:
+        pages = [await open_page("/ws/ns/team/?page=facts", cookie, start) for _ in range(3)]
+        for page in pages:
+            assert await page.receive_nothing(timeout=0.1)
+        # The layer's Redis goes away: its connections close and new ones find nothing listening.
+        channels = live.layer.layer()
+        monkeypatch.setattr(channels, "hosts", decode_hosts(["redis://127.0.0.1:1/0"]))
+        await channels.close_pools()
+        closed = [await page.receive_output(timeout=60) for page in pages]
+        for page in pages:
+            await page.disconnect(timeout=60)
+        return closed
+
+    closed = async_to_sync(scenario)()
+    assert closed == [{"type": "websocket.close", "code": 1011}] * 3

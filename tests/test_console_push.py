@@ -1,8 +1,8 @@
 """How a doorbell reaches many open consoles of one process (live.feed.Feed): the sockets in
 step get the Feed's one read and render in one pass, each event once and in order, while a
 socket behind catches up on its own and a socket of another namespace hears nothing; sockets
-that join at the same moment all join the Feed; health ticks of consoles opened together do not come
-together; the web process keeps what it loaded out of the garbage collector's full passes."""
+that join at the same moment all join the Feed; the web process keeps what it loaded out of the
+garbage collector's full passes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.template.loader import render_to_string
 
-from memory_admin.live import consumer, feed, render
+from memory_admin.live import feed, render
 from memory_admin.services.events import publish_event
 from memory_admin.views.screens import last_event_id
 from tests.conftest import actor
@@ -137,38 +137,6 @@ def test_an_event_row_renders_once_for_sockets_at_different_cursors(ns, alpha, s
     assert rows(got_all) == [first, first + 1, first + 2]
     assert rows(got_later) == [first + 1, first + 2]
     assert sorted(rendered) == [first, first + 1, first + 2]
-
-
-def test_consoles_opened_together_spread_their_first_health_tick(ns, session_cookie, settings, monkeypatch):
-    settings.CONSOLE_HEALTH_SECONDS = period = 2.0
-    opened: dict[int, float] = {}
-    ticked: dict[int, float] = {}
-    connect, tick = consumer.ConsoleConsumer.connect, consumer.ConsoleConsumer.console_tick
-
-    async def timed_connect(self):  # the real handlers, timed
-        await connect(self)
-        opened[id(self)] = asyncio.get_running_loop().time()
-
-    async def timed_tick(self, message):
-        ticked.setdefault(id(self), asyncio.get_running_loop().time())
-        await tick(self, message)
-
-    monkeypatch.setattr(consumer.ConsoleConsumer, "connect", timed_connect)
-    monkeypatch.setattr(consumer.ConsoleConsumer, "console_tick", timed_tick)
-    start = last_event_id(ns)
-
-    async def scenario() -> None:
-        pages = await asyncio.gather(
-            *(open_page("/ws/ns/team/?page=timeline", session_cookie, start) for _ in range(8))
-        )
-        await until(lambda: len(ticked) >= 8, timeout=3 * period)
-        for page in pages:
-            await page.disconnect()
-
-    async_to_sync(scenario)()
-    waited = sorted(ticked[socket] - opened[socket] for socket in ticked)
-    assert waited[0] >= period / 2  # none before half a period
-    assert waited[-1] - waited[0] > period / 8  # each at its own point of the period, not all after one
 
 
 def test_the_web_process_keeps_what_it_loaded_out_of_full_collections():

@@ -4,6 +4,7 @@ namespace that cannot be published never stalls another."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -170,3 +171,8 @@ def test_the_relay_says_which_position_each_event_it_published_got(ns, alpha, ou
         }
     finally:
         pubsub.close()
+
+
+def test_the_relay_keeps_what_it_loaded_out_of_full_collections(relay):
+    loaded = re.search(r"loaded \((\d+) objects kept out of full collections\)", relay.output())
+    assert loaded is not None and int(loaded.group(1)) > 10_000

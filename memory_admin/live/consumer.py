@@ -11,12 +11,10 @@ the sockets in step (at its cursor, with no catch-up of their own running: `deli
 socket runs one catch-up or delivery at a time (its Turn); doorbells that ring during a
 catch-up only ask for one more when it ends, so none is lost and a burst of them costs one.
 
-DESIGN.md warns that with channels-redis a Redis restart can leave a consumer deaf:
-its group membership is gone and group sends are silently dropped. So every
-CONSOLE_HEALTH_SECONDS the consumer sends itself a tick through the layer; the tick
-re-joins its Feed to the group and catches up from the log. A tick that never comes back
-means the layer no longer reaches this process: the socket closes with 1011, and the page's
-ws extension reconnects and resyncs from its cursor.
+The socket has no channel of its own: the Feed is the process' one member of the namespace's
+group, and its health tick (feed.py) re-joins the group, catches every socket up from the log,
+and, when the layer no longer reaches this process, closes the sockets with 1011 (`hang_up`):
+the page's ws extension reconnects and resyncs from its cursor.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from urllib.parse import parse_qs
 
@@ -33,7 +30,6 @@ import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import WebsocketDenier
-from django.conf import settings
 
 from memory_admin import metrics
 from memory_admin.live.feed import Feed, feed_for, retrieve
@@ -51,10 +47,6 @@ TRY_AGAIN = 1011  # a close code the htmx ws extension reconnects after
 # ClientDisconnected is an OSError) or Redis did not answer in time. They are logged without
 # a traceback, and at DEBUG when the socket was going anyway.
 EXPECTED = (OSError, redis.ConnectionError, redis.TimeoutError)
-
-
-def health_seconds() -> float:
-    return float(getattr(settings, "CONSOLE_HEALTH_SECONDS", 10))
 
 
 class Turn:
@@ -81,17 +73,23 @@ class Turn:
         return self.claims == 0
 
 
+# A channel_layer_alias that names no layer: a consumer without a channel of its own.
+NO_LAYER = "none: this socket needs no channel of its own"
+
+
 class Refused(WebsocketDenier):
     """Refuses a websocket handshake (403) without joining the channel layer: a refused socket
-    has nothing to receive from it (channel_layer_alias names no layer, so there is none)."""
+    has nothing to receive from it."""
 
-    channel_layer_alias = "none: a refused socket needs no channel layer"
+    channel_layer_alias = NO_LAYER
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):
+    # Nothing is sent to a socket through the layer: the Feed rings it in memory. (A channel
+    # each was a receive each in the layer, and a tick each through it.)
+    channel_layer_alias = NO_LAYER
     ns: Namespace | None = None
     feed: Feed | None = None
-    health: asyncio.Task | None = None
     pump: asyncio.Task | None = None
     gone = False  # disconnect() ran: what fails from now on failed because the browser left
     counted = False  # in metrics.WEBSOCKETS
@@ -112,22 +110,18 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         self.need = 0  # the newest event a doorbell rang for
         self.rung = False  # a doorbell rang since the last catch-up began
         self.busy = Turn()  # one catch-up at a time: the cursor moves in order
-        self.tick_returned = True
         self.feed = feed_for(self.ns)
         await self.feed.join(self)
         await self.accept()
         self.counted = True
         metrics.WEBSOCKETS.inc()
-        self.health = asyncio.create_task(self._check_health())
-        self.health.add_done_callback(retrieve)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except EXPECTED as exc:
-            # Channels awaits the socket's pending channel-layer receive as it stops; one that
-            # ends in a Redis timeout instead of its cancellation is no error of the page's.
-            # A handler that finds the browser gone (an OSError) ends it the same way. (Redis
+            # A handler that meets Redis down (the Feed cannot join the group) or finds the
+            # browser gone (an OSError) ends the socket; neither is an error of the page's. (Redis
             # failing mid-life: the server closes the socket, the page reconnects and resyncs.)
             quiet = self.gone or isinstance(exc, OSError)
             log.log(logging.DEBUG if quiet else logging.INFO, "console socket ended with %r", exc)
@@ -140,9 +134,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
         if self.counted:
             self.counted = False
             metrics.WEBSOCKETS.dec()
-        for task in (self.health, self.pump):
-            if task is not None:
-                task.cancel()
+        if self.pump is not None:
+            self.pump.cancel()
         if self.feed is not None:
             await self.feed.leave(self)
 
@@ -205,19 +198,15 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             # The browser left (an OSError from the server), or Redis is slow: only the second
             # is worth an operator's attention.
             level = logging.DEBUG if self.gone or isinstance(exc, OSError) else logging.WARNING
-            log.log(level, "console socket %s could not catch up (%r); closing", self.channel_name, exc)
+            log.log(level, "console socket of %s could not catch up (%r); closing", self.ns, exc)
         else:  # as an exception in a handler would
-            log.error("console socket %s failed to catch up; closing", self.channel_name, exc_info=exc)
+            log.error("console socket of %s failed to catch up; closing", self.ns, exc_info=exc)
+        await self.hang_up()
+
+    async def hang_up(self) -> None:
+        """Close with 1011: the page reconnects and resyncs from its cursor."""
         with contextlib.suppress(*EXPECTED):
             await self.close(code=TRY_AGAIN)
-
-    async def console_tick(self, message: dict) -> None:
-        self.tick_returned = True
-        await self.feed.rejoin()
-        if self.cursor is not None:
-            asked = time.monotonic()
-            async with self.busy:
-                await self.catch_up(since=asked)
 
     async def catch_up(self, *, since: float | None = None, need: int | None = None) -> None:
         """Send every event after the cursor (in batches); a page too far behind reloads.
@@ -241,23 +230,3 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             self.cursor = batch.last
             if not batch.more:
                 return
-
-    async def _check_health(self) -> None:
-        # Consoles opened together (a page of many, a reconnect wave, a benchmark) would tick
-        # together, each tick a catch-up read: the first comes at a random point of the period.
-        await asyncio.sleep(health_seconds() * random.uniform(0.5, 1.0))
-        while True:
-            if not self.tick_returned:
-                log.warning("console socket %s stopped hearing the channel layer; closing", self.channel_name)
-                with contextlib.suppress(*EXPECTED):
-                    await self.close(code=TRY_AGAIN)
-                return
-            self.tick_returned = False
-            try:
-                await self.channel_layer.send(self.channel_name, {"type": "console.tick"})
-            except Exception as exc:
-                log.warning("channel layer unreachable (%r); closing console socket", exc)
-                with contextlib.suppress(*EXPECTED):
-                    await self.close(code=TRY_AGAIN)
-                return
-            await asyncio.sleep(health_seconds())

@@ -10,6 +10,15 @@ loop. A socket behind the others (a reconnect, a resume) reads its own gap the s
 by its own cursor, in a catch-up of its own. (20 consoles at
 100 events/s were 2,000 reads, renders and layer deliveries a second in one process; bench
 scenario 6.)
+
+The Feed also watches its channel: DESIGN.md warns that with channels-redis a Redis restart can
+leave a process deaf (its group membership gone, group sends silently dropped). So every
+CONSOLE_HEALTH_SECONDS the Feed re-joins the group and sends its own channel a tick; the tick
+brings every socket up to the log's head, in one read per page and permission. A tick that has
+not come back by the next one means the layer no longer reaches this process: every socket
+closes with 1011, and its page reconnects (to a new Feed) and resyncs from its cursor. One tick
+per process and namespace, not one per socket: 100 consoles' ticks, each a layer round trip and
+a log read, were ~10% of a web process' samples.
 """
 
 from __future__ import annotations
@@ -17,17 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter, OrderedDict
 from typing import Protocol
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
+from django.conf import settings
 
 from memory_admin.live.layer import group_name, layer
 from memory_admin.live.render import Batch, read_batch, render_safely
 from memory_admin.models import Namespace
-from memory_admin.views.screens import View
+from memory_admin.views.screens import View, last_event_id
 
 log = logging.getLogger("memory_admin.console")
 
@@ -45,6 +56,12 @@ class Socket(Protocol):
 
     def ring(self, event_id: int) -> None: ...
 
+    async def hang_up(self) -> None: ...
+
+
+def health_seconds() -> float:
+    return float(getattr(settings, "CONSOLE_HEALTH_SECONDS", 10))
+
 
 def retrieve(task: asyncio.Task) -> None:
     """Done callback of a shared task: its waiters may all have left, and an exception nobody
@@ -59,6 +76,10 @@ KEEP_BATCHES = 16
 # renewed, a heartbeat's expiry): one render serves sockets for a moment, not for minutes.
 RENDER_SECONDS = 2.0
 KEEP_RENDERS = 64
+# After a failed receive, how long to wait before the next (doubling up to the second number):
+# a dropped connection is back at once, a Redis that is down is not asked more than once a second.
+RETRY_SECONDS = (0.05, 1.0)
+TICK = {"type": "console.tick"}
 
 
 class Feed:
@@ -83,6 +104,8 @@ class Feed:
         self.rendering: dict[tuple, asyncio.Task] = {}
         self.need = 0  # the newest position a doorbell rang for
         self.pushing: asyncio.Task | None = None
+        self.health: asyncio.Task | None = None
+        self.tick_returned = True
 
     async def join(self, socket: Socket) -> None:
         """Add `socket`; returns once the Feed is in the group, so the socket's hello comes after."""
@@ -105,6 +128,8 @@ class Feed:
             await channels.group_discard(self.group, self.channel)
             return
         self.listener = asyncio.ensure_future(self._listen(channels, self.channel))
+        self.health = asyncio.ensure_future(self._check_health())
+        self.health.add_done_callback(retrieve)
 
     async def leave(self, socket: Socket) -> None:
         self.sockets.discard(socket)
@@ -113,17 +138,15 @@ class Feed:
         # The last socket: a new one starts a new Feed (the caches go with this one).
         if _feeds.get(self.ns.pk) is self:
             del _feeds[self.ns.pk]
-        if self.listener is not None:
-            self.listener.cancel()
+        for task in (self.listener, self.health):
+            if task is not None:
+                task.cancel()
         if self.channel is not None:
             with contextlib.suppress(Exception):  # the layer may be what failed
                 await layer().group_discard(self.group, self.channel)
 
-    async def rejoin(self) -> None:
-        """(Re-)join the group: Redis may have lost it (a restart) without telling anyone."""
-        await layer().group_add(self.group, self.channel)
-
     async def _listen(self, channels: BaseChannelLayer, channel: str) -> None:
+        pause = RETRY_SECONDS[0]
         failing = False
         while self.sockets:  # no sockets, no feed: it never outlives its last browser
             try:
@@ -133,17 +156,63 @@ class Feed:
             except Exception as exc:
                 if asyncio.current_task().cancelling():
                     return  # leave() cancelled a receive that ended in a Redis timeout instead
-                # The sockets' health ticks notice a layer that stays away and close them.
+                # The health check closes the sockets if the layer stays away.
                 if not failing:
                     log.warning("console feed of %s cannot receive from Redis (%r); retrying", self.ns, exc)
                 failing = True
-                await asyncio.sleep(1)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_SECONDS[1])
+                # What rang meanwhile may be lost (a Redis restart loses the group and what waited
+                # in the channel): a tick now brings every socket up to the log's head as soon as
+                # receiving works again, not a health period later.
+                with contextlib.suppress(Exception):  # the next receive fails too, and retries
+                    await self._tick()
                 continue
             if failing:
                 log.info("console feed of %s receives from Redis again", self.ns)
-                failing = False
+                failing, pause = False, RETRY_SECONDS[0]
             if message.get("type") == "memory.changed":
                 self.ring(message["event"]["id"])
+            elif message.get("type") == "console.tick":
+                self.tick_returned = True
+                task = asyncio.ensure_future(self._catch_up())
+                task.add_done_callback(retrieve)
+
+    async def _tick(self) -> None:
+        """(Re-)join the group, which Redis may have lost (a restart) without telling anyone, and
+        send the Feed's channel a tick, which catches every socket up when it comes back."""
+        channels = layer()
+        await channels.group_add(self.group, self.channel)
+        await channels.send(self.channel, TICK)
+
+    async def _catch_up(self) -> None:
+        """Bring every socket up to the log's head: what any doorbell the layer lost rang for."""
+        self.ring(await database_sync_to_async(last_event_id)(self.ns))
+
+    async def _check_health(self) -> None:
+        # Feeds started together (the pages of many namespaces reconnecting to a restarted
+        # server) would tick together: the first tick comes at a random point of the period.
+        await asyncio.sleep(health_seconds() * random.uniform(0.5, 1.0))
+        while True:
+            if not self.tick_returned:
+                log.warning("console feed of %s stopped hearing the channel layer; closing", self.ns)
+                await self._hang_up()
+                return
+            self.tick_returned = False
+            try:
+                await self._tick()
+            except Exception as exc:
+                log.warning("channel layer unreachable (%r); closing the console sockets of %s", exc, self.ns)
+                await self._hang_up()
+                return
+            await asyncio.sleep(health_seconds())
+
+    async def _hang_up(self) -> None:
+        """Close every socket: their pages reconnect, to a new Feed (new channel, new membership)."""
+        if _feeds.get(self.ns.pk) is self:
+            del _feeds[self.ns.pk]
+        for socket in list(self.sockets):
+            await socket.hang_up()
 
     def ring(self, position: int) -> None:
         """A doorbell: push up to `position`, now or right after the running push."""
