@@ -212,7 +212,10 @@ class Feed:
         if _feeds.get(self.ns.pk) is self:
             del _feeds[self.ns.pk]
         for socket in list(self.sockets):
-            await socket.hang_up()
+            try:
+                await socket.hang_up()
+            except Exception:  # one socket's surprise must not leave the others open on a dead Feed
+                log.exception("console feed of %s could not close a socket", self.ns)
 
     def ring(self, position: int) -> None:
         """A doorbell: push up to `position`, now or right after the running push."""
