@@ -8,7 +8,7 @@ import pytest
 
 from memory_admin import redis as r
 from memory_admin.models import Agent, Event
-from memory_admin.validation import MAX_INT, MIN_INT
+from memory_admin.validation import MAX_INT, MIN_INT, check_document, nothing_to_check
 from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
@@ -92,6 +92,44 @@ def test_a_nul_in_a_key_of_an_object_is_422_and_the_field_is_named_readably(alph
     api = api_for(alpha)
     failure = error(api.put("/records/plan", raw='{"value": {"a\\u0000b": 1}}'), 422, "validation_error")
     assert failure["fields"] == {"value.a\\0b": "NUL character"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        # a lone surrogate written as raw UTF-8 bytes, not as a \u escape: json.loads reads
+        # bytes with "surrogatepass"
+        (b'{"value": {"a": "x\xed\xa0\x80"}}', "value.a"),
+        # the whole body in UTF-16 (json.loads detects it): its bytes are ASCII and NULs
+        ('{"value": ["\ud800"]}'.encode("utf-16-le", "surrogatepass"), "value.0"),
+        (b'{"value": {"n": -9300000000000000000}}', "value.n"),  # 19 digits, below MIN_INT
+    ],
+)
+def test_text_and_integers_that_only_the_bytes_give_away_are_refused_too(alpha, raw, field):
+    api = api_for(alpha)
+    before = state()
+    failure = error(api.put("/records/plan", raw=raw), 422, "validation_error")
+    assert field in failure["fields"], failure
+    assert state() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "plain"),
+    [
+        (b'{"success": [{"put": {"key": "k-01", "value": {"n": 7}, "expected_version": 3}}]}', True),
+        (b'{"value": 999999999999999999}', True),  # 18 digits
+        (b'{"value": 1000000000000000000}', False),  # 19 digits
+        (b'{"value": "key-0000000000000000000"}', False),
+        (b'{"value": "\\u00e9t\\u00e9"}', False),  # escapes
+        ('{"value": "été"}'.encode(), False),  # raw UTF-8
+        ('{"value": 1}'.encode("utf-16"), False),
+    ],
+)
+def test_only_a_body_whose_bytes_show_nothing_to_refuse_skips_the_walk_of_its_fields(body, plain):
+    """The usual body (ASCII, no escape, short numbers) skips check_document's walk; any other
+    is walked, whatever it holds (these all pass it)."""
+    assert nothing_to_check(body) is plain
+    assert check_document(json.loads(body)) == json.loads(body)
 
 
 def test_a_status_with_a_nul_in_its_detail_is_refused_before_redis_sees_it(alpha):

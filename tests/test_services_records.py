@@ -13,7 +13,14 @@ from django.db import connection
 
 from memory_admin.errors import NotFound, VersionConflict
 from memory_admin.models import Conflict, Event, Record, RecordVersion
-from memory_admin.services.records import delete_record, get_record, record_versions, write_record
+from memory_admin.services.records import (
+    Write,
+    delete_record,
+    get_record,
+    record_versions,
+    write_record,
+    write_records,
+)
 from tests.conftest import actor
 
 
@@ -152,6 +159,25 @@ def test_a_write_is_planned_once_per_connection_not_per_call(ns, alpha):
     assert sum(generic + custom for generic, custom in kept) == 11
     record, _ = write_record(ns=ns, key="plan", value=11, expected_version=record.version, actor=actor(alpha))
     assert len(prepared()) == 1 and record.version == 12
+
+
+@pytest.mark.django_db
+def test_a_run_of_puts_is_planned_once_per_connection_not_per_call(ns, alpha):
+    def prepared() -> list[tuple[int, int]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE %s ORDER BY name",
+                ["%jsonb_array_elements(%"],  # the run's statement, not the single write's
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    for n in range(12):  # with the keys' locks taken by the statement, and without
+        written = write_records(
+            ns=ns, writes=[Write("a", n), Write("b", n)], actor=actor(alpha), lock={"a", "b"} if n % 2 else ()
+        )
+        assert [w.version for w in written] == [n + 1, n + 1]
+    assert prepared() == [6, 6]
 
 
 @pytest.mark.django_db

@@ -1023,3 +1023,36 @@ def test_write_many_does_for_each_write_what_write_records_orm_form_does(ns, alp
 
     assert state("raw/") == state("orm/")
     assert raw(sql.WRITE_MANY_LOCKING)[4] == (True, False, 2)  # the same statement, its keys locked first
+
+
+def _scans(plan: dict, table: str) -> list[dict]:
+    """The scans of `table` in an EXPLAIN (FORMAT JSON) plan."""
+    found = [plan] if plan.get("Relation Name") == table and "Scan" in plan["Node Type"] else []
+    for child in plan.get("Plans", []):
+        found += _scans(child, table)
+    return found
+
+
+def test_write_many_reads_records_by_key_however_many_the_namespace_holds(ns, alpha):
+    who = actor(alpha)
+    Record.objects.bulk_create(
+        Record(ns=ns, key=f"rec-{n:05d}", value=n, version=1, updated_by=who.name) for n in range(5000)
+    )
+    rows("ANALYZE " + Record._meta.db_table)
+    writes = [[f"rec-{n:05d}", n, 1] for n in range(0, 5000, 100)]
+    params = {
+        **records._lock_params(ns, [key for key, _, _ in writes]),
+        "ns": ns.pk,
+        "writes": json.dumps(writes),
+        "actor": who.name,
+        "agent_id": who.agent_id,
+        "stamp": now(),
+        "txn": "",
+    }
+    for statement in (sql.WRITE_MANY, sql.WRITE_MANY_LOCKING):
+        [[[plan]]] = rows("EXPLAIN (FORMAT JSON) " + statement, params)
+        scans = _scans(plan["Plan"], Record._meta.db_table)
+        # the written keys and the refused ones: each an index probe by key, never the namespace's
+        # every record (a sequential scan, or all of them hashed)
+        found = [(scan["Node Type"], scan.get("Index Cond")) for scan in scans]
+        assert scans and all("key" in (cond or "") for _, cond in found), found

@@ -57,6 +57,10 @@ def resolve_conflict(
         raise Invalid("action must be accept, keep or merge", {"action": "accept, keep or merge"})
     refused: VersionConflict | None = None
     with transaction.atomic():
+        # The record's row before the conflict's, in the order a write takes them (its statement
+        # updates the record, then closes its writer's superseded conflicts): the other way round,
+        # accepting an agent's conflict while that agent wrote the key again deadlocked.
+        list(Record.objects.select_for_update().filter(ns=conflict.ns_id, key=conflict.key).values_list("pk"))
         conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
         if conflict.status != Conflict.Status.OPEN:
             raise Invalid(f"conflict {conflict.pk} is already resolved", {"conflict": "already resolved"})

@@ -124,12 +124,17 @@ class _Prepared(ServerBindingCursor):
     connection (pooled connections keep them): the write's statement took longer to parse and
     plan than to run (EXPLAIN ANALYZE: 0.3-0.5 ms planning, 0.2-0.4 ms execution)."""
 
+    logged = False
+
     def execute(self, query, params=None, **kwargs):
-        return super().execute(query, params, prepare=True, **kwargs)
+        super().execute(query, params, prepare=True, **kwargs)
+        if self.logged:  # a prepared run leaves unset the query that Django's query log reads
+            self._query = self._convert_query(query, params)
+        return self
 
 
 # Statements a pooled connection keeps prepared (psycopg evicts the oldest past it): WRITE_RECORD
-# takes one per set of parameter types (an expected version or none).
+# takes one per set of parameter types (an expected version or none), write_records two.
 _PREPARED_MAX = 32
 
 
@@ -147,7 +152,10 @@ def prepared_cursor():
         if pg.prepare_threshold is None:
             pg.prepare_threshold, pg.prepared_max = 2**31 - 1, _PREPARED_MAX  # only on request
         raw = _Prepared(pg)
-    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    if connection.queries_logged:
+        raw.logged = True
+        return connection.make_debug_cursor(raw)
+    return connection.make_cursor(raw)
 
 
 def _refused(*, ns, write, actor, row) -> Conflict:
@@ -213,7 +221,7 @@ def write_records(
         "stamp": stamp,
         "txn": current_txn(),
     }
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:  # planned once per connection, as the single write
         cursor.execute(sql.WRITE_MANY_LOCKING if lock else sql.WRITE_MANY, params)
         found = {row[0]: row[1:] for row in cursor.fetchall()}  # by the write's number, from 1
     for number, index in enumerate(valid, start=1):
