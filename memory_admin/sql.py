@@ -689,6 +689,19 @@ FENCE_FOR_SHARE = _statement(
 # The fencing counter bumped and the holder recorded, with `lock.acquired` (and, when the fence
 # still names a holder whose lease lapsed unrecorded, its `lock.expired` first), in one statement.
 # The FOR UPDATE sub-select reads the fence as it is once locked, so `was` is the previous holder.
+# The end of ACQUIRE_LOCK and HAND_LOCK: the `lock.acquired` event of the fence row `f` just
+# given to %(owner)s, after the event(s) `e` begins with, and the token it got.
+_THEN_ACQUIRED = """    UNION ALL
+    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.acquired', %(owner)s, %(agent_id)s, %(resource)s,
+           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
+                              'expires_at', %(expires_at)s::text,
+                              'fencing_token', f.{LockFence.token}),
+           %(stamp)s
+    FROM f
+)
+SELECT {LockFence.token} FROM f
+"""
+
 ACQUIRE_LOCK = _statement(
     "ACQUIRE_LOCK",
     """
@@ -719,16 +732,8 @@ WITH bumped AS (
                               'fencing_token', f.was_token),
            %(stamp)s
     FROM f WHERE f.was_held
-    UNION ALL
-    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.acquired', %(owner)s, %(agent_id)s, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
-                              'expires_at', %(expires_at)s::text,
-                              'fencing_token', f.{LockFence.token}),
-           %(stamp)s
-    FROM f
-)
-SELECT {LockFence.token} FROM f
-""",
+"""
+    + _THEN_ACQUIRED,
     xid=XID,
     event_columns=EVENT_COLUMNS,
     system=SYSTEM,
@@ -776,28 +781,20 @@ HAND_LOCK = _statement(
     """
 WITH f AS (
     UPDATE {LockFence}
-    SET {LockFence.token} = {LockFence.token} + 1, {LockFence.holder} = %(next)s, {LockFence.held} = true,
+    SET {LockFence.token} = {LockFence.token} + 1, {LockFence.holder} = %(owner)s, {LockFence.held} = true,
         {LockFence.acquired} = %(stamp)s, {LockFence.expires} = %(expires)s,
         {LockFence.ord} = GREATEST({LockFence.ord}, {xid})
     WHERE {LockFence.ns} = %(ns)s AND {LockFence.resource} = %(resource)s AND {LockFence.token} = %(token)s
-      AND {LockFence.holder} = %(owner)s AND {LockFence.held}
+      AND {LockFence.holder} = %(holder)s AND {LockFence.held}
     RETURNING {LockFence.token}, {LockFence.ord}
 ), e AS (
     INSERT INTO {Event} ({event_columns})
-    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.released', %(owner)s, %(owner)s, %(resource)s,
+    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.released', %(holder)s, %(holder)s, %(resource)s,
            jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint),
            %(stamp)s
     FROM f
-    UNION ALL
-    SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.acquired', %(next)s, %(agent_id)s, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
-                              'expires_at', %(expires_at)s::text,
-                              'fencing_token', f.{LockFence.token}),
-           %(stamp)s
-    FROM f
-)
-SELECT {LockFence.token} FROM f
-""",
+"""
+    + _THEN_ACQUIRED,
     xid=XID,
     event_columns=EVENT_COLUMNS,
     orm="END_LOCK's ORM form with type='lock.released', then ACQUIRE_LOCK's for the next holder, "

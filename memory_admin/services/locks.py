@@ -199,18 +199,31 @@ def wake_if_lapsed(*, ns: Namespace, resource: str) -> None:
     )
 
 
-def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
-    params = {
+def _acquire_params(*, ns, resource, owner, agent_id, stamp, expires, ttl) -> dict[str, Any]:
+    """What ACQUIRE_LOCK and HAND_LOCK need to give the fence, and the event, to `owner`."""
+    return {
         "ns": ns.pk,
         "resource": resource,
-        "owner": actor.name,
-        "agent_id": actor.agent_id,
+        "owner": owner,
+        "agent_id": agent_id,
         "stamp": stamp,
         "expires": expires,
         "expires_at": iso(expires),
         "ttl": ttl,
         "txn": current_txn(),
     }
+
+
+def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
+    params = _acquire_params(
+        ns=ns,
+        resource=resource,
+        owner=actor.name,
+        agent_id=actor.agent_id,
+        stamp=stamp,
+        expires=expires,
+        ttl=ttl,
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql.ACQUIRE_LOCK, params)
         row = cursor.fetchone()
@@ -326,19 +339,10 @@ def _record_handover(*, ns, resource, owner, token, heir, stamp, ttl) -> int | N
     """The holder's release and `heir`'s acquire, in one statement: the heir's token, or None if
     the fence no longer names the holder (nothing written then)."""
     expires = stamp + timedelta(seconds=ttl)
-    params = {
-        "ns": ns.pk,
-        "resource": resource,
-        "owner": owner,
-        "token": token,
-        "next": heir,
-        "agent_id": heir,
-        "stamp": stamp,
-        "expires": expires,
-        "expires_at": iso(expires),
-        "ttl": ttl,
-        "txn": current_txn(),
-    }
+    params = _acquire_params(
+        ns=ns, resource=resource, owner=heir, agent_id=heir, stamp=stamp, expires=expires, ttl=ttl
+    )
+    params.update(holder=owner, token=token)
     with connection.cursor() as cursor:
         cursor.execute(sql.HAND_LOCK, params)
         row = cursor.fetchone()
