@@ -90,7 +90,9 @@ def test_a_write_fenced_with_an_expired_holders_token_is_refused(ns, alpha, beta
 @pytest.mark.django_db
 def test_tokens_keep_growing_after_redis_loses_everything(ns, alpha, beta):
     first = acquire_lock(ns=ns, resource="section-1", actor=actor(alpha), ttl_seconds=30)
-    r.client().flushall()
+    # This database only: FLUSHALL would wipe every database of the server, the locks of any other
+    # suite or service sharing it (a parallel run's leases vanished mid-test).
+    r.client().flushdb()
     second = acquire_lock(ns=ns, resource="section-1", actor=actor(beta), ttl_seconds=30)
     assert second.token > first.token
     with pytest.raises(StaleFence):
