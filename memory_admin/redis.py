@@ -359,7 +359,10 @@ return 1
 # waiter's next look with it), and the wake-up carries the token and times after a newline, so
 # the waiter is answered without a look of its own. Nobody but that waiter can have taken the lock
 # meanwhile (an acquire is refused while an earlier waiter is in line), also when the lease ran
-# out; 'hand' returns 2 if the waiter left the line meanwhile (the caller then releases it).
+# out. If the waiter left the line meanwhile (it stopped waiting, or its place lapsed while a busy
+# process kept it from looking), 'hand' frees the lock with no wake-up and returns 2: the caller
+# records the waiter's release and wakes the next (a grant published then would answer a request
+# with a lock that is being released under it).
 # Returns 1 when the caller held it (in the state the phase needs).
 RELEASE = (
     _PRUNE
@@ -370,14 +373,17 @@ local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'state')
 if phase == 'hand' and (not h[1] or (h[1] == ARGV[1] and h[2] == ARGV[2])) then
   local waiter, now, expires = ARGV[9], tonumber(ARGV[6]), tonumber(ARGV[12])
   redis.call('DEL', KEYS[1])
+  local queued = redis.call('ZREM', KEYS[3], waiter)
+  redis.call('HDEL', KEYS[4], waiter)
+  if queued == 0 then
+    redis.call('ZREM', KEYS[2], ARGV[3])
+    return 2
+  end
   redis.call('HSET', KEYS[1], 'owner', ARGV[10], 'token', ARGV[11], 'acquired', ARGV[6], 'expires', ARGV[12],
              'state', 'held', 'waiter', waiter)
   redis.call('PEXPIRE', KEYS[1], expires - now)
   redis.call('ZADD', KEYS[2], expires, ARGV[3])
-  local queued = redis.call('ZREM', KEYS[3], waiter)
-  redis.call('HDEL', KEYS[4], waiter)
   redis.call('PUBLISH', ARGV[4], ARGV[5] .. waiter .. '\\n' .. ARGV[11] .. ' ' .. ARGV[6] .. ' ' .. ARGV[12])
-  if queued == 0 then return 2 end
   return 1
 end
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end

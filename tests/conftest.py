@@ -30,6 +30,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client, override_settings
 from django.utils.timezone import now
 
@@ -162,6 +163,39 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: st
 
 def _a_moment_ago():
     return now() - timedelta(milliseconds=1)
+
+
+def wait_for_waiters(count: int) -> None:
+    """Until `count` sessions of this database wait for a lock (of any kind)."""
+    for _ in range(1000):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0] >= count:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"{count} sessions never waited for a lock")
+
+
+def on_own_connection(work, *, deadlock_timeout: str) -> tuple[threading.Thread, list]:
+    """Run `work()` on a connection of its own; the list gets its result or its exception."""
+    outcome: list = []
+
+    def run():
+        try:
+            with connection.cursor() as cursor:  # who would notice a deadlock first
+                cursor.execute(f"SET deadlock_timeout = '{deadlock_timeout}'")
+            outcome.append(work())
+        except Exception as exc:
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
 
 
 def lapse_fence(ns: Namespace, resource: str) -> None:

@@ -1,53 +1,16 @@
 """An operator resolving a conflict group (several records) while a /txn writes the same keys in
 another order: the two queue on the keys' locks, neither deadlocks."""
 
-import threading
-import time
-
 import psycopg
 import pytest
-from django.db import connection
 
 from memory_admin.models import Conflict, Record
 from memory_admin.relay import dsn
 from memory_admin.services import Actor, conflicts, txn
 from memory_admin.services.records import write_record
-from tests.conftest import actor
+from tests.conftest import actor, on_own_connection, wait_for_waiters
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for_waiters(count: int) -> None:
-    """Until `count` sessions of this database wait for a lock (of any kind)."""
-    for _ in range(1000):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if cursor.fetchone()[0] >= count:
-                return
-        time.sleep(0.01)
-    raise AssertionError(f"{count} sessions never waited for a lock")
-
-
-def in_thread(work, *, deadlock_timeout: str) -> tuple[threading.Thread, list]:
-    """Run `work()` on a connection of its own; the list gets its result or its exception."""
-    outcome: list = []
-
-    def run():
-        try:
-            with connection.cursor() as cursor:  # who would notice a deadlock first
-                cursor.execute(f"SET deadlock_timeout = '{deadlock_timeout}'")
-            outcome.append(work())
-        except Exception as exc:
-            outcome.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
 
 
 def test_resolving_a_group_while_a_txn_writes_its_keys_in_another_order_does_not_deadlock(ns, alpha):
@@ -73,7 +36,7 @@ def test_resolving_a_group_while_a_txn_writes_its_keys_in_another_order_does_not
     # The operator's resolution gets as far as record b and stops at the conflict on a, held here.
     gate = psycopg.connect(dsn())
     gate.execute("SELECT 1 FROM memory_admin_conflict WHERE id = %s FOR UPDATE", [on_a.pk])
-    resolving, resolved = in_thread(
+    resolving, resolved = on_own_connection(
         lambda: conflicts.resolve_group(
             ns=ns, group=group, action="accept", actor=operator, versions={on_b.pk: 1, on_a.pk: 1}
         ),
@@ -81,7 +44,7 @@ def test_resolving_a_group_while_a_txn_writes_its_keys_in_another_order_does_not
     )
     wait_for_waiters(1)
     # An agent's txn over a, then b.
-    writing, written = in_thread(
+    writing, written = on_own_connection(
         lambda: txn.run_txn(
             ns=ns,
             agent=alpha,

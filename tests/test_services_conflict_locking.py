@@ -8,8 +8,7 @@ from memory_admin.errors import Invalid, VersionConflict
 from memory_admin.models import Conflict, Record
 from memory_admin.services import Actor, conflicts
 from memory_admin.services.records import write_record
-from tests.conftest import actor
-from tests.test_services_conflict_group_locking import in_thread, wait_for_waiters
+from tests.conftest import actor, on_own_connection, wait_for_waiters
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +25,7 @@ def test_accepting_a_conflict_while_its_writer_writes_the_key_again_does_not_dea
             cursor.execute("SET LOCAL deadlock_timeout = '10ms'")
         # The agent's write, as its one statement runs it: the record row first ...
         Record.objects.select_for_update().get(ns=ns, key="plan")
-        resolving, resolved = in_thread(
+        resolving, resolved = on_own_connection(
             lambda: conflicts.resolve_conflict(
                 conflict=conflict, action="accept", actor=Actor(name="operator:admin"), expected_version=1
             ),

@@ -8,10 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from memory_admin import redis as r
-from memory_admin.errors import LockHeld, NotLockHolder, StaleFence
+from memory_admin.errors import LockHeld, NotFound, NotLockHolder, StaleFence
 from memory_admin.models import Event, HeldLock, LockFence, Record
 from memory_admin.services import Actor
 from memory_admin.services.events import doorbell_channel
@@ -26,9 +26,11 @@ from memory_admin.services.locks import (
     renew_lock,
     sweep_expired_locks,
     try_acquire,
+    wake_channel,
+    wakeup,
 )
 from memory_admin.services.records import Fence, get_record, write_record
-from tests.conftest import actor, lapse_fence, lapse_lock
+from tests.conftest import actor, lapse_fence, lapse_lock, on_own_connection, wait_for, wait_for_waiters
 
 # Also on a Redis Cluster (conftest: redis_store).
 pytestmark = pytest.mark.cluster
@@ -265,3 +267,52 @@ def test_a_lock_handed_to_a_waiter_that_stopped_waiting_is_released_for_the_next
         ("lock.acquired", "gamma"),
     ]
     assert LockFence.objects.get(resource="r").holder == "gamma"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiter_that_leaves_the_line_while_its_handover_is_recorded_is_granted_nothing(
+    ns, alpha, beta, make_agent
+):
+    """The release names the first waiter and records the handover in Postgres; the waiter leaves
+    the line meanwhile (it stopped waiting, or a busy process kept it from looking until its place
+    lapsed). No wake-up may then grant it the lock, which is freed for the next in line: a grant
+    answered the waiter's request with a token whose lock was released under it."""
+    gamma = make_agent("gamma")
+    held = acquire_lock(ns=ns, resource="r", actor=actor(alpha))
+    first, second = new_waiter(actor(beta), 30), new_waiter(actor(gamma), 30)
+    for waiter, who in ((first, beta), (second, gamma)):
+        try_acquire(ns=ns, resource="r", actor=actor(who), ttl_seconds=30, waiter=waiter, queue=True)
+    listener = r.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(wake_channel())
+    wait_for(lambda: listener.get_message(timeout=0.1) is None and listener.subscribed, message="subscribed")
+    with transaction.atomic():
+        LockFence.objects.select_for_update().get(ns=ns, resource="r")  # the handover waits here
+        release = lambda: release_lock(ns=ns, resource="r", token=held.token, actor=actor(alpha))  # noqa: E731
+        releasing, outcome = on_own_connection(release, deadlock_timeout="1s")
+        wait_for_waiters(1)
+        leave_queue(ns=ns, resource="r", waiter=first)  # beta stops waiting
+    releasing.join(timeout=30)
+    assert outcome == [None]
+
+    wakeups: list = []
+
+    def gamma_woken() -> bool:  # what came before gamma's wake-up includes any grant to beta
+        if (message := listener.get_message(timeout=0.1)) is not None:
+            wakeups.append(wakeup(message["data"]))
+        return second in [who for who, _ in wakeups]
+
+    wait_for(gamma_woken, message="gamma, next in line, woken to look")
+    listener.close()
+    assert [who for who, grant in wakeups if grant is not None] == []  # nobody was granted it
+    with pytest.raises(NotFound):  # free: beta was handed nothing it could hold
+        get_lock(ns=ns, resource="r")
+    mine = try_acquire(ns=ns, resource="r", actor=actor(gamma), ttl_seconds=30, waiter=second, queue=True)
+    assert isinstance(mine, HeldLock) and mine.token == held.token + 2
+    log = list(Event.objects.filter(subject="r").order_by("seq").values_list("type", "actor"))
+    assert log == [
+        ("lock.acquired", "alpha"),
+        ("lock.released", "alpha"),
+        ("lock.acquired", "beta"),  # recorded with the handover, then ended at once
+        ("lock.released", "beta"),
+        ("lock.acquired", "gamma"),
+    ]

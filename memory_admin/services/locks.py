@@ -321,8 +321,9 @@ def release_lock(*, ns: Namespace, resource: str, token: int, actor: Actor) -> N
     outcome = r.script(r.RELEASE)(
         keys=keys, args=[*args, start, "hand", _doorbell(), waiter, heir, handed, start + lease * 1000]
     )
-    if outcome == 2:  # the waiter stopped waiting meanwhile: nobody will use the lock
-        release_lock(ns=ns, resource=resource, token=handed, actor=Actor(name=heir))
+    if outcome == 2:  # the waiter left the line meanwhile: Redis freed the lock, granting nothing
+        _record_end(ns=ns, resource=resource, owner=heir, token=handed, type="lock.released")
+        wake_if_lapsed(ns=ns, resource=resource)
     elif outcome == 0:  # cannot happen while the line holds; should it, the fence must not lie
         _record_end(ns=ns, resource=resource, owner=heir, token=handed, type="lock.expired")
 
