@@ -126,8 +126,11 @@ def test_a_busy_hour_is_counted_in_one_load_a_minute_a_range_of_positions(alpha,
         write_record(ns=ns, key=f"k{i % 4}", value=i, actor=actor(alpha if i % 2 else beta))
     sequence_all(ns)
     ordered = list(positions.log(ns).order_by(positions.FIELD))
-    for i, event in enumerate(ordered):  # three events a minute over the last ten minutes or so
-        Event.objects.filter(pk=event.pk).update(created=now() - timedelta(minutes=10 - i // 3, seconds=-1))
+    # Three events a minute over the last ten minutes, each in the middle of its minute: a slow
+    # machine's updates then never straddle a minute's boundary.
+    middle = now().replace(second=30, microsecond=0)
+    for i, event in enumerate(ordered):
+        Event.objects.filter(pk=event.pk).update(created=middle - timedelta(minutes=10 - i // 3))
     per_minute = Counter(e.created.replace(second=0, microsecond=0) for e in positions.log(ns))
     buckets = activity.last_hour(ns)
     assert {b.minute: b.events for b in buckets if b.events} == per_minute
