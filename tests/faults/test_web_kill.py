@@ -10,6 +10,7 @@ from collections import Counter
 import httpx
 
 from tests.faults import checks
+from tests.faults.cluster import wait_for
 
 AGENTS = 6
 OPS = 40
@@ -57,7 +58,10 @@ def test_a_killed_web_process_writes_nothing_partial_and_retries_with_the_same_k
     clients = [Retrier(cluster.url, name, token) for name, token in tokens.items()]
     for client in clients:
         client.start()
-    time.sleep(1.0)
+    # A quarter of the way through, however fast the machine (a fixed second was past the end of
+    # all 240 writes on a fast one): each client has a request in flight.
+    quarter = AGENTS * OPS // 4
+    wait_for(lambda: sum(len(client.done) for client in clients) >= quarter, message="a quarter done")
     cluster.web.kill()  # SIGKILL, with requests in flight
     time.sleep(0.3)
     cluster.start_web()
