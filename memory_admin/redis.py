@@ -240,9 +240,10 @@ def rate_key(ns: str, token_id: int, window: int) -> str:
 
 # A call counted in its window's key (KEYS[1]), which lives ARGV[1] seconds from the window's first
 # call; the count so far. One command, where INCR and EXPIRE in a MULTI were a pipeline's worth.
+# ARGV: the key's time to live in seconds, the calls to add
 COUNT_CALL = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
 

@@ -179,15 +179,19 @@ def check_rate(token: Token) -> None:
         return
     stamp = time.time()
     window = int(stamp // WINDOW)
+    limit = settings.RATE_LIMIT_PER_MINUTE
     try:
-        count = limits.count_call(
-            ns_name=token.agent.ns.name, token_id=token.pk, window=window, keep_seconds=WINDOW * 2
+        allowed = limits.take_call(
+            ns_name=token.agent.ns.name,
+            token_id=token.pk,
+            window=window,
+            limit=limit,
+            keep_seconds=WINDOW * 2,
         )
     except Unavailable as exc:
         log.warning("rate limit skipped, Redis unavailable: %s", exc)
         _redis_down_until = time.monotonic() + REDIS_DOWN_PAUSE
         return
-    limit = settings.RATE_LIMIT_PER_MINUTE
-    if count > limit:
+    if not allowed:
         retry_after = max(1, int((window + 1) * WINDOW - stamp + 0.999))
         raise RateLimited(f"over {limit} requests a minute for this token", retry_after=retry_after)
