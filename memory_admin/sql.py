@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 
+from django.db import connection
+from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.models import Model
 
 from memory_admin.models import (
@@ -84,6 +86,47 @@ def _statement(name: str, template: str, *, orm: str, why: str, **extra: str) ->
 
 
 # --- connections ------------------------------------------------------------------------
+
+
+class _Prepared(ServerBindingCursor):
+    """Binds parameters on the server and has Postgres prepare each statement once per
+    connection (pooled connections keep them): the hot statements took longer to parse and plan
+    than to run (the record write, EXPLAIN ANALYZE: 0.3-0.5 ms planning, 0.2-0.4 ms execution)."""
+
+    logged = False
+
+    def execute(self, query, params=None, **kwargs):
+        super().execute(query, params, prepare=True, **kwargs)
+        if self.logged:  # a prepared run leaves unset the query that Django's query log reads
+            self._query = self._convert_query(query, params)
+        return self
+
+
+# Statements a pooled connection keeps prepared (psycopg evicts the oldest past it): WRITE_RECORD
+# takes one per set of parameter types (an expected version or none), write_records two, the
+# lock statements one or two each.
+_PREPARED_MAX = 32
+
+
+def prepared_cursor():
+    """A Django cursor (query logging, error wrapping) over a _Prepared cursor. Its statement's
+    result columns are named, not `*`, so a column added later cannot change a prepared result.
+
+    Django turns psycopg's preparing off (prepare_threshold None, for PgBouncer's transaction
+    mode); the service pools its own connections, so a connection prepares what asks for it
+    here. Django's own cursors bind on the client and never prepare."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        pg = connection.connection
+        if pg.prepare_threshold is None:
+            pg.prepare_threshold, pg.prepared_max = 2**31 - 1, _PREPARED_MAX  # only on request
+        raw = _Prepared(pg)
+    if connection.queries_logged:
+        raw.logged = True
+        return connection.make_debug_cursor(raw)
+    return connection.make_cursor(raw)
+
 
 PING = _statement(
     "PING",
@@ -693,7 +736,7 @@ FENCE_FOR_SHARE = _statement(
 # given to %(owner)s, after the event(s) `e` begins with, and the token it got.
 _THEN_ACQUIRED = """    UNION ALL
     SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.acquired', %(owner)s, %(agent_id)s, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'ttl_seconds', %(ttl)s::int,
+           jsonb_build_object('resource', %(resource)s::varchar, 'ttl_seconds', %(ttl)s::int,
                               'expires_at', %(expires_at)s::text,
                               'fencing_token', f.{LockFence.token}),
            %(stamp)s
@@ -728,7 +771,7 @@ WITH bumped AS (
 ), e AS (
     INSERT INTO {Event} ({event_columns})
     SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.expired', '{system}', f.was_holder, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'holder', f.was_holder,
+           jsonb_build_object('resource', %(resource)s::varchar, 'holder', f.was_holder,
                               'fencing_token', f.was_token),
            %(stamp)s
     FROM f WHERE f.was_held
@@ -757,9 +800,9 @@ WITH f AS (
 )
 INSERT INTO {Event} ({event_columns})
 SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, %(type)s, %(actor)s, %(owner)s, %(resource)s,
-       jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint)
-       || CASE WHEN %(type)s::text = 'lock.released' THEN '{{}}'::jsonb
-               ELSE jsonb_build_object('holder', %(owner)s::text) END,
+       jsonb_build_object('resource', %(resource)s::varchar, 'fencing_token', %(token)s::bigint)
+       || CASE WHEN %(type)s::varchar = 'lock.released' THEN '{{}}'::jsonb
+               ELSE jsonb_build_object('holder', %(owner)s::varchar) END,
        %(stamp)s
 FROM f
 """,
@@ -790,7 +833,7 @@ WITH f AS (
 ), e AS (
     INSERT INTO {Event} ({event_columns})
     SELECT %(ns)s, f.{LockFence.ord}, %(txn)s, 'lock.released', %(holder)s, %(holder)s, %(resource)s,
-           jsonb_build_object('resource', %(resource)s::text, 'fencing_token', %(token)s::bigint),
+           jsonb_build_object('resource', %(resource)s::varchar, 'fencing_token', %(token)s::bigint),
            %(stamp)s
     FROM f
 """

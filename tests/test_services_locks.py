@@ -75,6 +75,21 @@ def test_concurrent_acquirers_never_overlap_and_tokens_grow_in_acquisition_order
 
 
 @pytest.mark.django_db
+def test_acquires_and_releases_are_planned_once_per_connection_not_per_call(ns, alpha):
+    for _ in range(6):
+        held = acquire_lock(ns=ns, resource="plan", actor=actor(alpha), ttl_seconds=30)
+        release_lock(ns=ns, resource="plan", token=held.token, actor=actor(alpha))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s ORDER BY statement",
+            ["%UPDATE memory_admin_lockfence%"],
+        )
+        plans = [row[0] for row in cursor.fetchall()]
+    assert plans == [6, 6]  # the acquire's statement and the release's, each prepared once
+
+
+@pytest.mark.django_db
 def test_a_write_fenced_with_an_expired_holders_token_is_refused(ns, alpha, beta):
     first = acquire_lock(ns=ns, resource="section-1", actor=actor(alpha), ttl_seconds=1)
     lapse_lock(ns, "section-1")

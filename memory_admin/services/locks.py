@@ -224,7 +224,7 @@ def _record_acquire(*, ns, resource, actor, stamp, expires, ttl) -> int:
         expires=expires,
         ttl=ttl,
     )
-    with connection.cursor() as cursor:
+    with sql.prepared_cursor() as cursor:
         cursor.execute(sql.ACQUIRE_LOCK, params)
         row = cursor.fetchone()
         if row is None:  # a first acquire raced another for the new fence row: it exists now
@@ -246,7 +246,7 @@ def _doorbell() -> str:
 def _record_end(*, ns, resource, owner, token, type, actor: str | None = None, ring: bool = True) -> bool:
     """Mark the holder's fence free with its event; False if the fence no longer names it.
     With `ring` false the caller rings the relay's doorbell (_doorbell)."""
-    with connection.cursor() as cursor:
+    with sql.prepared_cursor() as cursor:
         cursor.execute(
             sql.END_LOCK,
             {
@@ -344,7 +344,7 @@ def _record_handover(*, ns, resource, owner, token, heir, stamp, ttl) -> int | N
         ns=ns, resource=resource, owner=heir, agent_id=heir, stamp=stamp, expires=expires, ttl=ttl
     )
     params.update(holder=owner, token=token)
-    with connection.cursor() as cursor:
+    with sql.prepared_cursor() as cursor:
         cursor.execute(sql.HAND_LOCK, params)
         row = cursor.fetchone()
     return row[0] if row else None

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils.timezone import now
 
 from memory_admin import metrics, rows, sql
@@ -110,52 +109,13 @@ def _write(*, ns, key, value, actor, expected_version) -> tuple[Record, bool] | 
         "stamp": now(),
         "txn": current_txn(),
     }
-    with prepared_cursor() as cursor:
+    with sql.prepared_cursor() as cursor:
         cursor.execute(sql.WRITE_RECORD, params)
         row = cursor.fetchone()
     if row is None or not row[-2]:  # refused: absent, or the version did not match
         return _refused(ns=ns, write=Write(key, value, expected_version), actor=actor, row=row)
     ring_after_write()
     return rows.load(Record, row), row[-1]
-
-
-class _Prepared(ServerBindingCursor):
-    """Binds parameters on the server and has Postgres prepare each statement once per
-    connection (pooled connections keep them): the write's statement took longer to parse and
-    plan than to run (EXPLAIN ANALYZE: 0.3-0.5 ms planning, 0.2-0.4 ms execution)."""
-
-    logged = False
-
-    def execute(self, query, params=None, **kwargs):
-        super().execute(query, params, prepare=True, **kwargs)
-        if self.logged:  # a prepared run leaves unset the query that Django's query log reads
-            self._query = self._convert_query(query, params)
-        return self
-
-
-# Statements a pooled connection keeps prepared (psycopg evicts the oldest past it): WRITE_RECORD
-# takes one per set of parameter types (an expected version or none), write_records two.
-_PREPARED_MAX = 32
-
-
-def prepared_cursor():
-    """A Django cursor (query logging, error wrapping) over a _Prepared cursor. Its statement's
-    result columns are named, not `*`, so a column added later cannot change a prepared result.
-
-    Django turns psycopg's preparing off (prepare_threshold None, for PgBouncer's transaction
-    mode); the service pools its own connections, so a connection prepares what asks for it
-    here. Django's own cursors bind on the client and never prepare."""
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        pg = connection.connection
-        if pg.prepare_threshold is None:
-            pg.prepare_threshold, pg.prepared_max = 2**31 - 1, _PREPARED_MAX  # only on request
-        raw = _Prepared(pg)
-    if connection.queries_logged:
-        raw.logged = True
-        return connection.make_debug_cursor(raw)
-    return connection.make_cursor(raw)
 
 
 def _refused(*, ns, write, actor, row) -> Conflict:
@@ -221,7 +181,7 @@ def write_records(
         "stamp": stamp,
         "txn": current_txn(),
     }
-    with prepared_cursor() as cursor:  # planned once per connection, as the single write
+    with sql.prepared_cursor() as cursor:  # planned once per connection, as the single write
         cursor.execute(sql.WRITE_MANY_LOCKING if lock else sql.WRITE_MANY, params)
         found = {row[0]: row[1:] for row in cursor.fetchall()}  # by the write's number, from 1
     for number, index in enumerate(valid, start=1):
