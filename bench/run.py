@@ -343,7 +343,8 @@ async def scenarios(ctx: dict) -> None:
     args, only, report, watch = ctx["args"], ctx["only"], ctx["report"], ctx["watch"]
     ours, hello = s.Target(HOST, ctx["web"]), s.Target(HOST, ctx["hello"])
     tokens = ctx["tokens"]
-    levels = (1, 16, 64)
+    # BENCH_LEVELS=16 (comma-separated) runs only those client counts: for A/B runs of one change
+    levels = tuple(int(n) for n in os.environ.get("BENCH_LEVELS", "1,16,64").split(","))
 
     def profile(name: str) -> None:
         """With BENCH_PROFILE=<part of a run's name>, py-spy samples the web process meanwhile."""

@@ -313,7 +313,9 @@ class PgVersionedUpdate(Op):
     async def setup(self, index: int) -> dict:
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         key = f"raw-c{index}"
-        await conn.execute(self.TABLE)
+        async with conn.transaction():  # clients set up at once: one creates the table
+            await conn.execute("SELECT pg_advisory_xact_lock(7401)")
+            await conn.execute(self.TABLE)
         row = await (
             await conn.execute(
                 "INSERT INTO bench_raw_kv VALUES (%s, '{}', 1) ON CONFLICT (key) "
