@@ -528,19 +528,26 @@ def _lock_parked(*, ns: Namespace, parked_id: int) -> ParkedEvent:
     return parked
 
 
+def _append_parked_event(*, ns: Namespace, type: str, parked: ParkedEvent, actor: Actor) -> None:
+    """The event of a replay or a discard: one payload for both, naming the group, the event and
+    the parked row it acts on."""
+    group = parked.group.name
+    append_event(
+        ns=ns,
+        type=type,
+        actor=actor,
+        subject=group,
+        payload={"group": group, "event_id": parked.event, "parked_id": parked.pk},
+    )
+
+
 @r.unavailable_on_error
 def replay_parked(*, ns: Namespace, parked_id: int, actor: Actor) -> ParkedEvent:
     """Deliver a parked event to its group once more (to one consumer, as any event)."""
     with transaction.atomic():
         parked = _lock_parked(ns=ns, parked_id=parked_id)
         group = parked.group.name
-        append_event(
-            ns=ns,
-            type="group.replayed",
-            actor=actor,
-            subject=group,
-            payload={"group": group, "event_id": parked.event, "parked_id": parked.pk},
-        )
+        _append_parked_event(ns=ns, type="group.replayed", parked=parked, actor=actor)
         parked.delete()
         # Last: if Redis refuses, the row and the event roll back and the event stays parked.
         keys = [r.stream_key(ns.name), r.group_replays_key(ns.name, group)]
@@ -552,13 +559,7 @@ def replay_parked(*, ns: Namespace, parked_id: int, actor: Actor) -> ParkedEvent
 def discard_parked(*, ns: Namespace, parked_id: int, actor: Actor) -> ParkedEvent:
     """Drop a parked event for good: the group never gets it again."""
     parked = _lock_parked(ns=ns, parked_id=parked_id)
-    append_event(
-        ns=ns,
-        type="group.discarded",
-        actor=actor,
-        subject=parked.group.name,
-        payload={"group": parked.group.name, "event_id": parked.event, "parked_id": parked.pk},
-    )
+    _append_parked_event(ns=ns, type="group.discarded", parked=parked, actor=actor)
     parked.delete()
     return parked
 
