@@ -58,12 +58,12 @@ def resolve_conflict(
     refused: VersionConflict | None = None
     with transaction.atomic():
         # The record's row before the conflict's, in the order a write takes them (its statement
-        # updates the record, then closes its writer's superseded conflicts): the other way round,
-        # accepting an agent's conflict while that agent wrote the key again deadlocked.
+        # writes the record, then closes its writer's superseded conflicts): the other way round,
+        # accepting an agent's conflict while that agent wrote the key again deadlocked. A record
+        # that does not exist has no row to lock yet: the write below creates it, and only then
+        # is the conflict locked and looked at again.
         list(Record.objects.select_for_update().filter(ns=conflict.ns_id, key=conflict.key).values_list("pk"))
-        conflict = Conflict.objects.select_for_update().get(pk=conflict.pk)
-        if conflict.status != Conflict.Status.OPEN:
-            raise Invalid(f"conflict {conflict.pk} is already resolved", {"conflict": "already resolved"})
+        conflict = _open(Conflict.objects.get(pk=conflict.pk))
         record = None
         try:
             if action == "accept" and conflict.delete:
@@ -82,6 +82,7 @@ def resolve_conflict(
         except VersionConflict as exc:
             refused = exc  # the operator's own conflict commits; this one stays open
         if refused is None:
+            _open(Conflict.objects.select_for_update().get(pk=conflict.pk))  # else the write rolls back
             mark_resolved(
                 ns=conflict.ns,
                 ids=[conflict.pk],
@@ -93,6 +94,12 @@ def resolve_conflict(
     if refused is not None:
         raise refused
     return record
+
+
+def _open(conflict: Conflict) -> Conflict:
+    if conflict.status != Conflict.Status.OPEN:
+        raise Invalid(f"conflict {conflict.pk} is already resolved", {"conflict": "already resolved"})
+    return conflict
 
 
 def mark_resolved(
