@@ -80,6 +80,29 @@ def test_the_first_position_of_a_minute_is_found_by_bisection(alpha):
     assert activity.first_position_since(ns, now() + timedelta(minutes=1)) == positions.head(ns) + 1
 
 
+def test_an_event_created_exactly_at_a_minutes_start_counts_in_that_minute(alpha):
+    ns = alpha.ns
+    minute = now().replace(second=0, microsecond=0) - timedelta(minutes=30)
+    tick = timedelta(microseconds=1)
+    # Each event's time, in log order: the last instant of a minute, its next minute's first.
+    times = [
+        minute - tick,
+        minute,
+        minute + tick,
+        minute + timedelta(minutes=1) - tick,
+        minute + timedelta(minutes=1),
+    ]
+    for i in range(len(times)):
+        publish_event(ns=ns, type="note", payload={"i": i}, actor=actor(alpha))
+    sequence_all(ns)
+    events = list(positions.log(ns).order_by(positions.FIELD))[-len(times) :]
+    for event, created in zip(events, times, strict=True):
+        Event.objects.filter(pk=event.pk).update(created=created)
+    first = positions.of(events[0])
+    found = activity.first_positions_since(ns, [minute, minute + timedelta(minutes=1), minute + tick])
+    assert found == [first + 1, first + 4, first + 2]
+
+
 def test_charts_are_svg_polylines_scaled_to_the_largest_value(alpha):
     buckets = activity.last_hour(alpha.ns)
     drawn = activity.chart(buckets, ("writes", "conflicts"))
