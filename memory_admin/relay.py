@@ -152,21 +152,23 @@ class Relay:
             pause = min(pause * 2, HORIZON_POLL[1]) if self.waiting else HORIZON_POLL[0]
 
     async def sequence(self) -> int:
-        """One pass of the sequencer, in one round trip: the transaction that stamps positions also
-        stores the previous pass's `published` positions; then what waits to be published.
-        Returns how many events got a position."""
+        """One pass of the sequencer, in one round trip and one transaction (sql.relay_pass): the
+        sequencer's lock, the previous pass's `published` positions stored, positions stamped; then
+        what waits to be published. Returns how many events got a position."""
         marks = dict(self.marks)
-        async with self.conn.pipeline():
-            async with self.conn.transaction():
-                await self.conn.execute(sql.SEQUENCER_LOCK, [events.SEQUENCER_LOCK])
-                if marks:
-                    await self.conn.execute(sql.RELAY_MARK, [list(marks), list(marks.values())])
-                stamping = await self.conn.execute(sql.SEQUENCE, [events.SEQUENCE_BATCH])
-            pending = await self.conn.execute(sql.RELAY_PENDING)
-            waiting = await self.conn.execute(sql.RELAY_WAITING)
-            stamped = await stamping.fetchall()
-            self.pending = await pending.fetchall()
-            self.waiting = (await waiting.fetchone())[0]
+        marking = [list(marks), list(marks.values())] if marks else []
+        cursor = psycopg.AsyncClientCursor(self.conn)
+        await cursor.execute(
+            sql.relay_pass(marking=bool(marks)),
+            [events.SEQUENCER_LOCK, *marking, events.SEQUENCE_BATCH],
+        )
+        results = []
+        while True:
+            results.append(await cursor.fetchall() if cursor.description else None)
+            if not cursor.nextset():
+                break
+        stamped, self.pending, waiting = results[-3:]
+        self.waiting = waiting[0][0]
         self._stored(marks)
         return sum(count for _, _, count in stamped)
 
