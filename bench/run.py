@@ -175,6 +175,9 @@ def main() -> int:
         args.seconds = 1.0
     only = {int(x) for x in args.only.split(",") if x.strip()} or set(range(1, 11))
 
+    # A run stopped with SIGTERM (kill, pkill) stops what it started too: the `finally` below runs
+    # (by default SIGTERM ends Python at once, and uvicorn's supervisors lived on, restarting workers).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     var = Path(tempfile.mkdtemp(prefix="mab-", dir="/tmp"))  # short: Postgres' socket path limit
     password = secrets.token_urlsafe(16)
     os.environ.update(
