@@ -238,9 +238,9 @@ def rate_key(ns: str, token_id: int, window: int) -> str:
     return f"{_tag(ns)}:rate:{token_id}:{window}"
 
 
-# A call counted in its window's key (KEYS[1]), which lives ARGV[1] seconds from the window's first
-# call; the count so far. One command, where INCR and EXPIRE in a MULTI were a pipeline's worth.
-# ARGV: the key's time to live in seconds, the calls to add
+# Calls (ARGV[2] of them: services/limits.py takes them in blocks) counted in their window's key
+# (KEYS[1]), which lives ARGV[1] seconds from the window's first call; the count so far. One
+# command, where INCRBY and EXPIRE in a MULTI were a pipeline's worth.
 COUNT_CALL = """
 local count = redis.call('INCRBY', KEYS[1], ARGV[2])
 if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
