@@ -345,6 +345,16 @@ class Event(models.Model):
         }
 
 
+class Sequencer(models.Model):
+    """One row, id 1: how far the sequencer has stamped (services/events.py). Every event with
+    `ord` below `floor` has its position, and every event still to come has `ord` at or above
+    it, so the sequencer's scan of the events waiting starts at the floor: the index entries of
+    events stamped before it, left in the partial index until vacuum removes them, are never
+    read again (with the floor at 0, a pass read every one of them: milliseconds a pass)."""
+
+    floor = models.BigIntegerField(default=0)
+
+
 class Idempotency(models.Model):
     """A stored first response for a retried POST/PUT/DELETE (API.md: Idempotency).
 

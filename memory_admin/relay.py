@@ -117,6 +117,7 @@ class Relay:
 
     async def _become_active(self) -> bool:
         self.conn = await psycopg.AsyncConnection.connect(dsn(), autocommit=True)
+        await self.conn.execute(sql.relay_prepare())  # the pass's statements, planned once
         while not self.stopping.is_set():
             row = await (await self.conn.execute(sql.RELAY_LOCK, [LOCK_KEY])).fetchone()
             if row[0]:

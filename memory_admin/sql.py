@@ -31,6 +31,7 @@ from memory_admin.models import (
     Namespace,
     Record,
     RecordVersion,
+    Sequencer,
     StoreItem,
     Token,
 )
@@ -51,10 +52,20 @@ class _Names:
         return self._model._meta.get_field(field).column
 
 
-_MODELS = {
-    model.__name__: _Names(model)
-    for model in (Agent, Conflict, Event, Fact, LockFence, Namespace, Record, RecordVersion, StoreItem, Token)
-}
+_TABLES = (
+    Agent,
+    Conflict,
+    Event,
+    Fact,
+    LockFence,
+    Namespace,
+    Record,
+    RecordVersion,
+    Sequencer,
+    StoreItem,
+    Token,
+)
+_MODELS = {model.__name__: _Names(model) for model in _TABLES}
 
 
 def _text(template: str, **extra: str) -> str:
@@ -182,17 +193,21 @@ SEQUENCER_TRY_LOCK = _statement(
     why="the advisory lock, without waiting for the sequencer at work",
 )
 
+# Where the sequencer's scan starts (models.Sequencer): no row (a new or flushed database) is 0.
+FLOOR = _text("(SELECT COALESCE(max({Sequencer.floor}), 0) FROM {Sequencer})")
+
 # Stamps positions on the events below the horizon that have none: the first `limit` of them in
-# (ord, seq) order, each namespace's numbered on from its head. Returns each namespace touched
-# with its new head.
+# (ord, seq) order, each namespace's numbered on from its head, and moves the floor to the
+# greatest `ord` stamped (what waits after them has an `ord` at least that). Returns each
+# namespace touched with its new head.
 SEQUENCE = _statement(
     "SEQUENCE",
     """
 WITH todo AS (
-    SELECT {Event.seq}, {Event.ns},
+    SELECT {Event.seq}, {Event.ns}, {Event.ord},
            row_number() OVER (PARTITION BY {Event.ns} ORDER BY {Event.ord}, {Event.seq}) AS n
     FROM (SELECT {Event.seq}, {Event.ns}, {Event.ord} FROM {Event}
-          WHERE {Event.position} IS NULL AND {Event.ord} < {horizon}
+          WHERE {Event.position} IS NULL AND {Event.ord} >= {floor} AND {Event.ord} < {horizon}
           ORDER BY {Event.ord}, {Event.seq} LIMIT %s) waiting
 ), counts AS (
     SELECT {Event.ns}, count(*) AS n FROM todo GROUP BY {Event.ns}
@@ -205,13 +220,20 @@ WITH todo AS (
     FROM todo JOIN heads ON heads.{Namespace.id} = todo.{Event.ns}
     WHERE e.{Event.seq} = todo.{Event.seq}
     RETURNING e.{Event.ns}
+), floor AS (
+    INSERT INTO {Sequencer} ({Sequencer.id}, {Sequencer.floor})
+    SELECT 1, max({Event.ord}) FROM todo HAVING count(*) > 0
+    ON CONFLICT ({Sequencer.id}) DO UPDATE SET {Sequencer.floor} = EXCLUDED.{Sequencer.floor}
 )
 SELECT heads.{Namespace.id}, heads.head, (SELECT count(*) FROM stamped) FROM heads
 """,
     horizon=HORIZON,
-    orm="waiting = Event.objects.filter(position=None, ord__lt=Horizon()).order_by('ord', 'seq')[:limit]; "
+    floor=FLOOR,
+    orm="waiting = Event.objects.filter(position=None, ord__gte=Floor(), ord__lt=Horizon())"
+    ".order_by('ord', 'seq')[:limit]; "
     "then per namespace: Namespace.objects.filter(pk=ns).update(head=F('head') + n) and "
-    "Event.objects.bulk_update(events with position=base + i, ['position'])",
+    "Event.objects.bulk_update(events with position=base + i, ['position']); "
+    "Sequencer.objects.update_or_create(pk=1, defaults={'floor': max ord})",
     why="the horizon is read from the statement's own snapshot (pg_current_snapshot): reading it in "
     "one statement and stamping in the next would let a transaction end in between; and one "
     "statement, not a round trip per namespace plus a bulk update",
@@ -219,9 +241,11 @@ SELECT heads.{Namespace.id}, heads.head, (SELECT count(*) FROM stamped) FROM hea
 
 WAITING = _statement(
     "WAITING",
-    "SELECT EXISTS (SELECT 1 FROM {Event} WHERE {Event.position} IS NULL AND {Event.ord} < {horizon})",
+    "SELECT EXISTS (SELECT 1 FROM {Event} "
+    "WHERE {Event.position} IS NULL AND {Event.ord} >= {floor} AND {Event.ord} < {horizon})",
     horizon=HORIZON,
-    orm="Event.objects.filter(position=None, ord__lt=Horizon()).exists()",
+    floor=FLOOR,
+    orm="Event.objects.filter(position=None, ord__gte=Floor(), ord__lt=Horizon()).exists()",
     why="the horizon is a snapshot function (pg_current_snapshot, pg_snapshot_xip) the ORM cannot say",
 )
 
@@ -885,8 +909,9 @@ WHERE {Namespace.head} > {Namespace.published} ORDER BY {Namespace.id}
 )
 RELAY_WAITING = _statement(
     "RELAY_WAITING",
-    "SELECT EXISTS (SELECT 1 FROM {Event} WHERE {Event.position} IS NULL)",
-    orm="Event.objects.filter(position=None).exists()",
+    "SELECT EXISTS (SELECT 1 FROM {Event} WHERE {Event.position} IS NULL AND {Event.ord} >= {floor})",
+    floor=FLOOR,
+    orm="Event.objects.filter(position=None, ord__gte=Floor()).exists()",
     why="as RELAY_PENDING: the relay's own pipelined connection",
 )
 RELAY_FETCH = _statement(
@@ -915,13 +940,42 @@ WHERE ns.{Namespace.id} = marks.id AND ns.{Namespace.published} < marks.publishe
 )
 
 
+# The relay's statements that a pass runs, prepared once per connection (relay_prepare): as
+# simple queries Postgres parsed and planned each of them on every pass (SEQUENCE alone ~1.6 ms
+# of planning, EXPLAIN; more than it took to run).
+_RELAY_PREPARED = {
+    "ma_relay_mark": RELAY_MARK,
+    "ma_sequence": SEQUENCE,
+    "ma_relay_pending": RELAY_PENDING,
+    "ma_relay_waiting": RELAY_WAITING,
+}
+
+
+def _numbered(statement: str) -> str:
+    """`statement` with its positional `%s` parameters as PREPARE's `$1`, `$2`, ..."""
+    parts = statement.split("%s")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], start=1))
+
+
+def relay_prepare() -> str:
+    """The PREPAREs of the relay's pass statements, one query, for a new relay connection."""
+    return ";\n".join(f"PREPARE {name} AS {_numbered(text)}" for name, text in _RELAY_PREPARED.items())
+
+
 def relay_pass(*, marking: bool) -> str:
     """A relay's pass as one query: SEQUENCER_LOCK, RELAY_MARK when there are marks to store,
-    SEQUENCE, RELAY_PENDING and RELAY_WAITING, separated by semicolons. Sent as one simple query
-    (parameters bound on the client), Postgres runs them as one transaction, and psycopg spends a
-    fifth of the CPU it spent on the same statements pipelined (bench/README.md, round 5)."""
+    SEQUENCE, RELAY_PENDING and RELAY_WAITING, separated by semicolons, the last four as
+    EXECUTEs of what relay_prepare prepared. Sent as one simple query (parameters bound on the
+    client), Postgres runs them as one transaction, and psycopg spends a fifth of the CPU it spent
+    on the same statements pipelined (bench/README.md, round 5)."""
     return ";\n".join(
-        [SEQUENCER_LOCK, *([RELAY_MARK] if marking else []), SEQUENCE, RELAY_PENDING, RELAY_WAITING]
+        [
+            SEQUENCER_LOCK,
+            *(["EXECUTE ma_relay_mark(%s, %s)"] if marking else []),
+            "EXECUTE ma_sequence(%s)",
+            "EXECUTE ma_relay_pending",
+            "EXECUTE ma_relay_waiting",
+        ]
     )
 
 

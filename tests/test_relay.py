@@ -17,7 +17,7 @@ from django.test import Client
 from memory_admin import live
 from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
-from memory_admin.relay import STATUS_KEY
+from memory_admin.relay import STATUS_KEY, Relay
 from memory_admin.services.events import find_position, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
@@ -176,3 +176,30 @@ def test_the_relay_says_which_position_each_event_it_published_got(ns, alpha, ou
 def test_the_relay_keeps_what_it_loaded_out_of_full_collections(relay):
     loaded = re.search(r"loaded \((\d+) objects kept out of full collections\)", relay.output())
     assert loaded is not None and int(loaded.group(1)) > 10_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relays_pass_runs_statements_planned_once_per_connection(ns, alpha):
+    """As simple queries, the pass's statements were parsed and planned on every pass (SEQUENCE's
+    planning alone took longer than its run); the relay prepares them when it connects."""
+    publish(ns, alpha, 2)
+
+    async def three_passes() -> list[tuple]:
+        relay = Relay(name="relay-under-test")
+        assert await relay._become_active()
+        try:
+            for _ in range(3):
+                await relay.sequence()
+            found = await relay.conn.execute(
+                "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements ORDER BY name"
+            )
+            return await found.fetchall()
+        finally:
+            await relay._close()
+
+    assert async_to_sync(three_passes)() == [
+        ("ma_relay_mark", 0),  # nothing published by this relay: no marks to store
+        ("ma_relay_pending", 3),
+        ("ma_relay_waiting", 3),
+        ("ma_sequence", 3),
+    ]

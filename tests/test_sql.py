@@ -20,6 +20,7 @@ from django.db.models import (
     F,
     Func,
     IntegerField,
+    Max,
     Min,
     OuterRef,
     Q,
@@ -41,6 +42,7 @@ from memory_admin.models import (
     Namespace,
     Record,
     RecordVersion,
+    Sequencer,
     StoreItem,
     Token,
     iso,
@@ -144,22 +146,30 @@ def test_the_sequencer_numbers_what_waits_as_the_orm_form_would(ns, alpha, make_
         count[ns_id] += 1
         expected[seq] = count[ns_id]
 
+    top = Event.objects.filter(position=None).aggregate(top=Max("ord"))["top"]
+
     sequence_here()  # SEQUENCE, its horizon moved past this test's own open transaction
 
     assert dict(Event.objects.filter(seq__in=expected).values_list("seq", "position")) == expected
     assert {n.pk: n.head for n in Namespace.objects.all()} == count
+    # The floor moved to the greatest ord stamped: the next pass's scan starts there.
+    assert list(Sequencer.objects.values_list("floor", flat=True)) == [top]
 
 
 @covers("WAITING")
-def test_waiting_is_whether_an_unnumbered_event_sits_below_the_horizon(ns, alpha):
+def test_waiting_is_whether_an_unnumbered_event_sits_between_the_floor_and_the_horizon(ns, alpha):
     (horizon,) = rows(f"SELECT {sql.HORIZON}")[0]
 
     def orm() -> bool:
-        return Event.objects.filter(position=None, ord__lt=horizon).exists()
+        floor = Sequencer.objects.aggregate(floor=Max("floor"))["floor"] or 0
+        return Event.objects.filter(position=None, ord__gte=floor, ord__lt=horizon).exists()
 
     sequence_here()
+    Sequencer.objects.update_or_create(pk=1, defaults={"floor": 5})  # as if stamped up to ord 5
     assert rows(sql.WAITING) == [(orm(),)] == [(False,)]
-    Event.objects.create(ns=ns, ord=1, type="custom.a", actor="a")  # as if committed long ago
+    Event.objects.create(ns=ns, ord=4, type="custom.a", actor="a")  # below the floor: not looked at
+    assert rows(sql.WAITING) == [(orm(),)] == [(False,)]
+    Event.objects.create(ns=ns, ord=5, type="custom.a", actor="a")  # committed long ago
     assert rows(sql.WAITING) == [(orm(),)] == [(True,)]
 
 
@@ -933,7 +943,8 @@ def test_the_relays_statements_read_and_mark_what_the_orm_forms_do(ns, alpha, ma
 
     pending = Namespace.objects.filter(head__gt=F("published")).order_by("id")
     assert rows(sql.RELAY_PENDING) == list(pending.values_list("id", "name", "published", "head"))
-    assert rows(sql.RELAY_WAITING) == [(Event.objects.filter(position=None).exists(),)]
+    floor = Sequencer.objects.aggregate(floor=Max("floor"))["floor"] or 0
+    assert rows(sql.RELAY_WAITING) == [(Event.objects.filter(position=None, ord__gte=floor).exists(),)]
 
     fetched = rows(sql.RELAY_FETCH, [ns.pk, 1, 3])
     orm = (

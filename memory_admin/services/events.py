@@ -157,7 +157,7 @@ def sequence(*, wait: bool = True, limit: int = SEQUENCE_BATCH) -> dict[int, int
     """
     if connection.in_atomic_block:
         raise RuntimeError("the sequencer runs in a transaction of its own")
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), sql.prepared_cursor() as cursor:  # planned once per connection
         if wait:
             cursor.execute(sql.SEQUENCER_LOCK, [SEQUENCER_LOCK])
         else:
@@ -173,7 +173,7 @@ def sequence_waiting() -> None:
     that what committed before this read is in it unless an older transaction is still open)."""
     if connection.in_atomic_block:
         return  # inside someone's transaction: never commit for them
-    with connection.cursor() as cursor:
+    with sql.prepared_cursor() as cursor:
         cursor.execute(sql.WAITING)
         waiting = cursor.fetchone()[0]
     if waiting:
