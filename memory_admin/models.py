@@ -139,7 +139,8 @@ class Fact(DomId, models.Model):
 
 
 class Record(DomId, models.Model):
-    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="records")
+    # No index of its own: record_ns_key_uniq leads with it.
+    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="records", db_index=False)
     # Bytewise collation: prefix listing (LIKE 'p%') and key cursors use the unique index.
     key = models.CharField(max_length=200, db_collation="C")
     value = models.JSONField(null=True)
@@ -167,7 +168,8 @@ class Record(DomId, models.Model):
 
 
 class RecordVersion(models.Model):
-    record = models.ForeignKey(Record, on_delete=models.CASCADE, related_name="versions")
+    # No index of its own: recordversion_uniq leads with it.
+    record = models.ForeignKey(Record, on_delete=models.CASCADE, related_name="versions", db_index=False)
     version = models.PositiveBigIntegerField()
     value = models.JSONField(null=True)
     deleted = models.BooleanField(default=False)
@@ -290,7 +292,14 @@ class Event(models.Model):
     """
 
     seq = models.BigAutoField(primary_key=True)
-    ns = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="events")
+    # No index of its own (event_ns_position_uniq leads with it) and no foreign key in Postgres:
+    # its check, on every event at commit, key-share locked the namespace row, which the
+    # sequencer updates on every pass, and so made a MultiXact per check under concurrent
+    # writers: a fifth of Postgres' CPU on a /txn of 50 puts (bench/README.md, round 6). No
+    # namespace is ever deleted; one deleted through the ORM still takes its events along.
+    ns = models.ForeignKey(
+        Namespace, on_delete=models.CASCADE, related_name="events", db_index=False, db_constraint=False
+    )
     position = models.BigIntegerField(null=True)  # null until sequenced
     ord = models.BigIntegerField()  # >= the writer's xid8: the sequencer's order (with seq)
     txn = models.CharField(max_length=40, blank=True, default="", db_default="")  # the /txn that wrote it
