@@ -16,6 +16,7 @@ data, and checks that no other module hands SQL text to a cursor.
 from __future__ import annotations
 
 import functools
+import re
 
 from django.db import connection
 from django.db.backends.postgresql.base import ServerBindingCursor
@@ -73,6 +74,24 @@ def _text(template: str, **extra: str) -> str:
     return template.format(**_MODELS, **{name: part.format(**_MODELS) for name, part in extra.items()})
 
 
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|\s+|[^'\"\s-]+|-")
+
+
+def _compact(text: str) -> str:
+    """`text` without its `--` comments, each run of white space one space (quoted text as it
+    is): what Postgres reads is the same. psycopg parses a statement's placeholders again on every
+    call when its text is over 4,096 bytes (MAX_CACHED_STATEMENT_LENGTH); the write-many
+    statements were, as written, and this kept 5% of the web process's CPU on a /txn of 50 puts."""
+    parts = [" "]
+    for token in _TOKENS.findall(text):
+        if token.startswith("--") or token.isspace():
+            if parts[-1] != " ":
+                parts.append(" ")
+        else:
+            parts.append(token)
+    return "".join(parts).strip()
+
+
 STATEMENTS: dict[str, Statement] = {}
 
 
@@ -84,7 +103,7 @@ class Statement(str):
     why: str
 
     def __new__(cls, template: str, *, orm: str, why: str, **extra: str) -> Statement:
-        self = super().__new__(cls, _text(template, **extra))
+        self = super().__new__(cls, _compact(_text(template, **extra)))
         self.orm = orm
         self.why = why
         self.__doc__ = f"Replaces: {orm}\nRaw because: {why}"
@@ -158,13 +177,13 @@ XID = "pg_current_xact_id()::text::bigint"
 # too; only a running xid seen in pg_stat_activity in another named database is left out (it
 # cannot write our events). Anything not proven elsewhere counts, so the horizon never passes a
 # transaction that could still append.
-HORIZON = """(SELECT LEAST(
+HORIZON = _compact("""(SELECT LEAST(
     pg_snapshot_xmax(s.snap)::text::bigint,
     (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s.snap) x
      WHERE mod(x::text::bigint, 4294967296) NOT IN (
          SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
          WHERE a.backend_xid IS NOT NULL AND a.datname IS NOT NULL AND a.datname <> current_database())))
-  FROM (SELECT pg_current_snapshot() AS snap) s)"""
+  FROM (SELECT pg_current_snapshot() AS snap) s)""")
 
 APPEND_EVENT = _statement(
     "APPEND_EVENT",

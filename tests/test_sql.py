@@ -541,6 +541,25 @@ def test_the_store_namespaces_are_the_orm_distinct_paths(ns, items):
     assert store.list_namespaces(ns=ns, suffix=["b"]) == [["docs", "b"]]
 
 
+def test_every_statement_fits_psycopgs_cache_of_parsed_queries():
+    """Over 4,096 bytes psycopg parses a statement's placeholders again on every call."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    for name, statement in sql.STATEMENTS.items():
+        assert len(statement.encode()) <= MAX_CACHED_STATEMENT_LENGTH, name
+
+
+def test_a_statement_is_sent_without_comments_or_runs_of_white_space_but_its_quoted_text_as_is():
+    text = (
+        '\n    SELECT \'a  --  b\', "odd  ""n"" x"  -- a comment\n'
+        "    FROM t  -- another\n"
+        "    WHERE x->>'k' = 'it''s'  AND y - -1 > 0\n"
+    )
+    compact = "SELECT 'a  --  b', \"odd  \"\"n\"\" x\" FROM t WHERE x->>'k' = 'it''s' AND y - -1 > 0"
+    assert sql._compact(text) == compact
+    assert rows(sql._compact("SELECT 'a  --  b' -- gone\n, 2")) == [("a  --  b", 2)]
+
+
 def test_every_statement_is_checked_against_its_orm_form():
     assert set(sql.STATEMENTS) == COVERED
     for name, statement in sql.STATEMENTS.items():
