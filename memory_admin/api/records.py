@@ -9,10 +9,21 @@ a path reach the key that ends in `/versions`, as nothing else answers them ther
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
-from memory_admin.api.common import Id, In, Key, Limit, RecordKey, actor_of, and_exact, errors, ns_of
+from memory_admin.api.common import (
+    Id,
+    In,
+    Key,
+    Limit,
+    RecordKey,
+    actor_of,
+    and_exact,
+    errors,
+    json_response,
+    ns_of,
+)
 from memory_admin.models import RecordVersion, iso
 from memory_admin.services import records
 
@@ -73,10 +84,8 @@ class DeleteQuery(Schema):
     expected_version: Id | None = None
 
 
-def _with_etag(record, status: int = 200) -> JsonResponse:
-    response = JsonResponse(
-        records.record_body(record), status=status, json_dumps_params={"ensure_ascii": False}
-    )
+def _with_etag(record, status: int = 200) -> HttpResponse:
+    response = json_response(records.record_body(record), status=status)
     response["ETag"] = f'"{record.version}"'
     return response
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router, Schema
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator, with_config
 from typing_extensions import TypedDict  # pydantic needs it for a TypedDict before Python 3.12
 
 from memory_admin.api.agents import StatusIn, status_body
-from memory_admin.api.common import Id, Key, actor_of, agent_of, errors, ns_of, token_of
+from memory_admin.api.common import Id, Key, actor_of, agent_of, errors, json_response, ns_of, token_of
 from memory_admin.api.events import EventIn
 from memory_admin.api.facts import FactIn, fact_body
 from memory_admin.errors import Forbidden
@@ -203,6 +203,6 @@ def _result(done: txns.Done) -> dict[str, Any]:
     return {"status": 200, "body": body}
 
 
-def _json(data: dict[str, Any]) -> JsonResponse:
+def _json(data: dict[str, Any]) -> HttpResponse:
     # Built by hand, not validated item by item against the schema: 128 results are ours.
-    return JsonResponse(data, json_dumps_params={"ensure_ascii": False})
+    return json_response(data)

