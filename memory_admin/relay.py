@@ -6,11 +6,12 @@ The active relay, each time a writer's doorbell rings (Redis PUBLISH after commi
 comes due:
   - sequences: stamps positions on the committed events below the horizon (services/events.py);
   - publishes, per namespace, the events after the namespace's `published` position: XADD to its
-    stream with the explicit id `<position>-0`, so Redis itself refuses a second copy after a
-    crash between publish and cursor update, and each event's `seq:position` on the positions
-    channel (what `POST /events` waits for); then one doorbell to the namespace's Channels group
-    (pages read the log themselves); the new `published` is stored in the next pass's
-    sequencing transaction, or on its own once nothing rings for a moment (MARK_SECONDS);
+    stream with the explicit id `<position>-0` (a batch in one script call, redis.ADD_EVENTS), so
+    Redis itself refuses a second copy after a crash between publish and cursor update, and each
+    event's `seq:position` on the positions channel (what `POST /events` waits for); then one
+    doorbell to the namespace's Channels group (pages read the log themselves); the new
+    `published` is stored in the next pass's sequencing transaction, or on its own once nothing
+    rings for a moment (MARK_SECONDS);
   - sweeps lapsed locks and heartbeats into `lock.expired` / `agent.stale` events.
 A namespace whose publishing fails is retried with backoff and reported to operators; the others
 go on (one namespace's events never stall another's). The relay never parses a payload: bodies are
@@ -214,26 +215,24 @@ class Relay:
         rows = await (await self.conn.execute(sql.RELAY_FETCH, [ns_id, after, through])).fetchall()
         if len(rows) != through - after:  # positions are dense: anything else is a broken log
             raise RuntimeError(f"positions {after + 1}..{through} of {ns} read {len(rows)} events")
-        pipe = self.redis.pipeline(transaction=False)
-        key = r.stream_key(ns)
+        entries = [settings.EVENT_STREAM_MAXLEN]
         for *row, _ in rows:
-            pipe.xadd(
-                key,
-                {"event": body_json(*row)},
-                id=f"{row[0]}-0",
-                maxlen=settings.EVENT_STREAM_MAXLEN,
-                approximate=True,
-            )
+            entries += (f"{row[0]}-0", body_json(*row))
+        keys = [r.stream_key(ns)]
+        add = r.script(r.ADD_EVENTS)
         heard = " ".join(f"{row[-1]}:{row[0]}" for row in rows)
-        cluster = isinstance(self.redis, redis.asyncio.cluster.RedisCluster)
-        if not cluster:
-            pipe.publish(events.positions_channel(), heard)
-        for result in await pipe.execute(raise_on_error=False):
-            # A stream that already has this id got it before a crash: exactly once, by Redis' rule.
-            if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
-                raise result
-        if cluster:  # a cluster's pipeline takes no command without a key
+        if isinstance(self.redis, redis.asyncio.cluster.RedisCluster):  # its pipeline takes no PUBLISH
+            await add.run(self.redis, keys, entries)
             await self.redis.publish(events.positions_channel(), heard)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.execute_command(*add.command(keys, entries))
+            pipe.publish(events.positions_channel(), heard)
+            added, _ = await pipe.execute(raise_on_error=False)
+            if isinstance(added, redis.exceptions.NoScriptError):  # a restarted or flushed Redis
+                await add.run(self.redis, keys, entries)
+            elif isinstance(added, Exception):
+                raise added
         await live.broadcast(ns_id, ns, through)
         self.marks[ns_id] = through
         self.published += len(rows)

@@ -37,6 +37,23 @@ def publish(ns, agent, count: int) -> list[int]:
     return [wait_for(lambda e=e: find_position(e).position, message="a position") for e in published]
 
 
+def one_pass() -> Relay:
+    """A relay in this process, for one pass: it sequences, then publishes what waits."""
+
+    async def run() -> Relay:
+        relay = Relay(name="relay-under-test")
+        assert await relay._become_active()
+        try:
+            await relay.sequence()
+            await relay.publish_pending()
+        finally:
+            await relay._close()
+            await relay.redis.aclose()
+        return relay
+
+    return async_to_sync(run)()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_new_relay_publishes_what_a_killed_one_left_each_event_exactly_once_in_order(ns, alpha, tmp_path):
     first = start_relay(tmp_path, "relay-1")
@@ -60,6 +77,35 @@ def test_a_new_relay_publishes_what_a_killed_one_left_each_event_exactly_once_in
         assert Namespace.objects.get(pk=ns.pk).published == ids[-1]
     finally:
         second.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_first_events_the_stream_has_adds_only_the_rest_each_once(ns, alpha):
+    ids = publish(ns, alpha, 6)
+    # As if a relay had added the log up to the first three of these and died before storing
+    # its cursor.
+    added = range(1, ids[3])
+    for position in added:
+        r.client().xadd(r.stream_key(ns.name), {"event": "added before"}, id=f"{position}-0")
+
+    relay = one_pass()
+    assert not relay.stalls
+    entries = dict(r.client().xrange(r.stream_key(ns.name)))
+    assert stream_ids(ns) == list(range(1, ids[-1] + 1))
+    assert [entries[f"{p}-0"]["event"] for p in added] == ["added before"] * len(added)
+    assert [json.loads(entries[f"{p}-0"]["event"])["id"] for p in ids[3:]] == ids[3:]
+
+    one_pass()  # its cursor was never stored: the next relay publishes the batch again
+    assert dict(r.client().xrange(r.stream_key(ns.name))) == entries
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_publishes_to_a_redis_that_forgot_its_script(ns, alpha):
+    ids = publish(ns, alpha, 2)
+    r.client().script_flush()  # what a restarted Redis, or one failed over to a replica, knows
+    relay = one_pass()
+    assert not relay.stalls
+    assert stream_ids(ns)[-2:] == ids
 
 
 @pytest.mark.django_db(transaction=True)
