@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _string  # json.dumps of a str, ensure_ascii=False
 
 import psycopg
 import redis.asyncio
@@ -36,7 +37,7 @@ from django.db import close_old_connections
 
 from memory_admin import live, sql
 from memory_admin import redis as r
-from memory_admin.models import iso
+from memory_admin.models import iso_from_us
 from memory_admin.services import events
 from memory_admin.services.locks import sweep_expired_locks
 from memory_admin.services.status import sweep_stale_agents
@@ -68,14 +69,17 @@ def dsn() -> str:
     )
 
 
-def body_json(position, type, actor, agent_id, subject, payload_text, created, txn) -> str:
-    """An event's body (Event.body()) as JSON text, around the payload's own text."""
-    head = json.dumps(
-        {"id": position, "type": type, "agent_id": agent_id or None, "actor": actor, "subject": subject},
-        ensure_ascii=False,
+def body_json(position, type, actor, agent_id, subject, payload_text, created_us, txn) -> str:
+    """An event's body (Event.body()) as JSON text, around the payload's own text: the text
+    json.dumps(body, ensure_ascii=False) gives, written out with json's own string escaping. Two
+    json.dumps of dicts and a datetime's isoformat took 20.6 us an event (timeit); this 3.0."""
+    agent = _string(agent_id) if agent_id else "null"
+    end = f', "txn": {_string(txn)}}}' if txn else "}"
+    return (
+        f'{{"id": {position}, "type": {_string(type)}, "agent_id": {agent}, "actor": {_string(actor)}, '
+        f'"subject": {_string(subject)}, "payload": {payload_text}, '
+        f'"created_at": "{iso_from_us(created_us)}"{end}'
     )
-    tail = json.dumps({"created_at": iso(created), **({"txn": txn} if txn else {})}, ensure_ascii=False)
-    return f'{head[:-1]}, "payload": {payload_text}, {tail[1:]}'
 
 
 @dataclass

@@ -7,18 +7,20 @@ import json
 import re
 import signal
 import time
+from datetime import UTC, datetime
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.test import Client
 
 from memory_admin import live
 from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
 from memory_admin.relay import STATUS_KEY, Relay
-from memory_admin.services.events import find_position, positions_channel, publish_event
+from memory_admin.services.events import append_event, find_position, in_txn, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
 # Also on a Redis Cluster (conftest: redis_store).
@@ -165,6 +167,37 @@ def test_the_stream_carries_each_event_as_the_api_shows_it(ns, alpha, relay):
     wait_for(lambda: position in stream_ids(ns), message="published")
     [(_, fields)] = r.client().xrange(r.stream_key(ns.name), f"{position}-0", f"{position}-0")
     assert json.loads(fields["event"]) == json.loads(json.dumps(Event.objects.get(seq=event.seq).body()))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_carries_odd_text_times_and_txns_as_the_api_shows_them(ns, alpha):
+    odd = 'q" b\\ n\n t\t c\x01\x1f\x7f é ✓ \u2028 😀 </'
+    with transaction.atomic():
+        appended = [
+            append_event(ns=ns, type=f"odd.{odd}", actor=odd, agent_id="", subject=odd, payload={odd: [odd]}),
+            append_event(ns=ns, type="plain", actor="system", agent_id=odd, subject=""),
+        ]
+    with transaction.atomic(), in_txn(f"txn {odd}"):
+        appended += [append_event(ns=ns, type="in.txn", actor=actor(alpha), payload={"n": 10**30})]
+    times = [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no fraction in the API's form
+        datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
+    for event, moment in zip(appended, times, strict=True):
+        Event.objects.filter(seq=event.seq).update(created=moment)
+
+    one_pass()
+    entries = dict(r.client().xrange(r.stream_key(ns.name)))
+    events = [Event.objects.get(seq=e.seq) for e in appended]
+    published = [json.loads(entries[f"{event.position}-0"]["event"]) for event in events]
+    assert published == [json.loads(json.dumps(event.body())) for event in events]
+    assert [body["created_at"] for body in published] == [
+        "2026-01-02T03:04:05Z",
+        "2026-01-02T03:04:05.000007Z",
+        "0999-12-31T23:59:59.999999Z",
+    ]
+    assert [body.get("txn") for body in published] == [None, None, f"txn {odd}"]
 
 
 @pytest.mark.django_db(transaction=True)
