@@ -56,6 +56,10 @@ STATUS_KEY = events.RELAY_STATUS_KEY
 # How long a pass's new `published` positions may wait for the next pass's transaction before
 # they are stored on their own: under load the next pass comes sooner, and one commit does both.
 MARK_SECONDS = 0.05
+# Characters of events one script call adds at most, unless one event alone has more: Redis reads a
+# call's arguments whole and does nothing else while it runs (a batch of 500 events of 1 MB would
+# be one call of 500 MB). Batches of the usual events (~200 characters) are one call.
+CALL_SIZE = 1_000_000
 
 
 def dsn() -> str:
@@ -80,6 +84,21 @@ def body_json(position, type, actor, agent_id, subject, payload_text, created_us
         f'"subject": {_string(subject)}, "payload": {payload_text}, '
         f'"created_at": "{iso_from_us(created_us)}"{end}'
     )
+
+
+def call_texts(rows: list[tuple]) -> list[str]:
+    """The events of RELAY_FETCH's `rows` as redis.ADD_EVENTS takes them (each one's id and body
+    followed by RS), in as many calls' texts as keep each call near CALL_SIZE at most."""
+    texts, parts, size = [], [], 0
+    for *row, _ in rows:
+        part = f"{row[0]}-0\x1e{body_json(*row)}\x1e"
+        if parts and size + len(part) > CALL_SIZE:
+            texts.append("".join(parts))
+            parts, size = [], 0
+        parts.append(part)
+        size += len(part)
+    texts.append("".join(parts))
+    return texts
 
 
 @dataclass
@@ -219,22 +238,21 @@ class Relay:
         rows = await (await self.conn.execute(sql.RELAY_FETCH, [ns_id, after, through])).fetchall()
         if len(rows) != through - after:  # positions are dense: anything else is a broken log
             raise RuntimeError(f"positions {after + 1}..{through} of {ns} read {len(rows)} events")
-        entries = [settings.EVENT_STREAM_MAXLEN]
-        for *row, _ in rows:
-            entries += (f"{row[0]}-0", body_json(*row))
-        keys = [r.stream_key(ns)]
-        add = r.script(r.ADD_EVENTS)
+        add, keys, maxlen = r.script(r.ADD_EVENTS), [r.stream_key(ns)], settings.EVENT_STREAM_MAXLEN
+        *earlier, last = call_texts(rows)
+        for entries in earlier:  # in order: a call's first id must be above the previous call's
+            await add.run(self.redis, keys, [maxlen, entries])
         heard = " ".join(f"{row[-1]}:{row[0]}" for row in rows)
         if isinstance(self.redis, redis.asyncio.cluster.RedisCluster):  # its pipeline takes no PUBLISH
-            await add.run(self.redis, keys, entries)
+            await add.run(self.redis, keys, [maxlen, last])
             await self.redis.publish(events.positions_channel(), heard)
         else:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.execute_command(*add.command(keys, entries))
+            pipe.execute_command(*add.command(keys, [maxlen, last]))
             pipe.publish(events.positions_channel(), heard)
             added, _ = await pipe.execute(raise_on_error=False)
             if isinstance(added, redis.exceptions.NoScriptError):  # a restarted or flushed Redis
-                await add.run(self.redis, keys, entries)
+                await add.run(self.redis, keys, [maxlen, last])
             elif isinstance(added, Exception):
                 raise added
         await live.broadcast(ns_id, ns, through)

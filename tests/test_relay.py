@@ -13,13 +13,13 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 
-from memory_admin import live
+from memory_admin import live, sql
 from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
-from memory_admin.relay import STATUS_KEY, Relay
+from memory_admin.relay import CALL_SIZE, STATUS_KEY, Relay, call_texts
 from memory_admin.services.events import append_event, find_position, in_txn, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
@@ -102,6 +102,24 @@ def test_a_batch_whose_first_events_the_stream_has_adds_only_the_rest_each_once(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_batch_too_big_for_one_script_call_is_added_in_several_in_order(ns, alpha):
+    blob = "x" * (CALL_SIZE // 3)
+    appended = [
+        publish_event(ns=ns, type="big", payload={"i": i, "blob": blob}, actor=actor(alpha)) for i in range(5)
+    ]
+    ids = [wait_for(lambda e=e: find_position(e).position) for e in appended]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RELAY_FETCH, [ns.pk, ids[0] - 1, ids[-1]])
+        assert len(call_texts(cursor.fetchall())) == 3  # two events a call
+
+    relay = one_pass()
+    assert not relay.stalls
+    entries = r.client().xrange(r.stream_key(ns.name))
+    assert [int(entry_id.split("-")[0]) for entry_id, _ in entries[-5:]] == ids
+    assert [json.loads(fields["event"])["payload"]["i"] for _, fields in entries[-5:]] == list(range(5))
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_relay_publishes_to_a_redis_that_forgot_its_script(ns, alpha):
     ids = publish(ns, alpha, 2)
     r.client().script_flush()  # what a restarted Redis, or one failed over to a replica, knows
@@ -171,7 +189,7 @@ def test_the_stream_carries_each_event_as_the_api_shows_it(ns, alpha, relay):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_stream_carries_odd_text_times_and_txns_as_the_api_shows_them(ns, alpha):
-    odd = 'q" b\\ n\n t\t c\x01\x1f\x7f é ✓ \u2028 😀 </'
+    odd = 'q" b\\ n\n t\t c\x01\x1e\x1f\x7f é ✓ \u2028 😀 </'  # \x1e: redis.ADD_EVENTS' separator
     with transaction.atomic():
         appended = [
             append_event(ns=ns, type=f"odd.{odd}", actor=odd, agent_id="", subject=odd, payload={odd: [odd]}),
