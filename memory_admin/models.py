@@ -22,6 +22,23 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
+def iso_from_us(us: int) -> str:
+    """iso() of the moment `us` microseconds after the Unix epoch, without a datetime in between:
+    the relay formats one per event it publishes (psycopg's load of a timestamptz, 0.7-1.3 us, and
+    its isoformat, 2.5 us, against 0.1 us for a bigint's and 1.2 us for this, timeit)."""
+    second, micro = divmod(us, 1_000_000)
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = (_EPOCH + timedelta(seconds=second)).isoformat()
+    return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"  # as isoformat: no fraction at 0
+
+
+_EPOCH = datetime(1970, 1, 1)
+_SECONDS: dict[int, str] = {}
+
+
 def iso_ms(moment: datetime | None) -> str | None:
     """ISO 8601 UTC to the millisecond: what Redis keeps of lock and status times, so a value
     reads back the same as it was first returned."""

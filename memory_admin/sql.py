@@ -937,14 +937,16 @@ RELAY_FETCH = _statement(
     "RELAY_FETCH",
     """
 SELECT {Event.position}, {Event.type}, {Event.actor}, {Event.agent_id}, {Event.subject},
-       {Event.payload}::text, {Event.created}, {Event.txn}, {Event.seq}
+       {Event.payload}::text, (extract(epoch FROM {Event.created}) * 1000000)::bigint, {Event.txn},
+       {Event.seq}
 FROM {Event} WHERE {Event.ns} = %s AND {Event.position} > %s AND {Event.position} <= %s
 ORDER BY {Event.position}
 """,
     orm="Event.objects.filter(ns=ns_id, position__gt=after, position__lte=through).order_by('position')"
     ".values_list('position', 'type', 'actor', 'agent_id', 'subject', Cast('payload', TextField()), "
-    "'created', 'txn', 'seq')",
-    why="as RELAY_PENDING: the relay's own connection; the payload comes as its text, published as it is",
+    "Cast(Extract('created', 'epoch') * 1000000, BigIntegerField()), 'txn', 'seq')",
+    why="as RELAY_PENDING: the relay's own connection; the payload comes as its text, published as it "
+    "is, and `created` as Unix microseconds, which the relay formats without a datetime (iso_from_us)",
 )
 RELAY_MARK = _statement(
     "RELAY_MARK",

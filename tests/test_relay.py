@@ -7,18 +7,20 @@ import json
 import re
 import signal
 import time
+from datetime import UTC, datetime
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import User
+from django.db import connection, transaction
 from django.test import Client
 
-from memory_admin import live
+from memory_admin import live, sql
 from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
-from memory_admin.relay import STATUS_KEY, Relay
-from memory_admin.services.events import find_position, positions_channel, publish_event
+from memory_admin.relay import CALL_SIZE, STATUS_KEY, Relay, call_texts
+from memory_admin.services.events import append_event, find_position, in_txn, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
 # Also on a Redis Cluster (conftest: redis_store).
@@ -35,6 +37,23 @@ def publish(ns, agent, count: int) -> list[int]:
         publish_event(ns=ns, type="tick", payload={"i": i}, actor=actor(agent)) for i in range(count)
     ]
     return [wait_for(lambda e=e: find_position(e).position, message="a position") for e in published]
+
+
+def one_pass() -> Relay:
+    """A relay in this process, for one pass: it sequences, then publishes what waits."""
+
+    async def run() -> Relay:
+        relay = Relay(name="relay-under-test")
+        assert await relay._become_active()
+        try:
+            await relay.sequence()
+            await relay.publish_pending()
+        finally:
+            await relay._close()
+            await relay.redis.aclose()
+        return relay
+
+    return async_to_sync(run)()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -60,6 +79,53 @@ def test_a_new_relay_publishes_what_a_killed_one_left_each_event_exactly_once_in
         assert Namespace.objects.get(pk=ns.pk).published == ids[-1]
     finally:
         second.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_first_events_the_stream_has_adds_only_the_rest_each_once(ns, alpha):
+    ids = publish(ns, alpha, 6)
+    # As if a relay had added the log up to the first three of these and died before storing
+    # its cursor.
+    added = range(1, ids[3])
+    for position in added:
+        r.client().xadd(r.stream_key(ns.name), {"event": "added before"}, id=f"{position}-0")
+
+    relay = one_pass()
+    assert not relay.stalls
+    entries = dict(r.client().xrange(r.stream_key(ns.name)))
+    assert stream_ids(ns) == list(range(1, ids[-1] + 1))
+    assert [entries[f"{p}-0"]["event"] for p in added] == ["added before"] * len(added)
+    assert [json.loads(entries[f"{p}-0"]["event"])["id"] for p in ids[3:]] == ids[3:]
+
+    one_pass()  # its cursor was never stored: the next relay publishes the batch again
+    assert dict(r.client().xrange(r.stream_key(ns.name))) == entries
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_too_big_for_one_script_call_is_added_in_several_in_order(ns, alpha):
+    blob = "x" * (CALL_SIZE // 3)
+    appended = [
+        publish_event(ns=ns, type="big", payload={"i": i, "blob": blob}, actor=actor(alpha)) for i in range(5)
+    ]
+    ids = [wait_for(lambda e=e: find_position(e).position) for e in appended]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RELAY_FETCH, [ns.pk, ids[0] - 1, ids[-1]])
+        assert len(call_texts(cursor.fetchall())) == 3  # two events a call
+
+    relay = one_pass()
+    assert not relay.stalls
+    entries = r.client().xrange(r.stream_key(ns.name))
+    assert [int(entry_id.split("-")[0]) for entry_id, _ in entries[-5:]] == ids
+    assert [json.loads(fields["event"])["payload"]["i"] for _, fields in entries[-5:]] == list(range(5))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_publishes_to_a_redis_that_forgot_its_script(ns, alpha):
+    ids = publish(ns, alpha, 2)
+    r.client().script_flush()  # what a restarted Redis, or one failed over to a replica, knows
+    relay = one_pass()
+    assert not relay.stalls
+    assert stream_ids(ns)[-2:] == ids
 
 
 @pytest.mark.django_db(transaction=True)
@@ -119,6 +185,37 @@ def test_the_stream_carries_each_event_as_the_api_shows_it(ns, alpha, relay):
     wait_for(lambda: position in stream_ids(ns), message="published")
     [(_, fields)] = r.client().xrange(r.stream_key(ns.name), f"{position}-0", f"{position}-0")
     assert json.loads(fields["event"]) == json.loads(json.dumps(Event.objects.get(seq=event.seq).body()))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_carries_odd_text_times_and_txns_as_the_api_shows_them(ns, alpha):
+    odd = 'q" b\\ n\n t\t c\x01\x1e\x1f\x7f é ✓ \u2028 😀 </'  # \x1e: redis.ADD_EVENTS' separator
+    with transaction.atomic():
+        appended = [
+            append_event(ns=ns, type=f"odd.{odd}", actor=odd, agent_id="", subject=odd, payload={odd: [odd]}),
+            append_event(ns=ns, type="plain", actor="system", agent_id=odd, subject=""),
+        ]
+    with transaction.atomic(), in_txn(f"txn {odd}"):
+        appended += [append_event(ns=ns, type="in.txn", actor=actor(alpha), payload={"n": 10**30})]
+    times = [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no fraction in the API's form
+        datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
+    for event, moment in zip(appended, times, strict=True):
+        Event.objects.filter(seq=event.seq).update(created=moment)
+
+    one_pass()
+    entries = dict(r.client().xrange(r.stream_key(ns.name)))
+    events = [Event.objects.get(seq=e.seq) for e in appended]
+    published = [json.loads(entries[f"{event.position}-0"]["event"]) for event in events]
+    assert published == [json.loads(json.dumps(event.body())) for event in events]
+    assert [body["created_at"] for body in published] == [
+        "2026-01-02T03:04:05Z",
+        "2026-01-02T03:04:05.000007Z",
+        "0999-12-31T23:59:59.999999Z",
+    ]
+    assert [body.get("txn") for body in published] == [None, None, f"txn {odd}"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -29,7 +29,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Extract
 from django.utils.timezone import now
 
 from memory_admin import sql
@@ -46,6 +46,7 @@ from memory_admin.models import (
     StoreItem,
     Token,
     iso,
+    iso_from_us,
 )
 from memory_admin.rows import load as rows_load
 from memory_admin.services import counts, records, store
@@ -969,10 +970,23 @@ def test_the_relays_statements_read_and_mark_what_the_orm_forms_do(ns, alpha, ma
     orm = (
         Event.objects.filter(ns=ns, position__gt=1, position__lte=3)
         .order_by("position")
-        .values_list("position", "type", "actor", "agent_id", "subject", Cast("payload", TextField()))
+        .values_list(
+            "position",
+            "type",
+            "actor",
+            "agent_id",
+            "subject",
+            Cast("payload", TextField()),
+            Cast(Extract("created", "epoch") * 1000000, BigIntegerField()),
+            "txn",
+            "seq",
+        )
     )
-    assert [row[:6] for row in fetched] == list(orm)
+    assert fetched == list(orm)
     assert [json.loads(row[5]) for row in fetched] == [{"n": 2}, {"n": 3}]
+    assert [iso_from_us(row[6]) for row in fetched] == [
+        iso(e.created) for e in Event.objects.filter(ns=ns, position__in=[2, 3]).order_by("position")
+    ]
 
     rows(sql.RELAY_MARK, [[ns.pk, other.pk], [3, 1]])  # never backwards
     assert list(
