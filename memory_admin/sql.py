@@ -335,9 +335,9 @@ TOKEN_BY_DIGEST = _statement(
 # "loose index scan"): SELECT DISTINCT read all 1,000,000 rows of a namespace for a menu of ten.
 _DISTINCT = """
 WITH RECURSIVE v AS (
-    (SELECT {col} AS value FROM {table} WHERE {ns} = %(ns)s ORDER BY {col} LIMIT 1)
+    (SELECT {col} AS value FROM {table} WHERE {ns} = %(ns)s{where} ORDER BY {col} LIMIT 1)
     UNION ALL
-    SELECT (SELECT {col} FROM {table} WHERE {ns} = %(ns)s AND {col} > v.value ORDER BY {col} LIMIT 1)
+    SELECT (SELECT {col} FROM {table} WHERE {ns} = %(ns)s{where} AND {col} > v.value ORDER BY {col} LIMIT 1)
     FROM v WHERE v.value IS NOT NULL
 )
 SELECT value FROM v WHERE value IS NOT NULL LIMIT %(limit)s
@@ -351,6 +351,7 @@ DISTINCT_CATEGORIES = _statement(  # fact_ns_category_idx
     table="{Fact}",
     col="{Fact.category}",
     ns="{Fact.ns}",
+    where="",
     orm="Fact.objects.filter(ns=ns).values_list('category', flat=True).distinct()"
     ".order_by('category')[:limit]",
     why=_LOOSE_SCAN,
@@ -361,7 +362,9 @@ DISTINCT_TYPES = _statement(  # event_ns_type_idx
     table="{Event}",
     col="{Event.type}",
     ns="{Event.ns}",
-    orm="Event.objects.filter(ns=ns).values_list('type', flat=True).distinct().order_by('type')[:limit]",
+    where=" AND {Event.position} IS NOT NULL",  # the index's condition (models.POSITIONED)
+    orm="Event.objects.filter(ns=ns, position__isnull=False).values_list('type', flat=True).distinct()"
+    ".order_by('type')[:limit]",
     why=_LOOSE_SCAN,
 )
 
