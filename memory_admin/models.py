@@ -18,8 +18,20 @@ from django.utils.timezone import now
 
 
 def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, as the API shows times."""
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    """ISO 8601 UTC with a Z, as the API shows times.
+
+    The last moment formatted is kept by identity: the 50 records a /txn writes share one
+    timestamp object, and isoformat (2.5 us) was 6% of the web process's time on it."""
+    global _last_iso
+    last, text = _last_iso
+    if moment is last:
+        return text
+    text = None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    _last_iso = (moment, text)
+    return text
+
+
+_last_iso: tuple[datetime | None, str | None] = (None, None)  # swapped whole: safe across threads
 
 
 def iso_from_us(us: int) -> str:

@@ -25,7 +25,7 @@ class Fence:
     token: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class Write:
     """One write of write_records: as write_record's arguments."""
 
@@ -137,7 +137,7 @@ def _refused(*, ns, write, actor, row) -> Conflict:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # as Write: 50 of them a /txn
 class Written:
     """A write of write_records that was made: the record as record_body reads it (all of it
     known to the writer but its version), and whether the write created it. Not a Record: 50
