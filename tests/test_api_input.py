@@ -5,10 +5,14 @@ body that takes JSON values, and nothing changes."""
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memory_admin import redis as r
+from memory_admin.api import _NOT_PLAIN, plain_document
+from memory_admin.errors import Invalid
 from memory_admin.models import Agent, Event
-from memory_admin.validation import MAX_INT, MIN_INT, check_document, nothing_to_check
+from memory_admin.validation import MAX_INT, MIN_INT, check_document, nothing_to_check, unique_keys
 from tests.api_support import api_for, error, state
 
 pytestmark = pytest.mark.django_db
@@ -184,3 +188,59 @@ def test_json_with_a_charset_and_requests_without_a_body_are_accepted(alpha):
     assert sent.status_code == 201
     # No body, no content type: a lock taken with its defaults.
     assert api.client.post("/api/v1/locks/printer", data=b"", content_type="", **auth).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"value":1,"value":2}',
+        '{"value" :1, "value":2}',  # white space before a colon
+        '{"value": {"k\\"": 1, "k\\"": 2}}',  # a key with a quote in it
+        '{"value": {"a": "x\\":", "a": "y"}}',  # a value with a quote and a colon in it
+        '{"value": [1, {"x": {"y": 1, "y": 1}}]}',
+    ],
+)
+def test_a_key_twice_is_refused_also_where_the_fast_parse_could_miss_it(alpha, raw):
+    """plain_document's count of members (api/__init__.py) must see each of these."""
+    api = api_for(alpha)
+    before = state()
+    failure = error(api.put("/records/plan", raw=raw), 422, "validation_error")
+    assert "twice" in failure["message"]
+    assert state() == before
+
+
+_KEYS = st.text(alphabet=st.sampled_from('ab":\\ /{}[],'), max_size=4)
+_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | _KEYS
+
+
+def _render(value, colon: str, comma: str) -> str:
+    """JSON text of `value`, where an object is a list of (key, value) pairs: keys may repeat."""
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        members = [json.dumps(key) + colon + _render(item, colon, comma) for key, item in value]
+        return "{" + comma.join(members) + "}"
+    if isinstance(value, list):
+        return "[" + comma.join(_render(item, colon, comma) for item in value) + "]"
+    return json.dumps(value)
+
+
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.lists(st.tuples(_KEYS, inner), min_size=1, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES, st.sampled_from([":", ": ", " :", "\n:"]), st.sampled_from([",", ", "]))
+def test_the_fast_parse_gives_what_the_strict_parse_gives_or_steps_aside(value, colon, comma):
+    """For any body nothing_to_check passes: plain_document gives exactly json.loads' document
+    with the duplicate-key hook, or steps aside (_NOT_PLAIN) — always for a key twice."""
+    body = _render(value, colon, comma).encode()
+    if not nothing_to_check(body):
+        return
+    try:
+        strict = json.loads(body, object_pairs_hook=unique_keys)
+    except Invalid:
+        strict = _NOT_PLAIN  # a key twice: the fast parse must not take it
+    fast = plain_document(body)
+    assert fast is _NOT_PLAIN or (strict is not _NOT_PLAIN and fast == strict and repr(fast) == repr(strict))
