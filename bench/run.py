@@ -647,7 +647,10 @@ def explain_plans() -> list[dict]:
         "events by type": Event.objects.filter(ns=ns, type="lock.acquired", position__gt=500_000).order_by(
             "position"
         )[:51],
-        "events by agent": Event.objects.filter(ns=ns, agent_id="agent-00042").order_by("position")[:51],
+        # as GET /api/v1/events?agent_id= (read_events: after 0)
+        "events by agent": Event.objects.filter(ns=ns, agent_id="agent-00042", position__gt=0).order_by(
+            "position"
+        )[:51],
         "timeline newest": Event.objects.filter(ns=ns, position__isnull=False).order_by("-position")[:51],
     }
     plans = []

@@ -230,6 +230,15 @@ _VALUES = st.recursive(
 )
 
 
+@pytest.mark.parametrize("depth", [200, 254, 255, 256, 1023, 1024, 1025, 5_000])
+def test_the_fast_parse_steps_aside_where_orjson_stops_nesting(depth):
+    """orjson reads 1,024 levels and writes 254: anything deeper goes the strict way (whose
+    refusal of deep nesting is a 422, test_api_errors)."""
+    body = ("[" * depth + "]" * depth).encode()
+    fast = plain_document(body)
+    assert fast is _NOT_PLAIN if depth > 254 else fast == json.loads(body)
+
+
 @settings(max_examples=400, deadline=None)
 @given(_VALUES, st.sampled_from([":", ": ", " :", "\n:"]), st.sampled_from([",", ", "]))
 def test_the_fast_parse_gives_what_the_strict_parse_gives_or_steps_aside(value, colon, comma):

@@ -104,9 +104,10 @@ def plain_document(body: bytes) -> Any:
     50 puts took 250 us to parse that way, 70 us this way (timeit)."""
     try:
         document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        written = orjson.dumps(document)  # refuses nesting deeper than 254 levels
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return _NOT_PLAIN
-    if body.count(b'":') != orjson.dumps(document).count(b'":') or _SPACE_BEFORE_COLON.search(body):
+    if body.count(b'":') != written.count(b'":') or _SPACE_BEFORE_COLON.search(body):
         return _NOT_PLAIN
     return document
 
