@@ -158,6 +158,14 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: st
     return processes.wait_for(predicate, timeout=timeout * PATIENCE, interval=interval, message=message)
 
 
+def clear_of_a_minute_boundary(seconds: float) -> None:
+    """Sleep into the next minute unless `seconds` are left of this one: for a test that counts what
+    it does in the current minute's bucket (a minute that turned halfway would split its count)."""
+    left = 60 - (time.time() % 60)
+    if left < seconds:
+        time.sleep(left + 0.1)
+
+
 # --- lapsed TTLs: what Redis and the rows hold once a lease ran out, without waiting for it ---
 
 

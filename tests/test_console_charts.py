@@ -19,7 +19,7 @@ from memory_admin.services import activity
 from memory_admin.services.events import publish_event, sequence
 from memory_admin.services.locks import acquire_lock
 from memory_admin.services.records import write_record
-from tests.conftest import actor, wait_for
+from tests.conftest import actor, clear_of_a_minute_boundary, wait_for
 
 # Also on a Redis Cluster (conftest: redis_store): minutes are counted and kept in Redis.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
@@ -37,6 +37,7 @@ def sequence_all(ns: Namespace) -> None:
 
 
 def test_the_current_minute_counts_events_writes_conflicts_and_locks(alpha, beta):
+    clear_of_a_minute_boundary(5)
     ns = alpha.ns
     write_record(ns=ns, key="plan", value=1, actor=actor(alpha))
     with pytest.raises(VersionConflict):
