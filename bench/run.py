@@ -523,7 +523,11 @@ async def scenarios(ctx: dict) -> None:
             add(result)
     if 9 in only:
         log("9. 50 versioned writes a request: /batch and /txn, beside etcd's CAS and Txn (16 clients)")
-        await s.many_keys(measure, ours, tokens, s.Target(HOST, ctx["etcd"]) if ctx["etcd"] else None)
+        report["ratios"] = await s.many_keys(
+            measure, ours, tokens, s.Target(HOST, ctx["etcd"]) if ctx["etcd"] else None
+        )
+        for name, found in report["ratios"].items():
+            log(f"  {name}: {found['median']:.3f}x, the median of {found['pairs']}")
     if 10 in only:
         from bench.reactions import REPS, reaction_times
 
@@ -798,6 +802,13 @@ def format_table(report: dict) -> str:
             f"| {row['scenario']} | {row['system']} | {row['clients']} | {row['ops_per_s']:.0f} | "
             f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} | {notes} |"
         )
+    if report.get("ratios"):
+        lines += ["", "| ratio (scenario 9, pairs side by side) | each pair | median |"]
+        lines += ["| --- | --- | ---: |"]
+        lines += [
+            f"| {name} | {', '.join(f'{r:.3f}' for r in found['pairs'])} | **{found['median']:.3f}x** |"
+            for name, found in report["ratios"].items()
+        ]
     for title, key in (("console page", "pages"), ("API list", "lists")):
         if report.get(key):
             lines += [
