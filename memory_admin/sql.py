@@ -1103,7 +1103,7 @@ _WRITE_MANY_REST = (
 ), refused AS (
     SELECT i.n, i.key FROM i WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.{Record.key} = i.key)
 )
-SELECT i.n, true, w.is_new, w.{Record.version}, {no_record} FROM i JOIN w ON w.{Record.key} = i.key
+SELECT i.n, true, w.is_new, w.{Record.version}, {no_record} FROM i JOIN w ON w.{Record.key} = i.key{guard}
 UNION ALL
 -- the refused keys' records probed by key (`= ANY` of an array, an index scan), not joined: the
 -- planner, counting 100 writes and few refusals, read the whole namespace to hash it (EXPLAIN: a
@@ -1119,6 +1119,7 @@ _MANY = {
     # a written write's record columns: the writer knows them all but the version
     "no_record": ", ".join(["NULL"] * len(Record._meta.concrete_fields)),
     "record": columns(Record, "r"),
+    "guard": "",
 }
 _MANY_ORM = "for each write: write_record's ORM form (WRITE_RECORD), in one transaction"
 _MANY_WHY = (
@@ -1130,15 +1131,26 @@ WRITE_MANY = _statement(
 )
 # The same, taking the advisory locks first (LOCK_KEYS): every write reads `i`, whose rows come
 # only once `locked` is done, so no record row is locked before the keys are.
+_MANY_LOCKING = (
+    "WITH locked AS (" + _LOCK_KEYS + "), " + _MANY_INPUT + "\n    WHERE (SELECT n FROM locked) IS NOT NULL"
+)
 WRITE_MANY_LOCKING = _statement(
     "WRITE_MANY_LOCKING",
-    "WITH locked AS ("
-    + _LOCK_KEYS
-    + "), "
-    + _MANY_INPUT
-    + "\n    WHERE (SELECT n FROM locked) IS NOT NULL"
-    + _WRITE_MANY_REST,
+    _MANY_LOCKING + _WRITE_MANY_REST,
     orm="LOCK_KEYS's, then WRITE_MANY's",
     why=_MANY_WHY + "; the keys' advisory locks in the same round trip",
     **_MANY,
+)
+# The same, all or nothing, for a /txn of puts alone run outside a transaction (services/txn.py):
+# when a write is refused and another made, the guard raises (SQLSTATE MA409, migration 0014) and
+# the statement keeps nothing. When every write is refused there is nothing to undo: it answers as
+# WRITE_MANY_LOCKING does, with no write made.
+REFUSED_ALL = "MA409"
+WRITE_MANY_ALL = _statement(
+    "WRITE_MANY_ALL",
+    _MANY_LOCKING + _WRITE_MANY_REST,
+    orm="WRITE_MANY_LOCKING's, in transaction.atomic(), rolled back when a write is refused",
+    why="one statement is a transaction of its own: no BEGIN and COMMIT round trips (two of the "
+    "four a txn of puts made) and no transaction.atomic",
+    **{**_MANY, "guard": "\nWHERE memory_admin_refuse_all((SELECT count(*) FROM refused))"},
 )

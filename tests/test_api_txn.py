@@ -1,9 +1,14 @@
 """POST /api/v1/txn and /batch (API.md: Transactions and batches): every compare, every
 operation, the rollback paths and the errors, through the API on real Postgres and Redis."""
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from psycopg import pq
 
 from memory_admin import redis as r
 from memory_admin.models import Conflict, Event, Fact, Record, RecordVersion
@@ -409,3 +414,68 @@ def test_a_batch_of_puts_answers_each_form_as_the_single_write_does_in_one_state
     # The seven puts were one write statement, not seven.
     sql = [query["sql"] for query in queries.captured_queries]
     assert sum("INSERT INTO memory_admin_recordversion" in text for text in sql) == 1
+
+
+# --- a txn of puts alone: one statement, committing by itself ------------------------------
+
+
+@contextmanager
+def sent_to_postgres() -> Iterator[list[str]]:
+    """The messages this thread's connection sends to Postgres meanwhile (libpq's trace)."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    messages: list[str] = []
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            yield messages
+        finally:
+            pgconn.untrace()
+            trace.seek(0)
+            messages += [" ".join(line.rstrip("\n").split("\t")[2:]) for line in trace if line[0] == "F"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_txn_of_puts_alone_is_one_statement_that_commits_by_itself(alpha):
+    api = api_for(alpha)
+    api.put("/records/a", {"value": 1})
+    with sent_to_postgres() as sent:
+        response = txn(api, [], success=[put("a", 2, 1), put("b", 1, 0), put("c", "x")])
+    assert ran(response)
+    assert [result["status"] for result in response.json()["results"]] == [200, 201, 201]
+    # No BEGIN and no COMMIT: the write statement is a transaction of its own.
+    assert not [message for message in sent if '"BEGIN"' in message or '"COMMIT"' in message], sent
+    assert sum(message.startswith("Execute") for message in sent) == 1, sent
+    assert [(r.key, r.version, r.value) for r in Record.objects.order_by("key")] == [
+        ("a", 2, 2),
+        ("b", 1, 1),
+        ("c", 1, "x"),
+    ]
+    written = Event.objects.filter(type="record.written").exclude(subject="a", payload__version=1)
+    assert {event.txn for event in written} == {response.json()["txn"]} and written.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("puts", "failed_op"),
+    [
+        ([put("a", 2, 1), put("b", 2, 7), put("c", 1)], 1),  # one refused by the statement: it keeps none
+        ([put("a", 2, 5), put("b", 2, 7)], 0),  # all refused: none made
+    ],
+)
+def test_a_txn_of_puts_alone_with_one_refused_keeps_none_and_says_which(alpha, puts, failed_op):
+    api = api_for(alpha)
+    api.put("/records/a", {"value": 1})
+    api.put("/records/b", {"value": 1})
+    before = everything_but_idempotency()
+    failed = error(txn(api, [], success=puts), 409, "txn_aborted")
+    assert failed["failed_op"] == failed_op
+    assert [(r.key, r.version, r.value) for r in Record.objects.order_by("key")] == [("a", 1, 1), ("b", 1, 1)]
+    after = everything_but_idempotency()
+    assert after["records"] == before["records"] and after["versions"] == before["versions"]
+    assert not Event.objects.filter(type="record.written", txn=failed["txn"]).exists()
+    # The writes kept as one conflict group, as any aborted txn keeps them.
+    if failed["error"]["code"] == "version_conflict":
+        group = Conflict.objects.filter(group=failed["txn"])
+        assert sorted(group.values_list("key", flat=True)) == sorted(p["put"]["key"] for p in puts)

@@ -38,8 +38,30 @@ def move(client, amount: int) -> dict | None:
     return body if body["succeeded"] else None
 
 
+def move_by_versions(client, amount: int) -> dict | None:
+    """The same move by the puts' own expected versions, no compares: one statement that keeps
+    both writes or neither (a refused move is 409 txn_aborted)."""
+    read = client.post("/txn", json={"success": [{"get": {"key": "a"}}, {"get": {"key": "b"}}]}).json()
+    a, b = (result["body"] for result in read["results"])
+    response = client.post(
+        "/txn",
+        json={
+            "success": [
+                {"put": {"key": "a", "value": a["value"] - amount, "expected_version": a["version"]}},
+                {"put": {"key": "b", "value": b["value"] + amount, "expected_version": b["version"]}},
+            ]
+        },
+    )
+    if response.status_code == 409:
+        assert response.json()["error"]["code"] == "txn_aborted", response.text
+        return None
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("move", [move, move_by_versions], ids=["compares", "versions"])
 def test_16_clients_moving_value_between_two_records_keep_the_sum_and_show_no_half_txn(
-    web_server, make_agent
+    web_server, make_agent, move
 ):
     clients = api_clients(web_server, [make_agent(f"mover{i}") for i in range(CLIENTS)])
     reader = api_clients(web_server, [make_agent("auditor")])[0]

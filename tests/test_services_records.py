@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from memory_admin.errors import NotFound, VersionConflict
 from memory_admin.models import Conflict, Event, Record, RecordVersion
@@ -18,6 +18,7 @@ from memory_admin.services.records import (
     delete_record,
     get_record,
     record_versions,
+    write_all_or_nothing,
     write_record,
     write_records,
 )
@@ -211,3 +212,18 @@ def test_every_write_appends_its_event_in_the_same_transaction(ns, alpha):
         write_record(ns=ns, key="k", value=2, expected_version=0, actor=actor(alpha))
     types = list(Event.objects.order_by("seq").values_list("type", flat=True)[before:])
     assert types == ["record.written", "conflict.opened"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_all_or_nothing_writes_none_when_one_is_invalid_and_refuses_a_transaction(alpha):
+    write_record(ns=alpha.ns, key="a", value=1, actor=actor(alpha))
+    before = (Event.objects.count(), RecordVersion.objects.count())
+    writes = [Write("a", 2, 1), Write("b", "nul \x00 in text", None)]
+    assert write_all_or_nothing(ns=alpha.ns, writes=writes, actor=actor(alpha)) is None
+    assert (Event.objects.count(), RecordVersion.objects.count()) == before
+    assert Record.objects.get(key="a").version == 1 and not Record.objects.filter(key="b").exists()
+    made = write_all_or_nothing(ns=alpha.ns, writes=[Write("a", 2, 1), Write("b", 1, 0)], actor=actor(alpha))
+    assert [(w.key, w.version, w.created) for w in made] == [("a", 2, False), ("b", 1, True)]
+    # It commits by itself: inside someone's transaction it would commit for them.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        write_all_or_nothing(ns=alpha.ns, writes=[Write("c", 1, None)], actor=actor(alpha))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.postgres.fields import ArrayField
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import (
     BigIntegerField,
     Case,
@@ -1068,6 +1068,48 @@ def test_write_many_does_for_each_write_what_write_records_orm_form_does(ns, alp
     assert raw(sql.WRITE_MANY_LOCKING)[4] == (True, False, 2)  # the same statement, its keys locked first
 
 
+@covers("WRITE_MANY_ALL")
+def test_write_many_all_keeps_every_write_or_none(ns, alpha):
+    who = actor(alpha)
+    for key in ("a", "b"):
+        _orm_write(ns, key, {"v": 0}, None, who)
+
+    def run(writes):
+        params = {
+            **records._lock_params(ns, [key for key, _ in writes]),
+            "ns": ns.pk,
+            "writes": json.dumps([[key, {"k": key}, expected] for key, expected in writes]),
+            "actor": who.name,
+            "agent_id": who.agent_id,
+            "stamp": now(),
+            "txn": "",
+        }
+        with transaction.atomic():  # a savepoint: the refusal aborts the statement, not the test
+            return [row[:4] for row in rows(sql.WRITE_MANY_ALL, params)]
+
+    def kept():
+        return (
+            list(Record.objects.order_by("key").values_list("key", "version", "value")),
+            Event.objects.count(),
+            RecordVersion.objects.count(),
+            Conflict.objects.count(),
+        )
+
+    before = kept()
+    # One refused among writes it would make: the guard raises and none is kept.
+    with pytest.raises(DatabaseError) as refused:
+        run([("a", 1), ("b", 7), ("c", None)])
+    assert refused.value.__cause__.sqlstate == sql.REFUSED_ALL
+    assert kept() == before
+    # Every one refused: nothing to undo, the refusals answered as WRITE_MANY_LOCKING answers them.
+    assert run([("a", 7), ("b", 0), ("c", 2)]) == [(1, False, False, 1), (2, False, False, 1)]
+    assert kept() == before
+    # None refused: all made, as WRITE_MANY_LOCKING makes them.
+    made = run([("a", 1), ("b", None), ("c", 0)])
+    assert made == [(1, True, False, 2), (2, True, False, 2), (3, True, True, 1)]
+    assert kept()[0] == [("a", 2, {"k": "a"}), ("b", 2, {"k": "b"}), ("c", 1, {"k": "c"})]
+
+
 def _scans(plan: dict, table: str) -> list[dict]:
     """The scans of `table` in an EXPLAIN (FORMAT JSON) plan."""
     found = [plan] if plan.get("Relation Name") == table and "Scan" in plan["Node Type"] else []
@@ -1092,7 +1134,7 @@ def test_write_many_reads_records_by_key_however_many_the_namespace_holds(ns, al
         "stamp": now(),
         "txn": "",
     }
-    for statement in (sql.WRITE_MANY, sql.WRITE_MANY_LOCKING):
+    for statement in (sql.WRITE_MANY, sql.WRITE_MANY_LOCKING, sql.WRITE_MANY_ALL):
         [[[plan]]] = rows("EXPLAIN (FORMAT JSON) " + statement, params)
         scans = _scans(plan["Plan"], Record._meta.db_table)
         # the written keys and the refused ones: each an index probe by key, never the namespace's

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils.timezone import now
 
 from memory_admin import metrics, rows, sql
@@ -171,23 +171,9 @@ def write_records(
         lock_keys(ns=ns, keys=lock)
         return [outcomes[index] for index in range(len(writes))]
     stamp = now()
-    params = {
-        **_lock_params(ns, lock),
-        "ns": ns.pk,
-        # One JSON document, not three arrays: one dump in C, not 50 and psycopg's quoting of
-        # every element in Python; by orjson, every value having passed check_json above (50
-        # puts' values: json.dumps ~105 us, orjson ~7).
-        "writes": orjson.dumps(
-            [[writes[i].key, writes[i].value, writes[i].expected_version] for i in valid]
-        ).decode(),
-        "actor": actor.name,
-        "agent_id": actor.agent_id,
-        "stamp": stamp,
-        "txn": current_txn(),
-    }
-    with sql.prepared_cursor() as cursor:  # planned once per connection, as the single write
-        cursor.execute(sql.WRITE_MANY_LOCKING if lock else sql.WRITE_MANY, params)
-        found = {row[0]: row[1:] for row in cursor.fetchall()}  # by the write's number, from 1
+    statement = sql.WRITE_MANY_LOCKING if lock else sql.WRITE_MANY
+    chosen = [writes[index] for index in valid]
+    found = _write_many(statement, ns=ns, writes=chosen, actor=actor, stamp=stamp, lock=lock)
     for number, index in enumerate(valid, start=1):
         row = found.get(number)
         write = writes[index]
@@ -203,6 +189,64 @@ def write_records(
         ring_after_write()
         transaction.on_commit(lambda: metrics.record_written("ok", written))
     return [outcomes[index] for index in range(len(writes))]
+
+
+def write_all_or_nothing(*, ns: Namespace, writes: list[Write], actor: Actor) -> list[Written] | None:
+    """write_records for writes kept all or none (a /txn of puts alone, distinct keys), as one
+    statement outside any transaction: Postgres runs it as a transaction of its own, with no BEGIN
+    and COMMIT round trips. None when a write is invalid or refused: then nothing was kept, and
+    the caller runs them again in a transaction, which says which write failed and why."""
+    if connection.in_atomic_block:
+        raise RuntimeError("write_all_or_nothing commits by itself: it runs outside a transaction")
+    try:
+        for write in writes:
+            check_record_key(write.key)
+            check_json(write.value)
+    except DomainError:
+        return None
+    stamp = now()
+    keys = [write.key for write in writes]
+    try:
+        found = _write_many(sql.WRITE_MANY_ALL, ns=ns, writes=writes, actor=actor, stamp=stamp, lock=keys)
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == sql.REFUSED_ALL:
+            return None  # one refused, others made: the statement kept none of them
+        raise
+    if len(found) < len(writes) or not all(row[0] for row in found.values()):
+        return None  # every write refused: none was made
+    ring_after_write()
+    metrics.record_written("ok", len(writes))
+    return [
+        Written(write.key, write.value, found[number][2], actor.name, stamp, found[number][1])
+        for number, write in enumerate(writes, start=1)
+    ]
+
+
+def _write_many(
+    statement: str,
+    *,
+    ns: Namespace,
+    writes: list[Write],
+    actor: Actor,
+    stamp: datetime,
+    lock: Collection[str],
+) -> dict[int, tuple]:
+    """`statement` (one of WRITE_MANY's forms) over `writes`: its rows by the write's number, from 1."""
+    params = {
+        **_lock_params(ns, lock),
+        "ns": ns.pk,
+        # One JSON document, not three arrays: one dump in C, not 50 and psycopg's quoting of
+        # every element in Python; by orjson, every value having passed check_json (50 puts'
+        # values: json.dumps ~105 us, orjson ~7).
+        "writes": orjson.dumps([[w.key, w.value, w.expected_version] for w in writes]).decode(),
+        "actor": actor.name,
+        "agent_id": actor.agent_id,
+        "stamp": stamp,
+        "txn": current_txn(),
+    }
+    with sql.prepared_cursor() as cursor:  # planned once per connection, as the single write
+        cursor.execute(statement, params)
+        return {row[0]: row[1:] for row in cursor.fetchall()}
 
 
 # The keys of a /batch or /txn, present or not, each by a transaction-level advisory lock, taken

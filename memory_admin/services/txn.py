@@ -7,6 +7,10 @@ Why one transaction for a batch too: a commit (a WAL flush) costs more than the 
 nothing — its service refuses before writing, or inside a savepoint of its own — so it is its
 own result and the others commit together.
 
+A /txn of puts alone (no compares) is one statement, outside any transaction: Postgres runs it
+as its own, all or nothing (records.write_all_or_nothing), with no BEGIN and COMMIT round trips;
+if a write is refused, it runs again the ordinary way, which says which and why.
+
 The keys a request names are locked first, in one order: two requests that write the same
 keys in a different order queue instead of deadlocking, and a compare on a record holds
 until the commit.
@@ -111,10 +115,23 @@ def run_txn(
                 results.append(done)
         return TxnResult(txn=txn, succeeded=held, results=results)
 
+    if not compare and _puts_alone(success) and not connection.in_atomic_block:
+        with _stamped(txn):
+            writes = [_write(op) for op in success]
+            written = _retrying(lambda: records.write_all_or_nothing(ns=ns, writes=writes, actor=actor))
+        if written is not None:
+            return TxnResult(txn=txn, succeeded=True, results=[Done("put", w, w.created) for w in written])
+        # A write was invalid or refused and nothing was kept: run it all as below, which says why.
     try:
         return _retrying(once)
     except _Failed as failed:
         raise _aborted(ns=ns, actor=actor, txn=txn, failed=failed) from None
+
+
+def _puts_alone(ops: list[Op]) -> bool:
+    """Whether `ops` are puts on distinct keys, and nothing else: all or none of them kept is then
+    one statement (records.write_all_or_nothing)."""
+    return bool(ops) and all(op.kind == "put" for op in ops) and len({op.key for op in ops}) == len(ops)
 
 
 class _Failed(Exception):
@@ -234,13 +251,17 @@ def _results(*, ns: Namespace, agent: Agent, actor: Actor, ops: list[Op], lock: 
             lock = set()
             yield _run(ns=ns, agent=agent, actor=actor, op=chunk[0])
             continue
-        writes = [records.Write(op.key, op.args["value"], op.args.get("expected_version")) for op in chunk]
+        writes = [_write(op) for op in chunk]
         outcomes, lock = records.write_records(ns=ns, writes=writes, actor=actor, lock=lock), set()
         for outcome in outcomes:
             if isinstance(outcome, DomainError):
                 yield Done("put", error=outcome)
             else:
                 yield Done("put", outcome, outcome.created)
+
+
+def _write(put: Op) -> records.Write:
+    return records.Write(put.key, put.args["value"], put.args.get("expected_version"))
 
 
 def _chunks(ops: list[Op]) -> Iterator[list[Op]]:
