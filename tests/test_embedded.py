@@ -106,6 +106,30 @@ def test_ensure_starts_both_servers_and_a_second_call_reuses_them(var):
     assert read(*first) == (["one"], ["one"])
 
 
+def shared_buffers_mb(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        pages = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'")
+    return pages.fetchone()[0] * 8192 // 2**20
+
+
+def starts(var: Path) -> int:
+    """How many times the folder's Postgres has started, from its log."""
+    return (var / "pg" / "log").read_text().count("ready to accept connections")
+
+
+def test_postgres_runs_with_shared_buffers_sized_for_the_machine(var):
+    wanted = int(embedded.shared_buffers().removesuffix("MB"))
+    assert 128 < wanted <= 1024  # above Postgres' default on any machine with more than 512 MB
+
+    database_url, _ = ensure(var)
+    assert shared_buffers_mb(database_url) == wanted
+    assert starts(var) == 2  # a new folder: started, configured, started again
+
+    embedded.stop(var)
+    assert shared_buffers_mb(ensure(var)[0]) == wanted
+    assert starts(var) == 3  # configured already: one start
+
+
 def test_data_survives_a_stop_and_a_start(var):
     urls = ensure(var)
     write(*urls, "before stop")
