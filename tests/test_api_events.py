@@ -228,6 +228,29 @@ def test_sse_refuses_a_bad_last_event_id_and_a_missing_token(web_server, alpha):
     assert httpx.get(url).json()["error"]["code"] == "unauthenticated"
 
 
+def test_the_positions_nobody_waited_for_are_the_newest_kept_and_a_waiter_gets_its_own():
+    channel = f"ma:test-positions:{uuid.uuid4().hex}"
+
+    async def scenario() -> tuple[list[str], int | None, int | None]:
+        positions = await subscribed(channel, _positions, keep=100)
+        waiting = positions.arm("150")  # armed before the relay speaks: never kept
+        for start in range(1, 301, 30):  # the relay's messages, 30 positions each
+            await r.async_client().publish(
+                channel, " ".join(f"{n}:{n + 1000}" for n in range(start, start + 30))
+            )
+        while "300" not in positions.heard:
+            await asyncio.sleep(0.01)
+        kept = list(positions.heard)
+        mine = await positions.wait(waiting, 1)
+        gone = await positions.wait(positions.arm("200"), 0.05)  # 201..300 are the newest 100 kept
+        positions.task.cancel()
+        return kept, mine, gone
+
+    kept, mine, gone = asyncio.run(scenario())
+    assert kept == [str(n) for n in range(201, 301)]
+    assert mine == 1150 and gone is None
+
+
 def test_a_publisher_that_listens_after_the_relay_spoke_still_hears_its_position():
     # The relay may announce a position before the request that committed the event is back from
     # its thread to listen: the process's subscription keeps what nobody waited for.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -65,7 +66,10 @@ class Subscription:
         self.channel, self.parse, self.keep = channel, parse, keep
         self.on_state = on_state or (lambda up: None)
         self.futures: dict[str, asyncio.Future] = {}
-        self.heard: dict[str, Any] = {}
+        # Oldest first. An OrderedDict, not a dict: a dict's first key, after many deleted from
+        # the front, is found by stepping over every deleted slot (7.8 us a name at 10,000 kept,
+        # 1.3 us this way; bench/README.md, round 9).
+        self.heard: OrderedDict[str, Any] = OrderedDict()
         self.client = r.async_client()
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()
@@ -120,7 +124,7 @@ class Subscription:
             elif self.keep:
                 self.heard[name] = value
                 if len(self.heard) > self.keep:
-                    del self.heard[next(iter(self.heard))]  # the oldest
+                    self.heard.popitem(last=False)  # the oldest
 
 
 _subscriptions: dict[tuple[asyncio.AbstractEventLoop, str], Subscription] = {}
