@@ -108,8 +108,8 @@ def test_ensure_starts_both_servers_and_a_second_call_reuses_them(var):
 
 def shared_buffers_mb(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
-        pages = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'")
-    return pages.fetchone()[0] * 8192 // 2**20
+        (pages,) = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'")
+    return pages[0] * 8192 // 2**20
 
 
 def starts(var: Path) -> int:
