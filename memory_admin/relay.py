@@ -7,8 +7,9 @@ comes due:
   - sequences: stamps positions on the committed events below the horizon (services/events.py);
   - publishes, per namespace, the events after the namespace's `published` position: XADD to its
     stream with the explicit id `<position>-0` (a batch in one script call, redis.ADD_EVENTS), so
-    Redis itself refuses a second copy after a crash between publish and cursor update, and each
-    event's `seq:position` on the positions channel (what `POST /events` waits for); then one
+    Redis itself refuses a second copy after a crash between publish and cursor update, and the
+    `seq:position` of each event of an agent's own type on the positions channel (what `POST
+    /events` waits for; events.announced); then one
     doorbell to the namespace's Channels group (pages read the log themselves); the new
     `published` is stored in the next pass's sequencing transaction, or on its own once nothing
     rings for a moment (MARK_SECONDS);
@@ -242,15 +243,17 @@ class Relay:
         *earlier, last = call_texts(rows)
         for entries in earlier:  # in order: a call's first id must be above the previous call's
             await add.run(self.redis, keys, [maxlen, entries])
-        heard = " ".join(f"{row[-1]}:{row[0]}" for row in rows)
+        heard = " ".join(f"{row[-1]}:{row[0]}" for row in rows if events.announced(row[1]))
         if isinstance(self.redis, redis.asyncio.cluster.RedisCluster):  # its pipeline takes no PUBLISH
             await add.run(self.redis, keys, [maxlen, last])
-            await self.redis.publish(events.positions_channel(), heard)
+            if heard:
+                await self.redis.publish(events.positions_channel(), heard)
         else:
             pipe = self.redis.pipeline(transaction=False)
             pipe.execute_command(*add.command(keys, [maxlen, last]))
-            pipe.publish(events.positions_channel(), heard)
-            added, _ = await pipe.execute(raise_on_error=False)
+            if heard:
+                pipe.publish(events.positions_channel(), heard)
+            added, *_ = await pipe.execute(raise_on_error=False)
             if isinstance(added, redis.exceptions.NoScriptError):  # a restarted or flushed Redis
                 await add.run(self.redis, keys, [maxlen, last])
             elif isinstance(added, Exception):

@@ -20,6 +20,7 @@ from memory_admin import live, sql
 from memory_admin import redis as r
 from memory_admin.models import Event, Namespace
 from memory_admin.relay import CALL_SIZE, STATUS_KEY, Relay, call_texts
+from memory_admin.services import records
 from memory_admin.services.events import append_event, find_position, in_txn, positions_channel, publish_event
 from tests.conftest import actor, start_relay, wait_for
 
@@ -247,8 +248,11 @@ def test_the_relay_says_which_position_each_event_it_published_got(ns, alpha, ou
     pubsub.subscribe(positions_channel())
     try:
         wait_for(lambda: pubsub.get_message(timeout=0.1) is None and pubsub.subscribed, message="subscribed")
-        appended = [
-            publish_event(ns=ns, type="tick", payload={}, actor=actor(alpha)),
+        appended = [publish_event(ns=ns, type="tick", payload={}, actor=actor(alpha))]
+        # The server's own events, which no publisher waits for, are not said.
+        records.write_record(ns=ns, key="unsaid", value=1, expected_version=None, actor=actor(alpha))
+        unsaid = Event.objects.get(ns=ns, type="record.written", subject="unsaid").seq
+        appended += [
             publish_event(ns=outsider.ns, type="tick", payload={}, actor=actor(outsider)),
             publish_event(ns=ns, type="tick", payload={}, actor=actor(alpha)),
         ]
@@ -266,6 +270,9 @@ def test_the_relay_says_which_position_each_event_it_published_got(ns, alpha, ou
         assert {event.seq: heard[event.seq] for event in appended} == {
             event.seq: Event.objects.get(seq=event.seq).position for event in appended
         }
+        # published in order: the last tick was said after the record's event went out
+        assert Event.objects.get(seq=unsaid).position < heard[appended[-1].seq]
+        assert unsaid not in heard
     finally:
         pubsub.close()
 
